@@ -1,0 +1,5 @@
+import sys
+
+from convc.cli import main
+
+sys.exit(main())

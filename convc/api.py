@@ -1,0 +1,193 @@
+"""The functional API, named and ordered like torch.nn.functional.conv{1,2,3}d and
+torch.nn.grad.conv{1,2,3}d_{input,weight}.
+
+    convc.conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout, target)
+    convc.conv2d_grad_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *, ...)
+    convc.conv2d_grad_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *, ...)
+
+NumPy arrays in, NumPy arrays out; other CPU DLPack tensors (e.g. torch) are read zero-copy and
+the result comes back as the same kind of tensor. Unbatched inputs (C, *spatial) work as in PyTorch.
+layout: channels-first (NCW/NCHW/NCDHW, default; weight O,I/g,*k as PyTorch) or channels-last
+(NWC/NHWC/NDHWC; weight *k,I/g,O).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .build import compile as compile_kernel
+from .kernel import as_array
+from .spec import DTYPES, LAYOUTS, ConvSpec, check_layout, default_layout, _shape
+
+
+def _layout(layout, ndim):
+    return check_layout(layout if layout is not None else default_layout(ndim), ndim)
+
+
+def _float_array(value, name: str) -> np.ndarray:
+    array = as_array(value, name)
+    if str(array.dtype) not in DTYPES:
+        raise TypeError(f"{name} has dtype {array.dtype}: expected one of {DTYPES}")
+    return array
+
+
+def _same_dtype(reference: np.ndarray, ref_name: str, array: np.ndarray, name: str) -> None:
+    if array.dtype != reference.dtype:
+        raise TypeError(
+            f"{name} has dtype {array.dtype} but {ref_name} has dtype {reference.dtype}: "
+            "expected both the same"
+        )
+
+
+def _batched(array: np.ndarray, name: str, ndim: int, layout: str):
+    """-> (batched array, was_unbatched)."""
+    if array.ndim == ndim + 2:
+        return array, False
+    if array.ndim == ndim + 1:
+        return array[None], True
+    raise ValueError(
+        f"{name} has shape {tuple(array.shape)}: expected a {ndim + 2}-D batched ({layout}) or "
+        f"{ndim + 1}-D unbatched ({layout[1:]}) array for a {ndim}-D convolution"
+    )
+
+
+def _batched_size(size, name: str, ndim: int, layout: str):
+    size = _shape(size, name)
+    if len(size) == ndim + 2:
+        return size, False
+    if len(size) == ndim + 1:
+        return (1, *size), True
+    raise ValueError(f"{name}={size} has {len(size)} entries: expected {ndim + 2} ({layout}) "
+                     f"or {ndim + 1} (unbatched {layout[1:]})")
+
+
+def _weight(array: np.ndarray, name: str, ndim: int, layout: str):
+    if array.ndim != ndim + 2:
+        raise ValueError(
+            f"{name} has shape {tuple(array.shape)}: expected a {ndim + 2}-D weight "
+            f"({_weight_layout(layout)})"
+        )
+    return array
+
+
+def _weight_layout(layout: str) -> str:
+    from .spec import WEIGHT_LAYOUTS
+
+    return WEIGHT_LAYOUTS[layout]
+
+
+def _like(template, result: np.ndarray):
+    """Return `result` as the same kind of tensor as `template` (NumPy stays NumPy)."""
+    if isinstance(template, np.ndarray):
+        return result
+    module = type(template).__module__.split(".")[0]
+    if module == "torch":
+        import torch
+
+        return torch.from_dlpack(result)
+    return result
+
+
+def _unbatch(result: np.ndarray, unbatched: bool) -> np.ndarray:
+    return result[0] if unbatched else result
+
+
+def _check_grad_output(spec: ConvSpec, grad_output: np.ndarray, where: str) -> None:
+    if tuple(grad_output.shape) != spec.output_shape:
+        raise ValueError(
+            f"grad_output has shape {tuple(grad_output.shape)}: expected {spec.output_shape}, the "
+            f"output shape of this convolution ({where})"
+        )
+
+
+def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, layout, target):
+    layout = _layout(layout, ndim)
+    x = _float_array(input, "input")
+    w = _weight(_float_array(weight, "weight"), "weight", ndim, layout)
+    _same_dtype(x, "input", w, "weight")
+    x, unbatched = _batched(x, "input", ndim, layout)
+    b = None
+    if bias is not None:
+        b = _float_array(bias, "bias")
+        _same_dtype(x, "input", b, "bias")
+    spec = ConvSpec.from_shapes(x.shape, w.shape, stride, padding, dilation, groups,
+                                layout=layout, dtype=str(x.dtype), bias=b is not None)
+    if b is not None and tuple(b.shape) != spec.bias_shape:
+        raise ValueError(f"bias has shape {tuple(b.shape)}: expected {spec.bias_shape} "
+                         "(one entry per output channel)")
+    kernel = compile_kernel(spec, "forward", target)
+    result = kernel(x, w, b) if b is not None else kernel(x, w)
+    return _like(input, _unbatch(result, unbatched))
+
+
+def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups, layout, target):
+    layout = _layout(layout, ndim)
+    size, unbatched = _batched_size(input_size, "input_size", ndim, layout)
+    w = _weight(_float_array(weight, "weight"), "weight", ndim, layout)
+    dy = _float_array(grad_output, "grad_output")
+    _same_dtype(w, "weight", dy, "grad_output")
+    if dy.ndim != len(size) - (1 if unbatched else 0):
+        raise ValueError(f"grad_output has shape {tuple(dy.shape)}: expected rank "
+                         f"{len(size) - (1 if unbatched else 0)}, like input_size={tuple(input_size)}")
+    dy = dy[None] if unbatched else dy
+    spec = ConvSpec.from_shapes(size, w.shape, stride, padding, dilation, groups,
+                                layout=layout, dtype=str(w.dtype))
+    _check_grad_output(spec, dy, f"input_size={tuple(input_size)}, weight {tuple(w.shape)}")
+    result = compile_kernel(spec, "grad_input", target)(dy, w)
+    return _like(grad_output, _unbatch(result, unbatched))
+
+
+def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups, layout, target):
+    layout = _layout(layout, ndim)
+    x = _float_array(input, "input")
+    size = _shape(weight_size, "weight_size")
+    if len(size) != ndim + 2:
+        raise ValueError(f"weight_size={size} has {len(size)} entries: expected {ndim + 2} "
+                         f"({_weight_layout(layout)})")
+    dy = _float_array(grad_output, "grad_output")
+    _same_dtype(x, "input", dy, "grad_output")
+    x, unbatched = _batched(x, "input", ndim, layout)
+    if dy.ndim != x.ndim - (1 if unbatched else 0):
+        raise ValueError(f"grad_output has shape {tuple(dy.shape)}: expected rank "
+                         f"{x.ndim - (1 if unbatched else 0)}, like input")
+    dy = dy[None] if unbatched else dy
+    spec = ConvSpec.from_shapes(x.shape, size, stride, padding, dilation, groups,
+                                layout=layout, dtype=str(x.dtype))
+    _check_grad_output(spec, dy, f"input {tuple(x.shape)}, weight_size={size}")
+    result = compile_kernel(spec, "grad_weight", target)(x, dy)
+    return _like(input, result)
+
+
+def _make(ndim: int):
+    def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+             layout=None, target=None):
+        return _forward(ndim, input, weight, bias, stride, padding, dilation, groups, layout, target)
+
+    def grad_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+                   layout=None, target=None):
+        return _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
+                           layout, target)
+
+    def grad_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+                    layout=None, target=None):
+        return _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
+                            layout, target)
+
+    first, last = LAYOUTS[ndim]
+    conv.__name__, conv.__qualname__ = f"conv{ndim}d", f"conv{ndim}d"
+    conv.__doc__ = (f"{ndim}-D convolution, as torch.nn.functional.conv{ndim}d.\n\n"
+                    f"input: ({first}) or unbatched; weight: (O, I/groups, *k) for {first}, "
+                    f"(*k, I/groups, O) for {last}; bias: (O,) or None.\n"
+                    "padding: int, tuple, tuple of (before, after) pairs, 'same' or 'valid'.")
+    grad_input.__name__ = grad_input.__qualname__ = f"conv{ndim}d_grad_input"
+    grad_input.__doc__ = (f"Gradient of conv{ndim}d w.r.t. its input, as "
+                          f"torch.nn.grad.conv{ndim}d_input: a transposed convolution of grad_output.")
+    grad_weight.__name__ = grad_weight.__qualname__ = f"conv{ndim}d_grad_weight"
+    grad_weight.__doc__ = (f"Gradient of conv{ndim}d w.r.t. its weight, as "
+                           f"torch.nn.grad.conv{ndim}d_weight: a correlation of input with grad_output.")
+    return conv, grad_input, grad_weight
+
+
+conv1d, conv1d_grad_input, conv1d_grad_weight = _make(1)
+conv2d, conv2d_grad_input, conv2d_grad_weight = _make(2)
+conv3d, conv3d_grad_input, conv3d_grad_weight = _make(3)

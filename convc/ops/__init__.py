@@ -1,0 +1,53 @@
+"""Operator declarations: convolution and its two adjoints as TVM tensor expressions.
+
+One N-d, layout-generic declaration per op. Nothing here names a target: schedules do that.
+"""
+
+from __future__ import annotations
+
+from ..spec import ConvSpec, check_op
+from .forward import forward
+from .grad_input import grad_input
+from .grad_weight import grad_weight
+
+DECLARATIONS = {"forward": forward, "grad_input": grad_input, "grad_weight": grad_weight}
+
+# The reduction stage of each op, by name (schedules and tuning records find blocks by name).
+REDUCTION = {"forward": "conv", "grad_input": "dx", "grad_weight": "dw"}
+# Stages that only rearrange operands; schedules usually inline or compute them per tile.
+OPERAND_STAGES = {"forward": ("pad",), "grad_input": ("dy_dilated", "w_flipped"),
+                  "grad_weight": ("pad",)}
+EPILOGUE = "output"
+
+# Argument names, in the order of the PrimFunc's parameters (destination last).
+ARGUMENTS = {
+    "forward": ("x", "w", "y"),
+    "forward+bias": ("x", "w", "b", "y"),
+    "grad_input": ("dy", "w", "dx"),
+    "grad_weight": ("x", "dy", "dw"),
+}
+
+
+def arguments(spec: ConvSpec, op: str) -> tuple:
+    return ARGUMENTS["forward+bias" if op == "forward" and spec.bias else op]
+
+
+def shapes(spec: ConvSpec, op: str) -> tuple:
+    """Shapes of the op's parameters, in order (destination last)."""
+    table = {"x": spec.input_shape, "w": spec.weight_shape, "b": spec.bias_shape,
+             "y": spec.output_shape, "dy": spec.output_shape, "dx": spec.input_shape,
+             "dw": spec.weight_shape}
+    return tuple(table[name] for name in arguments(spec, op))
+
+
+def declare(spec: ConvSpec, op: str = "forward"):
+    """The PrimFunc computing `op` for `spec` (destination-passing, see ARGUMENTS)."""
+    return DECLARATIONS[check_op(op)](spec)
+
+
+def spec_of(func) -> tuple[ConvSpec, str]:
+    """(spec, op) recorded in a PrimFunc declared by convc, or (None, None) for a foreign one."""
+    attrs = func.attrs
+    if attrs is None or "convc.spec" not in attrs:
+        return None, None
+    return ConvSpec.from_json(str(attrs["convc.spec"])), str(attrs["convc.op"])

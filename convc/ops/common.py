@@ -1,0 +1,149 @@
+"""Pieces shared by the three declarations: layout-aware indexing, padding/dilation, the
+correlation at the heart of every convolution, the epilogue, and the PrimFunc wrapper."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+
+from ..spec import ConvSpec
+
+
+def acc_dtype(dtype: str) -> str:
+    """float16 accumulates in float32; the others in their own precision."""
+    return "float32" if dtype == "float16" else dtype
+
+
+def data_index(channels_last: bool, n, c, spatial):
+    """Index of an activation tensor: (n, c, *spatial) or (n, *spatial, c)."""
+    return (n, *spatial, c) if channels_last else (n, c, *spatial)
+
+
+def split_data_index(channels_last: bool, idx):
+    """Inverse of data_index: -> (n, c, spatial)."""
+    if channels_last:
+        return idx[0], idx[-1], list(idx[1:-1])
+    return idx[0], idx[1], list(idx[2:])
+
+
+def weight_index(channels_last: bool, o, i, taps):
+    """Index of a weight tensor: (o, i, *taps) (OIHW family) or (*taps, i, o) (HWIO family)."""
+    return (*taps, i, o) if channels_last else (o, i, *taps)
+
+
+def split_weight_index(channels_last: bool, idx):
+    """Inverse of weight_index: -> (o, i, taps)."""
+    if channels_last:
+        return idx[-1], idx[-2], list(idx[:-2])
+    return idx[0], idx[1], list(idx[2:])
+
+
+def dilate_pad(data, channels_last: bool, size, dilation, before, name: str):
+    """A zero-filled view of `data` on a larger spatial grid: element j of every spatial axis is
+    data[(j - before) / dilation] when that is a whole in-range index, else 0.
+
+    With dilation 1 this is plain zero padding (`before` zeros in front, the rest after). The
+    gradient w.r.t. the input uses it with dilation = stride and a `before` that may be negative
+    (a crop) when the forward padding exceeds dilation * (kernel - 1).
+    """
+    in_size = [int(v) for v in (data.shape[1:-1] if channels_last else data.shape[2:])]
+    if list(size) == in_size and not any(before) and all(d == 1 for d in dilation):
+        return data
+    channels = data.shape[-1] if channels_last else data.shape[1]
+    zero = tvm.tirx.const(0, data.dtype)
+
+    def element(*idx):
+        n, c, spatial = split_data_index(channels_last, idx)
+        conditions, source = [], []
+        for j, b, d, extent, span in zip(spatial, before, dilation, in_size, size):
+            shifted = j - b
+            if d == 1:
+                conditions += [shifted >= 0] if b > 0 else []
+                conditions += [shifted < extent] if span - b > extent else []
+                source.append(shifted)
+            else:
+                conditions += [shifted >= 0, tirx.floormod(shifted, d) == 0,
+                               tirx.floordiv(shifted, d) < extent]
+                source.append(tirx.floordiv(shifted, d))
+        value = data[data_index(channels_last, n, c, source)]
+        if not conditions:
+            return value
+        return tirx.if_then_else(tvm.tirx.all(*conditions), value, zero)
+
+    shape = data_index(channels_last, data.shape[0], channels, size)
+    return te.compute(shape, element, name=name)
+
+
+def correlate(data, weight, *, channels_last, groups, out_channels, kernel, out_size, stride,
+              dilation, name: str):
+    """out[n, o, p] = sum_{c, r} data[n, g(o)*Cg + c, p*stride + r*dilation] * weight[o, c, r]
+
+    `data` is already padded; g(o) = o // (out_channels / groups) picks the group. Products are
+    accumulated in acc_dtype. This is the one convolution loop nest convc declares: forward is it
+    directly, grad_input is it on transformed operands.
+    """
+    cl = channels_last
+    in_per_group = int(weight.shape[-2] if cl else weight.shape[1])
+    out_per_group = out_channels // groups
+    acc = acc_dtype(data.dtype)
+    rc = te.reduce_axis((0, in_per_group), name="rc")
+    rk = [te.reduce_axis((0, k), name=f"r{i}") for i, k in enumerate(kernel)]
+
+    def element(*idx):
+        n, o, spatial = split_data_index(cl, idx)
+        c = rc if groups == 1 else (o // out_per_group) * in_per_group + rc
+        pos = [p * s + r * d for p, s, r, d in zip(spatial, stride, rk, dilation)]
+        x = data[data_index(cl, n, c, pos)]
+        w = weight[weight_index(cl, o, rc, rk)]
+        return te.sum(x.astype(acc) * w.astype(acc), axis=[rc, *rk])
+
+    shape = data_index(cl, data.shape[0], out_channels, out_size)
+    return te.compute(shape, element, name=name)
+
+
+def epilogue(acc, spec: ConvSpec, bias=None):
+    """Cast the accumulator to spec.dtype and add the bias; `acc` itself when neither applies."""
+    if bias is None and acc.dtype == spec.dtype:
+        return acc
+    cl = spec.channels_last
+
+    def element(*idx):
+        value = acc[idx]
+        if bias is not None:
+            _, o, _ = split_data_index(cl, idx)
+            value = value + bias[o].astype(acc.dtype)
+        return value.astype(spec.dtype)
+
+    return te.compute(acc.shape, element, name="output")
+
+
+_PARAM = re.compile(r'T\.Buffer\((\((?:[^()]*)\)), ("(?:float|int|uint|bfloat)[0-9]+")\)')
+
+
+def make_func(params, spec: ConvSpec, op: str) -> tirx.PrimFunc:
+    """PrimFunc with convc's attributes, whose parameters do not assume 64-byte alignment.
+
+    te.create_prim_func declares every parameter buffer 64-byte aligned and nothing checks it at
+    call time: an unaligned NumPy array segfaults the process. Re-declaring each parameter with the
+    alignment of its element type makes the generated code use unaligned vector loads (as fast on
+    x86 and on NVIDIA GPUs for the access widths we emit) and keeps the runtime's shape, dtype and
+    stride checks. TVM 0.27 offers no API to change a parameter's alignment after the fact
+    (PrimFunc.specialize refuses to), so this goes through a TVMScript round trip of the signature.
+    """
+    func = te.create_prim_func(params)
+    func = func.with_attr("convc.op", op).with_attr("convc.spec", spec.to_json())
+    source = func.script()
+    head, sep, body = source.partition("):\n")
+
+    def relax(match):
+        itemsize = np.dtype(match.group(2).strip('"')).itemsize
+        return f"T.Buffer({match.group(1)}, {match.group(2)}, align={itemsize})"
+
+    relaxed = tvm.script.from_source(_PARAM.sub(relax, head) + sep + body)
+    for param in relaxed.params:
+        if param.ty.data_alignment != np.dtype(str(param.dtype)).itemsize:
+            raise RuntimeError(f"could not relax the alignment of parameter {param.name}")
+    return relaxed

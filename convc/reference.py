@@ -1,0 +1,171 @@
+"""Plain NumPy references for convolution and its two adjoints. Imports nothing from TVM or convc.
+
+Two independent formulations of each op:
+  * direct: a loop over kernel taps, each tap a strided slice of the padded input and an einsum;
+    grad_input scatters into a padded buffer (the adjoint read literally, not as a transposed conv);
+  * im2col: the column matrix X̂ (one row per (channel, tap), one column per output position);
+    forward = W X̂, grad_input = col2im(Wᵀ dy), grad_weight = dy X̂ᵀ.
+They are slow and obvious on purpose. Arguments follow PyTorch's channels-first conventions:
+x (N, C, *in), w (K, C/groups, *k), dy (N, K, *out); `pad` is a list of (before, after) pairs.
+Computation is in float64 (or the input dtype if wider); callers cast the result.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+
+def out_size(in_size, kernel, stride, dilation, pad):
+    return tuple((i + pb + pa - d * (k - 1) - 1) // s + 1
+                 for i, k, s, d, (pb, pa) in zip(in_size, kernel, stride, dilation, pad))
+
+
+def _tap_slices(tap, out, stride, dilation):
+    """Slices of the padded input that tap `tap` reads for every output position."""
+    return tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
+                 for t, o, s, d in zip(tap, out, stride, dilation))
+
+
+def _grouped(a, groups, axis=1):
+    """(N, G*Cg, ...) -> (N, G, Cg, ...)"""
+    shape = a.shape
+    return a.reshape(shape[:axis] + (groups, shape[axis] // groups) + shape[axis + 1:])
+
+
+def forward(x, w, stride, pad, dilation, groups, bias=None):
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    n, c, *in_size = x.shape
+    k, cg, *kernel = w.shape
+    out = out_size(in_size, kernel, stride, dilation, pad)
+    xp = np.pad(x, [(0, 0), (0, 0), *pad])
+    wg = w.reshape(groups, k // groups, cg, *kernel)
+    y = np.zeros((n, groups, k // groups, *out))
+    for tap in itertools.product(*[range(kk) for kk in kernel]):
+        patch = _grouped(xp[(slice(None), slice(None)) + _tap_slices(tap, out, stride, dilation)], groups)
+        y += np.einsum("ngc...,gkc->ngk...", patch, wg[(Ellipsis, *tap)])
+    y = y.reshape(n, k, *out)
+    if bias is not None:
+        y += np.asarray(bias, np.float64).reshape((1, k) + (1,) * len(out))
+    return y
+
+
+def grad_input(input_size, w, dy, stride, pad, dilation, groups):
+    w = np.asarray(w, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    n, c, *in_size = input_size
+    k, cg, *kernel = w.shape
+    out = dy.shape[2:]
+    padded = [i + pb + pa for i, (pb, pa) in zip(in_size, pad)]
+    dxp = np.zeros((n, groups, cg, *padded))
+    wg = w.reshape(groups, k // groups, cg, *kernel)
+    dyg = _grouped(dy, groups)
+    for tap in itertools.product(*[range(kk) for kk in kernel]):
+        region = (slice(None),) * 3 + _tap_slices(tap, out, stride, dilation)
+        dxp[region] += np.einsum("ngk...,gkc->ngc...", dyg, wg[(Ellipsis, *tap)])
+    crop = tuple(slice(pb, pb + i) for i, (pb, _) in zip(in_size, pad))
+    return dxp[(slice(None),) * 3 + crop].reshape(n, c, *in_size)
+
+
+def grad_weight(x, weight_size, dy, stride, pad, dilation, groups):
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    k, cg, *kernel = weight_size
+    out = dy.shape[2:]
+    xp = np.pad(x, [(0, 0), (0, 0), *pad])
+    dyg = _grouped(dy, groups)
+    dw = np.zeros((groups, k // groups, cg, *kernel))
+    for tap in itertools.product(*[range(kk) for kk in kernel]):
+        patch = _grouped(xp[(slice(None), slice(None)) + _tap_slices(tap, out, stride, dilation)], groups)
+        dw[(Ellipsis, *tap)] = np.einsum("ngcp,ngkp->gkc", patch.reshape(patch.shape[:3] + (-1,)),
+                                         dyg.reshape(dyg.shape[:3] + (-1,)))
+    return dw.reshape(k, cg, *kernel)
+
+
+# --- im2col formulation ---------------------------------------------------------------------------
+
+def im2col(x, kernel, stride, pad, dilation):
+    """(N, C, *in) -> (N, C, prod(kernel), prod(out)): column j holds the receptive field of
+    output position j, row (c, tap) one input element of it."""
+    x = np.asarray(x, dtype=np.float64)
+    n, c, *in_size = x.shape
+    out = out_size(in_size, kernel, stride, dilation, pad)
+    xp = np.pad(x, [(0, 0), (0, 0), *pad])
+    taps = list(itertools.product(*[range(kk) for kk in kernel]))
+    cols = np.empty((n, c, len(taps), int(np.prod(out))))
+    for t, tap in enumerate(taps):
+        cols[:, :, t] = xp[(slice(None), slice(None)) + _tap_slices(tap, out, stride, dilation)].reshape(n, c, -1)
+    return cols, out
+
+
+def col2im(cols, input_size, kernel, stride, pad, dilation):
+    """Adjoint of im2col: scatter-add columns back into an (N, C, *in) array."""
+    n, c, *in_size = input_size
+    out = out_size(in_size, kernel, stride, dilation, pad)
+    padded = [i + pb + pa for i, (pb, pa) in zip(in_size, pad)]
+    xp = np.zeros((n, c, *padded))
+    for t, tap in enumerate(itertools.product(*[range(kk) for kk in kernel])):
+        xp[(slice(None), slice(None)) + _tap_slices(tap, out, stride, dilation)] += cols[:, :, t].reshape(n, c, *out)
+    crop = tuple(slice(pb, pb + i) for i, (pb, _) in zip(in_size, pad))
+    return xp[(slice(None), slice(None)) + crop]
+
+
+def forward_im2col(x, w, stride, pad, dilation, groups, bias=None):
+    w = np.asarray(w, dtype=np.float64)
+    k, cg, *kernel = w.shape
+    cols, out = im2col(x, kernel, stride, pad, dilation)
+    n = cols.shape[0]
+    cols = cols.reshape(n, groups, cg * cols.shape[2], -1)           # (N, G, Cg*T, P)
+    wm = w.reshape(groups, k // groups, -1)                            # (G, Kg, Cg*T)
+    y = np.einsum("gkr,ngrp->ngkp", wm, cols).reshape(n, k, *out)
+    if bias is not None:
+        y += np.asarray(bias, np.float64).reshape((1, k) + (1,) * len(out))
+    return y
+
+
+def grad_input_im2col(input_size, w, dy, stride, pad, dilation, groups):
+    w = np.asarray(w, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    k, cg, *kernel = w.shape
+    n = dy.shape[0]
+    taps = int(np.prod(kernel))
+    wm = w.reshape(groups, k // groups, cg * taps)
+    dym = dy.reshape(n, groups, k // groups, -1)
+    cols = np.einsum("gkr,ngkp->ngrp", wm, dym).reshape(n, groups * cg, taps, -1)
+    return col2im(cols, input_size, kernel, stride, pad, dilation)
+
+
+def grad_weight_im2col(x, weight_size, dy, stride, pad, dilation, groups):
+    dy = np.asarray(dy, dtype=np.float64)
+    k, cg, *kernel = weight_size
+    cols, _ = im2col(x, kernel, stride, pad, dilation)
+    n = cols.shape[0]
+    cols = cols.reshape(n, groups, cg * cols.shape[2], -1)
+    dym = dy.reshape(n, groups, k // groups, -1)
+    return np.einsum("ngkp,ngrp->gkr", dym, cols).reshape(k, cg, *kernel)
+
+
+# --- layout helpers -------------------------------------------------------------------------------
+
+def to_channels_first(a):
+    """(N, *sp, C) -> (N, C, *sp)"""
+    return np.moveaxis(a, -1, 1)
+
+
+def to_channels_last(a):
+    """(N, C, *sp) -> (N, *sp, C)"""
+    return np.moveaxis(a, 1, -1)
+
+
+def weight_to_oi(w):
+    """(*k, I, O) -> (O, I, *k)"""
+    nd = w.ndim
+    return np.transpose(w, (nd - 1, nd - 2, *range(nd - 2)))
+
+
+def weight_to_hwio(w):
+    """(O, I, *k) -> (*k, I, O)"""
+    nd = w.ndim
+    return np.transpose(w, (*range(2, nd), 1, 0))

@@ -1,0 +1,334 @@
+"""ConvSpec: the one place where convolution arguments are normalized and validated.
+
+Everything public in convc funnels its arguments through this module before TVM sees anything.
+Errors name the parameter, the value and what was expected, in the words of the PyTorch API that
+convc mirrors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+from typing import Sequence
+
+# Layouts per spatial rank: channels-first (PyTorch's default) and channels-last.
+LAYOUTS = {
+    1: ("NCW", "NWC"),
+    2: ("NCHW", "NHWC"),
+    3: ("NCDHW", "NDHWC"),
+}
+# Weight layout that goes with each data layout. Channels-last uses the HWIO family (spatial
+# dims, then input channels per group, then output channels): the output channel is innermost, which
+# is the axis a channels-last kernel vectorizes.
+WEIGHT_LAYOUTS = {
+    "NCW": "OIW", "NWC": "WIO",
+    "NCHW": "OIHW", "NHWC": "HWIO",
+    "NCDHW": "OIDHW", "NDHWC": "DHWIO",
+}
+DTYPES = ("float32", "float64", "float16")
+OPS = ("forward", "grad_input", "grad_weight")
+
+
+def default_layout(ndim: int) -> str:
+    return LAYOUTS[ndim][0]
+
+
+def check_layout(layout, ndim: int, name: str = "layout") -> str:
+    if not isinstance(layout, str) or layout.upper() not in LAYOUTS[ndim]:
+        raise ValueError(
+            f"{name}={layout!r} is not a {ndim}-D layout: expected one of {LAYOUTS[ndim]}"
+        )
+    return layout.upper()
+
+
+def check_op(op) -> str:
+    if op not in OPS:
+        raise ValueError(f"op={op!r} is not a convc kernel: expected one of {OPS}")
+    return op
+
+
+def check_dtype(dtype, name: str = "dtype") -> str:
+    text = str(dtype)
+    text = {"torch.float32": "float32", "torch.float64": "float64", "torch.float16": "float16",
+            "float": "float32", "double": "float64", "half": "float16"}.get(text, text)
+    if text not in DTYPES:
+        raise TypeError(f"{name}={dtype!r} is not supported: expected one of {DTYPES}")
+    return text
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def expand(value, ndim: int, name: str, minimum: int) -> tuple[int, ...]:
+    """An int or a sequence of `ndim` ints -> a tuple of `ndim` ints, each >= minimum."""
+    if _is_int(value):
+        values = (int(value),) * ndim
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        values = tuple(value)
+        if len(values) == 1 and ndim > 1:
+            values = values * ndim
+        if len(values) != ndim or not all(_is_int(v) for v in values):
+            raise ValueError(
+                f"{name}={value!r} is not valid: expected an int or a tuple of {ndim} ints"
+            )
+        values = tuple(int(v) for v in values)
+    else:
+        raise TypeError(f"{name}={value!r} is not valid: expected an int or a tuple of {ndim} ints")
+    for v in values:
+        if v < minimum:
+            what = "positive" if minimum == 1 else "non-negative"
+            raise ValueError(f"{name}={value!r} is not valid: every entry must be {what}")
+    return values
+
+
+def resolve_padding(padding, ndim: int, kernel, stride, dilation):
+    """PyTorch's padding rules -> (pad_before, pad_after), each a tuple of `ndim` ints.
+
+    Accepts an int, a tuple of `ndim` ints (symmetric), a tuple of `ndim` (before, after) pairs,
+    'valid' (no padding) and 'same' (stride 1 only; total d*(k-1), the extra one after, as PyTorch
+    does for even kernels).
+    """
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            zeros = (0,) * ndim
+            return zeros, zeros
+        if mode == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError(
+                    f"padding='same' is not supported for strided convolutions: stride={stride}, "
+                    "expected all 1"
+                )
+            total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+            before = tuple(t // 2 for t in total)
+            return before, tuple(t - b for t, b in zip(total, before))
+        raise ValueError(f"padding={padding!r} is not valid: expected 'same', 'valid', an int or a tuple")
+    if (isinstance(padding, Sequence) and len(padding) == ndim
+            and all(isinstance(p, Sequence) and not isinstance(p, str) for p in padding)):
+        pairs = []
+        for p in padding:
+            if len(p) != 2 or not all(_is_int(v) for v in p):
+                raise ValueError(
+                    f"padding={padding!r} is not valid: per-side padding needs {ndim} (before, after) pairs of ints"
+                )
+            if min(p) < 0:
+                raise ValueError(f"padding={padding!r} is not valid: every entry must be non-negative")
+            pairs.append((int(p[0]), int(p[1])))
+        return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+    symmetric = expand(padding, ndim, "padding", 0)
+    return symmetric, symmetric
+
+
+def out_size(in_size, kernel, stride, dilation, pad_before, pad_after):
+    return tuple(
+        (i + pb + pa - d * (k - 1) - 1) // s + 1
+        for i, k, s, d, pb, pa in zip(in_size, kernel, stride, dilation, pad_before, pad_after)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+    """One convolution: shapes, hyper-parameters, layout and dtype. Always batched.
+
+    `in_size`, `kernel`, `stride`, `dilation`, `pad_before`, `pad_after` have one entry per
+    spatial dimension. The weight of a channels-first layout is (O, I/groups, *kernel), as in
+    PyTorch; of a channels-last layout (*kernel, I/groups, O).
+    """
+
+    layout: str
+    batch: int
+    in_channels: int
+    out_channels: int
+    in_size: tuple
+    kernel: tuple
+    stride: tuple
+    dilation: tuple
+    pad_before: tuple
+    pad_after: tuple
+    groups: int = 1
+    dtype: str = "float32"
+    bias: bool = False
+
+    def __post_init__(self):
+        self.validate()
+
+    # --- derived -------------------------------------------------------------------------------
+    @property
+    def ndim(self) -> int:
+        return len(self.in_size)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.layout[-1] == "C"
+
+    @property
+    def weight_layout(self) -> str:
+        return WEIGHT_LAYOUTS[self.layout]
+
+    @property
+    def out_size(self) -> tuple:
+        return out_size(self.in_size, self.kernel, self.stride, self.dilation,
+                        self.pad_before, self.pad_after)
+
+    def data_shape(self, channels: int, size) -> tuple:
+        """Shape of an activation tensor with this spec's batch and layout."""
+        size = tuple(size)
+        if self.channels_last:
+            return (self.batch, *size, channels)
+        return (self.batch, channels, *size)
+
+    @property
+    def input_shape(self) -> tuple:
+        return self.data_shape(self.in_channels, self.in_size)
+
+    @property
+    def output_shape(self) -> tuple:
+        return self.data_shape(self.out_channels, self.out_size)
+
+    @property
+    def weight_shape(self) -> tuple:
+        cg = self.in_channels // self.groups
+        if self.channels_last:
+            return (*self.kernel, cg, self.out_channels)
+        return (self.out_channels, cg, *self.kernel)
+
+    @property
+    def bias_shape(self) -> tuple:
+        return (self.out_channels,)
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds x 2 of the forward pass; each adjoint performs the same count."""
+        return (2 * self.batch * self.out_channels * math.prod(self.out_size)
+                * (self.in_channels // self.groups) * math.prod(self.kernel))
+
+    @property
+    def key(self) -> str:
+        """A stable, human-readable name of this workload (used in caches and tuning records)."""
+        def t(v):
+            return "x".join(str(i) for i in v)
+        return (f"{self.layout}_{self.dtype}_n{self.batch}_c{self.in_channels}_k{self.out_channels}"
+                f"_i{t(self.in_size)}_r{t(self.kernel)}_s{t(self.stride)}_d{t(self.dilation)}"
+                f"_p{t(self.pad_before)}-{t(self.pad_after)}_g{self.groups}"
+                + ("_bias" if self.bias else ""))
+
+    def with_batch(self, batch: int) -> "ConvSpec":
+        return dataclasses.replace(self, batch=batch)
+
+    # --- (de)serialization ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ConvSpec":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "ConvSpec":
+        return cls.from_dict(json.loads(text))
+
+    # --- construction from user arguments ------------------------------------------------------
+    @classmethod
+    def from_shapes(cls, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *,
+                    layout=None, dtype="float32", bias=False) -> "ConvSpec":
+        """Build a spec from a batched input shape and a weight shape in `layout`'s convention."""
+        input_shape = _shape(input_shape, "input_shape")
+        weight_shape = _shape(weight_shape, "weight_shape")
+        ndim = len(input_shape) - 2
+        if ndim not in LAYOUTS:
+            raise ValueError(
+                f"input_shape={input_shape} has rank {len(input_shape)}: expected 3, 4 or 5 "
+                "(batch, channels and 1 to 3 spatial dimensions)"
+            )
+        layout = check_layout(layout or default_layout(ndim), ndim)
+        if len(weight_shape) != ndim + 2:
+            raise ValueError(
+                f"weight_shape={weight_shape} has rank {len(weight_shape)}: expected {ndim + 2} "
+                f"({WEIGHT_LAYOUTS[layout]}) for a {ndim}-D convolution"
+            )
+        channels_last = layout[-1] == "C"
+        if channels_last:
+            batch, *in_size, in_channels = input_shape
+            *kernel, cg, out_channels = weight_shape
+        else:
+            batch, in_channels, *in_size = input_shape
+            out_channels, cg, *kernel = weight_shape
+        stride = expand(stride, ndim, "stride", 1)
+        dilation = expand(dilation, ndim, "dilation", 1)
+        if not _is_int(groups) or groups < 1:
+            raise ValueError(f"groups={groups!r} is not valid: expected a positive int")
+        kernel = tuple(kernel)
+        pad_before, pad_after = resolve_padding(padding, ndim, kernel, stride, dilation)
+        if in_channels != cg * groups:
+            raise ValueError(
+                f"weight_shape={weight_shape} does not fit input_shape={input_shape} with "
+                f"groups={groups}: the input has {in_channels} channels, expected "
+                f"{cg} (weight's I/groups) x {groups} (groups) = {cg * groups}"
+            )
+        return cls(layout=layout, batch=batch, in_channels=in_channels, out_channels=out_channels,
+                   in_size=tuple(in_size), kernel=kernel, stride=stride, dilation=dilation,
+                   pad_before=pad_before, pad_after=pad_after, groups=int(groups),
+                   dtype=check_dtype(dtype), bias=bool(bias))
+
+    def validate(self) -> None:
+        ndim = len(self.in_size)
+        if ndim not in LAYOUTS:
+            raise ValueError(f"in_size={self.in_size} must have 1 to 3 entries")
+        check_layout(self.layout, ndim)
+        check_dtype(self.dtype)
+        for name in ("kernel", "stride", "dilation", "pad_before", "pad_after"):
+            value = getattr(self, name)
+            if len(value) != ndim:
+                raise ValueError(f"{name}={value} must have {ndim} entries, like in_size={self.in_size}")
+        if self.batch < 0:
+            raise ValueError(f"batch={self.batch} must be non-negative")
+        if self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError(
+                f"in_channels={self.in_channels}, out_channels={self.out_channels}: both must be positive"
+            )
+        if any(k < 1 for k in self.kernel):
+            raise ValueError(f"kernel size {self.kernel} must be positive in every dimension")
+        if any(i < 1 for i in self.in_size):
+            raise ValueError(f"input spatial size {self.in_size} must be positive in every dimension")
+        if any(s < 1 for s in self.stride):
+            raise ValueError(f"stride={self.stride} must be positive in every dimension")
+        if any(d < 1 for d in self.dilation):
+            raise ValueError(f"dilation={self.dilation} must be positive in every dimension")
+        if any(p < 0 for p in self.pad_before + self.pad_after):
+            raise ValueError(f"padding={self.pad_before}/{self.pad_after} must be non-negative")
+        if self.groups < 1 or self.in_channels % self.groups:
+            raise ValueError(
+                f"groups={self.groups}: in_channels={self.in_channels} must be divisible by groups"
+            )
+        if self.out_channels % self.groups:
+            raise ValueError(
+                f"groups={self.groups}: out_channels={self.out_channels} (the weight's output "
+                "channels) must be divisible by groups"
+            )
+        for i, k, d, pb, pa in zip(self.in_size, self.kernel, self.dilation,
+                                   self.pad_before, self.pad_after):
+            if d * (k - 1) + 1 > i + pb + pa:
+                raise ValueError(
+                    f"kernel size {self.kernel} with dilation {self.dilation} spans more than the "
+                    f"padded input: input size {self.in_size}, padding {self.pad_before}/{self.pad_after}"
+                )
+
+
+def _shape(shape, name) -> tuple:
+    if isinstance(shape, str) or not isinstance(shape, Sequence):
+        try:
+            shape = tuple(shape)
+        except TypeError:
+            raise TypeError(f"{name}={shape!r} is not a shape: expected a tuple of ints") from None
+    if not all(_is_int(v) for v in shape):
+        raise TypeError(f"{name}={tuple(shape)!r} is not a shape: expected a tuple of ints")
+    if any(v < 0 for v in shape):
+        raise ValueError(f"{name}={tuple(shape)!r} has a negative dimension")
+    return tuple(int(v) for v in shape)
