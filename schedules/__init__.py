@@ -5,7 +5,9 @@ None means "not mine". convc.dispatch tries RULES[kind] in order after any tunin
 before the default schedule.
 """
 
+from .cpu import RULES as CPU_RULES
+
 RULES = {
-    "cpu": [],
+    "cpu": CPU_RULES,
     "cuda": [],
 }

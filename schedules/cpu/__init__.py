@@ -1,0 +1,45 @@
+"""Hand-written CPU (LLVM) schedules for forward, grad_input and grad_weight.
+
+Each rule has the signature `rule(func, target) -> tvm.s_tir.Schedule | None` and declines (None)
+for functions that are not its op. The rules cover every spec convc declares (ranks 1-3, both
+layout families, stride, dilation, asymmetric padding, groups, depthwise, float16/32/64, bias); a
+schedule primitive that refuses an unforeseen shape makes the rule decline, so dispatch falls back
+to the default schedule instead of failing.
+
+    direct.py       forward and grad_input: register-blocked direct convolution (1x1 as GEMM)
+    grad_weight.py  grad_weight: output-stationary register tile, reduction over batch and space
+    common.py       tile choice, parallel outer loops, the local accumulator
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+from .direct import schedule_direct
+from .grad_weight import schedule_grad_weight
+
+
+def declining(rule):
+    """Turn a schedule error inside `rule` into "not mine" (None), with a warning naming it."""
+
+    @functools.wraps(rule)
+    def wrapper(func, target):
+        from tvm.s_tir.schedule import ScheduleError
+
+        try:
+            return rule(func, target)
+        except ScheduleError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            warnings.warn(f"convc: CPU rule {rule.__name__} declined: {first}", RuntimeWarning,
+                          stacklevel=2)
+            return None
+
+    return wrapper
+
+
+forward = declining(schedule_direct)
+grad_weight = declining(schedule_grad_weight)
+
+# In dispatch order; each declines what is not its op.
+RULES = [forward, grad_weight]

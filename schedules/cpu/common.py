@@ -1,0 +1,91 @@
+"""Pieces shared by the CPU rules: tile choice, block lookup, operand stages, the local accumulator.
+
+Everything here asks the target (convc.target.info) what it can do; nothing names a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tvm
+from tvm import s_tir
+
+from convc.target import info
+
+# AVX-512 and NEON-SVE-class CPUs have 32 vector registers, AVX2 16. A register tile must leave
+# room for the operands of one step (a weight vector or two, a broadcast), so it is capped below.
+def vector_registers(target) -> int:
+    return 32 if info(target).vector_bits >= 512 else 16
+
+
+def new_schedule(func) -> s_tir.Schedule:
+    return s_tir.Schedule(tvm.IRModule({"main": func}))
+
+
+def find(sch: s_tir.Schedule, name: str):
+    """The block called `name`, or None when the declaration did not create it."""
+    try:
+        return sch.get_sblock(name)
+    except Exception:  # noqa: BLE001 - TVM raises its own error type for an absent block
+        return None
+
+
+def pick_tile(extent: int, limit: int, minimum: int = 1) -> int:
+    """A tile for a loop of `extent`: the largest divisor in [minimum, limit] if there is one,
+    else the size in [minimum, limit] that wastes the fewest iterations on the remainder (ties go to
+    the larger tile). The rules accept any extent; a non-dividing tile leaves a guarded remainder.
+    """
+    limit = max(1, min(limit, extent))
+    minimum = max(1, min(minimum, limit))
+    divisors = [t for t in range(minimum, limit + 1) if extent % t == 0]
+    if divisors and divisors[-1] * 2 > limit:
+        return divisors[-1]
+    return min(range(minimum, limit + 1), key=lambda t: (math.ceil(extent / t) * t - extent, -t))
+
+
+def parallel_outer(sch: s_tir.Schedule, loops, target, min_chunks: int | None = None):
+    """Fuse the leading loops (as few as give every core a few chunks) and mark them parallel.
+
+    Returns the fused loop, or None when `loops` is empty."""
+    if not loops:
+        return None
+    want = min_chunks or 4 * info(target).num_cores
+    take, extent = 0, 1
+    for loop in loops:
+        take += 1
+        extent *= int(sch.get(loop).extent)
+        if extent >= want:
+            break
+    fused = sch.fuse(*loops[:take]) if take > 1 else loops[0]
+    sch.parallel(fused)
+    return fused
+
+
+def parallel_block(sch: s_tir.Schedule, block, target, lanes: int = 16) -> None:
+    """A root-level elementwise stage (padding, packing): outer loops parallel, the innermost loop
+    vectorized by `lanes` when it is long enough to matter."""
+    loops = sch.get_loops(block)
+    if len(loops) > 1 and int(sch.get(loops[-1]).extent) >= lanes:
+        rest, inner = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(inner)
+        loops = loops[:-1] + [rest]
+    parallel_outer(sch, loops, target)
+
+
+def finish_output(sch: s_tir.Schedule, copy_block) -> None:
+    """Fold the epilogue ("output": bias and/or float16 cast) into the accumulator write-back."""
+    from convc.ops import EPILOGUE
+
+    epilogue = find(sch, EPILOGUE)
+    if epilogue is not None:
+        sch.reverse_compute_inline(epilogue)
+
+
+def vectorize_inner(sch: s_tir.Schedule, block, max_lanes: int) -> None:
+    """Vectorize the innermost loop of `block` when it is a short constant loop, else unroll it."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    extent = int(sch.get(loops[-1]).extent)
+    if 1 < extent <= 4 * max_lanes:
+        sch.vectorize(loops[-1])
