@@ -97,6 +97,26 @@ class Kernel:
             result[...] = target
         return result
 
+    def time(self, *inputs, repeat: int = 10, min_seconds: float = 0.2) -> float:
+        """Median seconds of one call on these inputs (warm-up excluded; each sample loops until
+        it lasts at least min_seconds / repeat, so short kernels are timed over many calls)."""
+        import time
+
+        out = self(*inputs)                      # warm-up; also validates the inputs once
+        arrays = [safe(as_array(a, "input")) for a in inputs]
+        function = self._function or (lambda *args: None)
+        start = time.perf_counter()
+        function(*arrays, out)
+        once = max(time.perf_counter() - start, 1e-7)
+        number = max(1, int(min_seconds / repeat / once))
+        samples = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for _ in range(number):
+                function(*arrays, out)
+            samples.append((time.perf_counter() - start) / number)
+        return float(np.median(samples))
+
     def _check(self, value, name: str, shape) -> np.ndarray:
         array = as_array(value, name)
         if array.dtype != np.dtype(self.spec.dtype):
