@@ -1,0 +1,477 @@
+"""Export several kernels of one convolution into one shared library plus a JSON manifest, and
+load them back as validating callables.
+
+    manifest = convc.export.export_library(spec, "lib.so")          # writes lib.so and lib.json
+    lib = convc.load("lib.so")                                     # checks manifest and hash
+    y = lib.forward(x, w)                                          # validates, allocates y
+
+The library needs neither TVM nor convc at run time: `tvm_ffi.load_module("lib.so")["forward"]`
+(Python) or `tvm::ffi::Module::LoadFromFile` (C++) runs it with only apache-tvm-ffi. Its functions
+are destination-passing, named by op: forward(x, w[, b], y), grad_input(dy, w, dx),
+grad_weight(x, dy, dw). Their parameters assume only element alignment (see convc.ops.common.
+make_func), so a raw call with an unaligned array is computed in place, and one with the wrong
+shape, dtype or strides raises instead of crashing. The library carries its own thread pool
+(convc/export_runtime.py), so parallel kernels run without libtvm_runtime too.
+
+Manifest (lib.json beside lib.so), format FORMAT:
+    convc, tvm, tvm_ffi     versions that wrote it
+    target                  the TVM target as JSON; cpu_features: ISA features the code may use
+    library, artifact       file name and "shared-library" or "object" (cross compile, no linker)
+    sha256                  of the library file
+    functions               name -> {op, how, spec, flops, args: [{name, role, shape, dtype, layout}]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+from . import __version__
+from .export_runtime import LINK_OPTIONS
+from .kernel import Kernel
+from .ops import arguments, shapes
+from .spec import OPS, ConvSpec, check_op
+
+FORMAT = "convc-library/1"
+
+# Features LLVM lists for a CPU include tuning hints ("slow-3ops-lea", "fast-gather"): only these
+# name instructions whose absence makes the code fault.
+_ISA_FEATURE = re.compile(
+    r"^(avx|sse|ssse|fma|f16c|bmi|amx|aes|sha|vaes|vpclmulqdq|gfni|popcnt|lzcnt|movbe|adx|"
+    r"sve|sme|neon|fp-armv8|fullfp16|fp16fml|dotprod|i8mm|bf16|rdm|lse|crc)")
+
+
+class LibraryError(ValueError):
+    """A library or manifest that convc cannot use, with the reason and what to do."""
+
+
+class CrossCompileWarning(UserWarning):
+    """No linker for the target's CPU: an object file was written instead of a shared library."""
+
+
+# --- export ------------------------------------------------------------------------------------
+
+def export_library(spec: ConvSpec, path, kernels=OPS, target=None, *, log_dir=None,
+                   cc=None) -> dict:
+    """Compile `kernels` (ops of `spec`) for `target` into one library at `path`; write the
+    manifest beside it (same name, suffix .json). Returns the manifest.
+
+    target: None (this CPU), "llvm", "cuda", a dict or a JSON string (convc.target.resolve).
+    A CPU target for another architecture (e.g. {"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
+    links with `<triple>-g++` when it exists; otherwise the object file (suffix .o) and the
+    runtime's C source are written, with a CrossCompileWarning that gives the link command.
+    cc: the compiler that links the library (default: $CXX, g++, ... for this CPU;
+    `<triple>-g++` / `<triple>-gcc` for another one).
+    """
+    from .target import info, resolve
+
+    if not isinstance(spec, ConvSpec):
+        raise TypeError(f"spec={spec!r} is not a ConvSpec: build one with ConvSpec.from_shapes(...)")
+    ops = _check_kernels(kernels)
+    if spec.batch == 0:
+        raise ValueError(f"spec has batch 0: an exported library needs a positive batch ({spec.key})")
+    path = Path(path)
+    if path.suffix in (".json", ".o"):
+        raise ValueError(f"output path {str(path)!r} must not end in {path.suffix}: the manifest "
+                         "and object file take that name (give e.g. lib.so)")
+    if log_dir is not None and not Path(log_dir).is_dir():
+        raise ValueError(f"log_dir={str(log_dir)!r} is not a directory")
+    target = resolve(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if info(target).is_gpu:
+        hows = _export_cuda(spec, ops, target, path, log_dir)
+        artifact, link = "shared-library", None
+    else:
+        hows, artifact, link = _export_cpu(spec, ops, target, path, log_dir, cc)
+        if artifact == "object":
+            path = path.with_suffix(".o")
+    manifest = _manifest(spec, ops, target, path, artifact, hows, link)
+    _write_atomic(manifest_path(path), dumps(manifest))
+    if link:
+        warnings.warn(link["message"], CrossCompileWarning, stacklevel=2)
+    return manifest
+
+
+def _check_kernels(kernels) -> tuple:
+    if isinstance(kernels, str):
+        kernels = [k.strip() for k in kernels.split(",") if k.strip()]
+    ops = tuple(kernels)
+    if not ops:
+        raise ValueError(f"kernels={kernels!r} is empty: expected some of {OPS}")
+    for op in ops:
+        check_op(op)
+    if len(set(ops)) != len(ops):
+        raise ValueError(f"kernels={list(ops)} names a kernel twice")
+    return ops
+
+
+def _scheduled_module(spec: ConvSpec, ops, target, log_dir):
+    """One IRModule holding every op's scheduled function (named by op), and how each was chosen."""
+    import tvm
+
+    from . import build
+
+    kwargs = {}
+    if log_dir is not None:
+        if "log_dir" not in inspect.signature(build.schedule).parameters:
+            raise ValueError("log_dir: this convc cannot read tuning records from a directory yet "
+                             "(convc.build.schedule takes no log_dir)")
+        kwargs["log_dir"] = str(log_dir)
+    functions, hows = {}, {}
+    for op in ops:
+        mod, how = build.schedule(spec, op, target, **kwargs)
+        functions[op] = mod[op]
+        hows[op] = how
+    return tvm.IRModule(functions), hows
+
+
+def _export_cpu(spec, ops, target, path: Path, log_dir, cc):
+    import tvm
+    from tvm.support import cc as tvm_cc
+
+    from . import export_runtime
+
+    mod, hows = _scheduled_module(spec, ops, target, log_dir)
+    executable = tvm.compile(mod, target=target)
+    triple = str(target.attrs.get("mtriple", ""))
+    native = _same_arch(_arch(triple), _arch(platform.machine()))
+    linker = cc or (tvm_cc.get_cc() if native else _cross_linker(triple))
+    with tempfile.TemporaryDirectory(prefix="convc-export-") as work:
+        runtime_c = export_runtime.write_source(work)
+        if linker is None or shutil.which(linker) is None:
+            if native:
+                raise RuntimeError(f"no C++ compiler{f' {linker!r}' if linker else ''} found to "
+                                   "link the library: install g++ or set $CXX")
+            return hows, "object", _write_object(executable, path, runtime_c, triple, linker)
+        fcompile = tvm_cc.cross_compiler(linker, options=list(LINK_OPTIONS))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            executable.export_library(str(tmp), fcompile=fcompile, addons=[str(runtime_c)],
+                                      workspace_dir=work)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return hows, "shared-library", None
+
+
+def _write_object(executable, path: Path, runtime_c: Path, triple: str, linker) -> dict:
+    """No linker for `triple` here: write the object file and the runtime source beside it."""
+    obj = path.with_suffix(".o")
+    source = path.with_name(f"{path.stem}_runtime.c")
+    executable.mod.write_to_file(str(obj))
+    shutil.copyfile(runtime_c, source)
+    wanted = linker or f"{triple}-g++"
+    command = (f"{wanted} -shared -fPIC {' '.join(LINK_OPTIONS)} -o {path.name} "
+               f"{obj.name} {source.name}")
+    message = (f"no linker for {triple} on this machine ({wanted} not found): wrote the object "
+               f"file {obj} and the runtime source {source} instead of {path}. Link them on a "
+               f"machine that has one: {command}  (on Debian/Ubuntu: apt-get install "
+               f"g++-{triple})")
+    return {"command": command, "object": obj.name, "runtime_source": source.name,
+            "message": message}
+
+
+def _arch(name: str) -> str:
+    arch = (name or "").split("-")[0].lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+
+
+def _same_arch(a: str, b: str) -> bool:
+    return a == b or not a
+
+
+def _cross_linker(triple: str):
+    """`<triple>-g++` (or -gcc), also without a vendor field (aarch64-unknown-linux-gnu)."""
+    parts = triple.split("-")
+    names = [triple]
+    if len(parts) == 4:
+        names.append("-".join([parts[0], *parts[2:]]))
+    for name in names:
+        for tool in (f"{name}-g++", f"{name}-gcc"):
+            if shutil.which(tool):
+                return tool
+    return None
+
+
+def _export_cuda(spec, ops, target, path: Path, log_dir):
+    try:
+        from . import cuda
+    except ImportError as err:
+        raise NotImplementedError(
+            f"exporting CUDA kernels needs convc.cuda, which could not be imported ({err})") from None
+    export = getattr(cuda, "export_cuda_library", None)
+    if export is None:
+        raise NotImplementedError("exporting CUDA kernels is not available in this convc: "
+                                  "convc.cuda has no export_cuda_library")
+    mod, hows = _scheduled_module(spec, ops, target, log_dir)
+    export(mod, target, str(path))
+    return hows
+
+
+def _cpu_features(target) -> list:
+    import tvm
+
+    if target.kind.name != "llvm":
+        return []
+    try:
+        features = tvm.target.codegen.llvm_get_cpu_features(target)
+    except Exception:  # noqa: BLE001 - an LLVM without this CPU's backend
+        return []
+    return sorted(str(f) for f in features if _ISA_FEATURE.match(str(f)))
+
+
+def _manifest(spec, ops, target, path: Path, artifact, hows, link) -> dict:
+    import tvm
+    import tvm_ffi
+
+    functions = {}
+    for op in ops:
+        names, arg_shapes = arguments(spec, op), shapes(spec, op)
+        functions[op] = {
+            "op": op, "how": hows[op], "spec": spec.to_dict(), "flops": spec.flops,
+            "args": [_arg(spec, name, shape, role="output" if i == len(names) - 1 else "input")
+                     for i, (name, shape) in enumerate(zip(names, arg_shapes))],
+        }
+    manifest = {
+        "format": FORMAT, "convc": __version__, "tvm": tvm.__version__,
+        "tvm_ffi": tvm_ffi.__version__, "target": json.loads(str(target)),
+        "cpu_features": _cpu_features(target), "library": path.name, "artifact": artifact,
+        "sha256": sha256(path), "functions": functions,
+    }
+    if link:
+        manifest["link"] = {k: v for k, v in link.items() if k != "message"}
+    return manifest
+
+
+def _arg(spec: ConvSpec, name: str, shape, role: str) -> dict:
+    layout = {"w": spec.weight_layout, "dw": spec.weight_layout, "b": "O"}.get(name, spec.layout)
+    return {"name": name, "role": role, "shape": list(shape), "dtype": spec.dtype, "layout": layout}
+
+
+# --- load --------------------------------------------------------------------------------------
+
+def manifest_path(path) -> Path:
+    """lib.so -> lib.json."""
+    return Path(path).with_suffix(".json")
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(path) -> tuple[Path, dict]:
+    """(library path, manifest) for `path` (the library or its manifest), checked against this
+    convc and the library's hash. Raises FileNotFoundError or LibraryError."""
+    path = Path(path)
+    if path.suffix == ".json":
+        meta_path = path
+        manifest = _parse_manifest(meta_path)
+        library = meta_path.with_name(str(manifest.get("library", "")))
+    else:
+        library, meta_path = path, manifest_path(path)
+        if not library.is_file():
+            raise FileNotFoundError(f"library {str(library)!r} not found")
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"manifest {str(meta_path)!r} not found beside {str(library)!r}: convc.load needs "
+                "the .json that `convc compile` writes (tvm_ffi.load_module loads the library "
+                "alone, unchecked)")
+        manifest = _parse_manifest(meta_path)
+    if not library.is_file():
+        raise FileNotFoundError(f"library {str(library)!r} named by {str(meta_path)!r} not found")
+    _check_versions(manifest, meta_path)
+    digest = sha256(library)
+    if digest != manifest.get("sha256"):
+        raise LibraryError(
+            f"{str(library)!r} does not match its manifest {str(meta_path)!r}: sha256 {digest[:16]}... "
+            f"!= {str(manifest.get('sha256'))[:16]}...: the library was modified or replaced after it "
+            "was exported; export it again")
+    if manifest.get("artifact") != "shared-library":
+        link = manifest.get("link", {}).get("command", "")
+        raise LibraryError(f"{str(library)!r} is an object file, not a loadable library: link it on "
+                           f"a machine of its target ({link})")
+    return library, manifest
+
+
+def _parse_manifest(meta_path: Path) -> dict:
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"manifest {str(meta_path)!r} not found")
+    try:
+        manifest = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LibraryError(f"{str(meta_path)!r} is not a convc manifest: invalid JSON ({err})") from None
+    if not isinstance(manifest, dict) or "format" not in manifest:
+        raise LibraryError(f"{str(meta_path)!r} is not a convc manifest: no 'format' field")
+    return manifest
+
+
+def _check_versions(manifest: dict, meta_path: Path) -> None:
+    import tvm_ffi
+
+    if manifest["format"] != FORMAT:
+        raise LibraryError(f"{str(meta_path)!r} has format {manifest['format']!r}: this convc "
+                           f"{__version__} reads {FORMAT!r}; export the library again")
+    if manifest.get("convc") != __version__:
+        raise LibraryError(
+            f"{str(meta_path)!r} was written by convc {manifest.get('convc')}, this is convc "
+            f"{__version__}: export the library again with this version (`convc compile ...`), "
+            "or load it unchecked with tvm_ffi.load_module")
+    theirs, ours = str(manifest.get("tvm_ffi", "")), tvm_ffi.__version__
+    if theirs.split(".")[:2] != ours.split(".")[:2]:
+        raise LibraryError(f"{str(meta_path)!r}: the library was built against apache-tvm-ffi "
+                           f"{theirs}, this process has {ours} (another ABI): export it again")
+    functions = manifest.get("functions")
+    if not isinstance(functions, dict) or not functions:
+        raise LibraryError(f"{str(meta_path)!r} lists no functions")
+
+
+def _check_cpu(manifest: dict, library: Path) -> None:
+    """Refuse a CPU library built for another architecture or for instructions this CPU lacks."""
+    import tvm
+
+    from .target import resolve
+
+    target = manifest.get("target", {})
+    if target.get("kind") != "llvm":
+        return
+    theirs, ours = _arch(target.get("mtriple", "")), _arch(platform.machine())
+    if not _same_arch(theirs, ours):
+        raise LibraryError(f"{str(library)!r} was compiled for {target.get('mtriple')}; this "
+                           f"machine is {platform.machine()}: load it on a machine of that architecture")
+    host = set(_cpu_features(resolve(None)))
+    missing = sorted(set(manifest.get("cpu_features", [])) - host) if host else []
+    if missing:
+        raise LibraryError(
+            f"{str(library)!r} was compiled for the CPU {target.get('mcpu')!r} and uses "
+            f"{', '.join(missing)}, which this CPU ({tvm.target.codegen.llvm_get_system_cpu()}) "
+            "lacks: export it for this CPU (--target llvm) or an older one")
+
+
+class LoadedKernel(Kernel):
+    """A Kernel whose code comes from an exported library: same validation, same call."""
+
+    def __init__(self, name: str, entry: dict, target, module, library: Path):
+        spec = ConvSpec.from_dict(entry["spec"])
+        super().__init__(spec, check_op(entry["op"]), target, module=None,
+                         how=str(entry.get("how", "")), tir="", library=library)
+        self.name, self.module = name, module
+        self._function = _lookup(module, name, library)
+        expected = [a["name"] for a in entry.get("args", [])]
+        if expected and list(self.arg_names) != expected:
+            raise LibraryError(f"{str(library)!r}: function {name} takes {expected}, expected "
+                               f"{list(self.arg_names)} for {self.op}: the manifest is inconsistent")
+
+    @property
+    def source(self) -> str:
+        """An exported library keeps no source: compile the spec again for its code."""
+        return ""
+
+    def __repr__(self) -> str:
+        return f"<convc.LoadedKernel {self.name}: {self.op} {self.spec.key} ({self.how})>"
+
+
+def _lookup(module, name: str, library: Path):
+    try:
+        return module[name]
+    except Exception:  # noqa: BLE001 - tvm-ffi raises its own AttributeError/TVMError
+        raise LibraryError(f"{str(library)!r} has no function {name!r} although its manifest "
+                           "lists it") from None
+
+
+class Library(Mapping):
+    """The functions of an exported library, by name: lib["forward"] or lib.forward.
+
+    Each is a LoadedKernel: call it with the op's inputs; it checks their shapes and dtypes,
+    copies an input whose memory the kernel cannot read in place, and returns the output,
+    allocated unless `out=` is given.
+    """
+
+    def __init__(self, path: Path, manifest: dict, module, functions: dict):
+        self.path, self.manifest, self.module = path, manifest, module
+        self._functions = functions
+
+    def __getitem__(self, name: str) -> LoadedKernel:
+        try:
+            return self._functions[name]
+        except KeyError:
+            raise KeyError(f"{str(self.path)!r} has no function {name!r}: it has "
+                           f"{sorted(self._functions)}") from None
+
+    def __getattr__(self, name: str) -> LoadedKernel:
+        functions = self.__dict__.get("_functions", {})
+        if name in functions:
+            return functions[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or function {name!r}")
+
+    def __iter__(self):
+        return iter(self._functions)
+
+    def __len__(self) -> int:
+        return len(self._functions)
+
+    def __repr__(self) -> str:
+        return f"<convc.Library {self.path.name}: {', '.join(self._functions)}>"
+
+
+def load(path) -> Library:
+    """Load a library written by `convc compile` / export_library, after checking its manifest
+    (format, convc and tvm-ffi versions, target CPU, sha256). Raises FileNotFoundError for a
+    missing file and LibraryError for one convc cannot use."""
+    import tvm_ffi
+
+    from .target import resolve
+
+    library, manifest = read_manifest(path)
+    _check_cpu(manifest, library)
+    try:
+        module = tvm_ffi.load_module(str(library))
+    except Exception as err:  # noqa: BLE001 - dlopen failures come back as TVM/runtime errors
+        raise LibraryError(f"{str(library)!r} could not be loaded: {err}") from None
+    try:
+        target = resolve(manifest["target"])
+    except ValueError as err:
+        raise LibraryError(f"{str(library)!r}: its manifest's target is not usable here: {err}") from None
+    functions = {name: LoadedKernel(name, entry, target, module, library)
+                 for name, entry in manifest["functions"].items()}
+    return Library(library, manifest, module, functions)
+
+
+def dumps(manifest: dict) -> str:
+    """The manifest as indented JSON; lists of scalars and objects of scalars (an argument)
+    are kept on one line."""
+    scalar = r'(?:"[^"\n]*"|-?\d+(?:\.\d+)?|true|false|null)'
+    flat_list = re.compile(r"\[\s*(" + scalar + r"(?:\s*,\s*" + scalar + r")*)\s*\]")
+    member = r'"[^"\n]+": (?:' + scalar + r"|\[[^\[\]\n]*\])"
+    flat_object = re.compile(r"\{\s*(" + member + r"(?:,\s*" + member + r")*)\s*\}")
+    text = json.dumps(manifest, indent=1, sort_keys=True)
+    text = flat_list.sub(lambda m: "[" + re.sub(r"\s*,\s*", ", ", m.group(1)) + "]", text)
+    text = flat_object.sub(lambda m: "{" + re.sub(r",\s*(?=\")", ", ", m.group(1)) + "}", text)
+    return text + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+__all__ = ["FORMAT", "CrossCompileWarning", "Library", "LibraryError", "LoadedKernel",
+           "export_library", "load", "manifest_path", "read_manifest", "sha256"]
