@@ -207,9 +207,9 @@ def _finish(sch, block, parallel_loops, tile_loop, first_reduction, target, unro
     for loop in unroll:
         sch.unroll(loop)
     sch.vectorize(vector)
-    _vectorize_tail(sch, write_back, tile_loop)
+    vectorize_tile(sch, inner_loops(sch, write_back, block))
     init = sch.decompose_reduction(block, first_reduction)
-    _vectorize_tail(sch, init, tile_loop)
+    vectorize_tile(sch, inner_loops(sch, init, block))
 
 
 def channels_last_map(ndim: int):
@@ -221,17 +221,22 @@ def channels_last_map(ndim: int):
     return lambda n, c, p0, p1, p2: (n, p0, p1, p2, c)
 
 
-def _vectorize_tail(sch, stage, tile_loop):
-    """Vectorize the innermost loop of a stage nested under the tile loop (init / write-back)."""
-    loops = sch.get_loops(stage)
-    tile = sch.get(tile_loop)
-    position = [i for i, lp in enumerate(loops) if sch.get(lp).same_as(tile)]
-    inner = loops[position[0] + 1:] if position else []
-    if not inner:
+def inner_loops(sch, stage, outer_block):
+    """The loops of `stage` below those it shares with `outer_block` (its own tile loops)."""
+    mine, theirs = sch.get_loops(stage), sch.get_loops(outer_block)
+    shared = 0
+    for a, b in zip(mine, theirs):
+        if not sch.get(a).same_as(sch.get(b)):
+            break
+        shared += 1
+    return mine[shared:]
+
+
+def vectorize_tile(sch, loops) -> None:
+    """A tile's copy loops (init, write-back): the innermost vectorized, the others unrolled."""
+    loops = [lp for lp in loops if int(sch.get(lp).extent) > 1]
+    if not loops:
         return
-    last = inner[-1]
-    if int(sch.get(last).extent) > 1:
-        sch.vectorize(last)
-    for loop in inner[:-1]:
-        if int(sch.get(loop).extent) > 1:
-            sch.unroll(loop)
+    sch.vectorize(loops[-1])
+    for loop in loops[:-1]:
+        sch.unroll(loop)

@@ -24,7 +24,7 @@ from convc.target import info
 
 from .common import (find, finish_output, new_schedule, parallel_block, parallel_outer, pick_tile,
                      vector_registers)
-from .direct import channels_last_map, to_hwio, _vectorize_tail
+from .direct import channels_last_map, inner_loops, to_hwio, vectorize_tile
 
 
 def schedule_grad_weight(func, target):
@@ -97,7 +97,7 @@ def schedule_grad_weight(func, target):
     for loop in tile_loops + [c_i]:
         sch.unroll(loop)
     sch.vectorize(o_i)
-    _vectorize_tail(sch, write_back, tile_loop)
+    vectorize_tile(sch, inner_loops(sch, write_back, block))
     init = sch.decompose_reduction(block, rn)
-    _vectorize_tail(sch, init, tile_loop)
+    vectorize_tile(sch, inner_loops(sch, init, block))
     return sch
