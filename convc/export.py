@@ -1,9 +1,9 @@
 """Export several kernels of one convolution into one shared library plus a JSON manifest, and
 load them back as validating callables.
 
-    manifest = convc.export.export_library(spec, "lib.so")          # writes lib.so and lib.json
-    lib = convc.load("lib.so")                                     # checks manifest and hash
-    y = lib.forward(x, w)                                          # validates, allocates y
+    convc.export.export_library(spec, "lib.so")     # or a list of Kernels; writes lib.so, lib.json
+    lib = convc.load("lib.so")                      # checks the manifest and the hash
+    y = lib.forward(x, w)                           # validates the arguments, allocates y
 
 The library needs neither TVM nor convc at run time: `tvm_ffi.load_module("lib.so")["forward"]`
 (Python) or `tvm::ffi::Module::LoadFromFile` (C++) runs it with only apache-tvm-ffi. Its functions
@@ -60,48 +60,90 @@ class CrossCompileWarning(UserWarning):
 
 # --- export ------------------------------------------------------------------------------------
 
-def export_library(spec: ConvSpec, path, kernels=OPS, target=None, *, log_dir=None,
-                   cc=None) -> dict:
-    """Compile `kernels` (ops of `spec`) for `target` into one library at `path`; write the
-    manifest beside it (same name, suffix .json). Returns the manifest.
+def export_library(kernels, path, ops=None, target=None, *, log_dir=None, cc=None) -> Path:
+    """Compile kernels into one library at `path` and write its manifest beside it (same name,
+    suffix .json). Returns the path of what was written (the library, or the object file).
 
+    kernels: a ConvSpec, whose `ops` (default: all three) are scheduled and compiled for `target`;
+    or Kernels from convc.compile (one per op, one target), whose scheduled TIR is compiled again
+    into one library, so each keeps its schedule.
     target: None (this CPU), "llvm", "cuda", a dict or a JSON string (convc.target.resolve).
     A CPU target for another architecture (e.g. {"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
     links with `<triple>-g++` when it exists; otherwise the object file (suffix .o) and the
     runtime's C source are written, with a CrossCompileWarning that gives the link command.
+    log_dir: a directory of tuning records to consult (ConvSpec only).
     cc: the compiler that links the library (default: $CXX, g++, ... for this CPU;
     `<triple>-g++` / `<triple>-gcc` for another one).
     """
-    from .target import info, resolve
+    from .target import info
 
-    if not isinstance(spec, ConvSpec):
-        raise TypeError(f"spec={spec!r} is not a ConvSpec: build one with ConvSpec.from_shapes(...)")
-    ops = _check_kernels(kernels)
-    if spec.batch == 0:
-        raise ValueError(f"spec has batch 0: an exported library needs a positive batch ({spec.key})")
     path = Path(path)
     if path.suffix in (".json", ".o"):
         raise ValueError(f"output path {str(path)!r} must not end in {path.suffix}: the manifest "
                          "and object file take that name (give e.g. lib.so)")
     if log_dir is not None and not Path(log_dir).is_dir():
         raise ValueError(f"log_dir={str(log_dir)!r} is not a directory")
-    target = resolve(target)
+    entries, mod, target = _collect(kernels, ops, target, log_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
+    link = None
     if info(target).is_gpu:
-        hows = _export_cuda(spec, ops, target, path, log_dir)
-        artifact, link = "shared-library", None
+        _export_cuda(mod, target, path)
+        artifact = "shared-library"
     else:
-        hows, artifact, link = _export_cpu(spec, ops, target, path, log_dir, cc)
+        artifact, link = _export_cpu(mod, target, path, cc)
         if artifact == "object":
             path = path.with_suffix(".o")
-    manifest = _manifest(spec, ops, target, path, artifact, hows, link)
+    manifest = _manifest(entries, target, path, artifact, link)
     _write_atomic(manifest_path(path), dumps(manifest))
     if link:
         warnings.warn(link["message"], CrossCompileWarning, stacklevel=2)
-    return manifest
+    return path
 
 
-def _check_kernels(kernels) -> tuple:
+def _collect(kernels, ops, target, log_dir):
+    """-> ([(name, spec, op, how)], IRModule of the scheduled functions named by op, Target)."""
+    import tvm
+
+    from .target import resolve
+
+    if isinstance(kernels, ConvSpec):
+        spec = kernels
+        if spec.batch == 0:
+            raise ValueError(f"spec has batch 0: an exported library needs a positive batch "
+                             f"({spec.key})")
+        target = resolve(target)
+        mod, hows = _scheduled_module(spec, _check_ops(OPS if ops is None else ops), target,
+                                      log_dir)
+        return [(op, spec, op, how) for op, how in hows.items()], mod, target
+    if isinstance(kernels, Kernel):
+        kernels = [kernels]
+    try:
+        kernels = list(kernels)
+    except TypeError:
+        raise TypeError(f"kernels={kernels!r}: expected a ConvSpec or Kernels from convc.compile") from None
+    if not kernels or not all(isinstance(k, Kernel) for k in kernels):
+        raise TypeError(f"kernels={kernels!r}: expected a ConvSpec or a non-empty list of Kernels "
+                        "from convc.compile")
+    if ops is not None or log_dir is not None:
+        raise ValueError("ops and log_dir apply to a ConvSpec; Kernels are already compiled")
+    _check_ops([k.op for k in kernels])
+    targets = {str(k.target) for k in kernels}
+    if len(targets) > 1 or (target is not None and str(resolve(target)) not in targets):
+        raise ValueError(f"the kernels were compiled for {sorted(targets)}"
+                         + (f" and target={target!r}" if target is not None else "")
+                         + ": one library holds kernels of one target")
+    for k in kernels:
+        if not k.tir:
+            raise ValueError(f"{k!r} has no scheduled TIR to export (batch 0 or a loaded library)")
+    functions = {}
+    for k in kernels:
+        (gvar, func), = tvm.script.from_source(k.tir).functions_items()
+        functions[k.op] = func.with_attr("global_symbol", k.op)
+    entries = [(k.op, k.spec, k.op, k.how) for k in kernels]
+    return entries, tvm.IRModule(functions), kernels[0].target
+
+
+def _check_ops(kernels) -> tuple:
     if isinstance(kernels, str):
         kernels = [k.strip() for k in kernels.split(",") if k.strip()]
     ops = tuple(kernels)
@@ -110,7 +152,7 @@ def _check_kernels(kernels) -> tuple:
     for op in ops:
         check_op(op)
     if len(set(ops)) != len(ops):
-        raise ValueError(f"kernels={list(ops)} names a kernel twice")
+        raise ValueError(f"kernels={list(ops)} names a kernel twice: one function per op")
     return ops
 
 
@@ -134,13 +176,12 @@ def _scheduled_module(spec: ConvSpec, ops, target, log_dir):
     return tvm.IRModule(functions), hows
 
 
-def _export_cpu(spec, ops, target, path: Path, log_dir, cc):
+def _export_cpu(mod, target, path: Path, cc):
     import tvm
     from tvm.support import cc as tvm_cc
 
     from . import export_runtime
 
-    mod, hows = _scheduled_module(spec, ops, target, log_dir)
     executable = tvm.compile(mod, target=target)
     triple = str(target.attrs.get("mtriple", ""))
     native = _same_arch(_arch(triple), _arch(platform.machine()))
@@ -151,7 +192,7 @@ def _export_cpu(spec, ops, target, path: Path, log_dir, cc):
             if native:
                 raise RuntimeError(f"no C++ compiler{f' {linker!r}' if linker else ''} found to "
                                    "link the library: install g++ or set $CXX")
-            return hows, "object", _write_object(executable, path, runtime_c, triple, linker)
+            return "object", _write_object(executable, path, runtime_c, triple, linker)
         fcompile = tvm_cc.cross_compiler(linker, options=list(LINK_OPTIONS))
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
@@ -161,7 +202,7 @@ def _export_cpu(spec, ops, target, path: Path, log_dir, cc):
         finally:
             if tmp.exists():
                 tmp.unlink()
-    return hows, "shared-library", None
+    return "shared-library", None
 
 
 def _write_object(executable, path: Path, runtime_c: Path, triple: str, linker) -> dict:
@@ -203,7 +244,8 @@ def _cross_linker(triple: str):
     return None
 
 
-def _export_cuda(spec, ops, target, path: Path, log_dir):
+def _export_cuda(mod, target, path: Path) -> None:
+    """CUDA: the device code and its host launchers go through nvcc (convc.cuda owns that)."""
     try:
         from . import cuda
     except ImportError as err:
@@ -213,9 +255,7 @@ def _export_cuda(spec, ops, target, path: Path, log_dir):
     if export is None:
         raise NotImplementedError("exporting CUDA kernels is not available in this convc: "
                                   "convc.cuda has no export_cuda_library")
-    mod, hows = _scheduled_module(spec, ops, target, log_dir)
     export(mod, target, str(path))
-    return hows
 
 
 def _cpu_features(target) -> list:
@@ -230,17 +270,17 @@ def _cpu_features(target) -> list:
     return sorted(str(f) for f in features if _ISA_FEATURE.match(str(f)))
 
 
-def _manifest(spec, ops, target, path: Path, artifact, hows, link) -> dict:
+def _manifest(entries, target, path: Path, artifact, link) -> dict:
     import tvm
     import tvm_ffi
 
     functions = {}
-    for op in ops:
+    for name, spec, op, how in entries:
         names, arg_shapes = arguments(spec, op), shapes(spec, op)
-        functions[op] = {
-            "op": op, "how": hows[op], "spec": spec.to_dict(), "flops": spec.flops,
-            "args": [_arg(spec, name, shape, role="output" if i == len(names) - 1 else "input")
-                     for i, (name, shape) in enumerate(zip(names, arg_shapes))],
+        functions[name] = {
+            "op": op, "how": how, "spec": spec.to_dict(), "flops": spec.flops,
+            "args": [_arg(spec, arg, shape, role="output" if i == len(names) - 1 else "input")
+                     for i, (arg, shape) in enumerate(zip(names, arg_shapes))],
         }
     manifest = {
         "format": FORMAT, "convc": __version__, "tvm": tvm.__version__,

@@ -1,0 +1,147 @@
+"""`convc compile`: compile a convolution's kernels for a target into one shared library.
+
+    convc compile --op conv2d --input 2,8,12,12 --weight 16,4,3,3 --bias --stride 2 --padding 1 \\
+        --groups 2 -o lib.so
+
+writes lib.so (functions forward(x, w[, b], y), grad_input(dy, w, dx), grad_weight(x, dy, dw))
+and lib.json, its manifest (versions, target, every argument's name/shape/dtype/layout, how each
+schedule was chosen, the library's sha256). The library runs with only apache-tvm-ffi:
+`tvm_ffi.load_module("lib.so")["forward"](x, w, b, y)`; `convc.load("lib.so")` adds checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+RANK = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
+AXES = {1: "N,C,W", 2: "N,C,H,W", 3: "N,C,D,H,W"}
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "compile", help="compile kernels of one convolution into a shared library + manifest",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--op", required=True, choices=sorted(RANK), help="convolution rank")
+    p.add_argument("--input", required=True, metavar="SHAPE",
+                   help="batched input shape in the layout's order, e.g. 2,8,12,12 (N,C,H,W)")
+    p.add_argument("--weight", required=True, metavar="SHAPE",
+                   help="weight shape: O,I/groups,*k (channels-first) or *k,I/groups,O (channels-last)")
+    p.add_argument("--bias", action="store_true", help="forward adds a bias: forward(x, w, b, y)")
+    p.add_argument("--stride", default="1", help="an int or a comma list (default: %(default)s)")
+    p.add_argument("--padding", default="0",
+                   help="an int, a comma list, before:after pairs (1:2,0:1), 'same' or 'valid' "
+                        "(default: %(default)s)")
+    p.add_argument("--dilation", default="1", help="an int or a comma list (default: %(default)s)")
+    p.add_argument("--groups", default="1", help="(default: %(default)s)")
+    p.add_argument("--layout", default=None,
+                   help="NCW/NCHW/NCDHW (default) or NWC/NHWC/NDHWC; the weight layout follows")
+    p.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
+    p.add_argument("--kernels", default="forward,grad_input,grad_weight",
+                   help="comma list of forward, grad_input, grad_weight (default: all three)")
+    p.add_argument("--target", default=None,
+                   help="llvm (this CPU, default), cuda, or a JSON target such as "
+                        '\'{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1"}\'')
+    p.add_argument("--arch", default=None,
+                   help="the target's architecture: a CUDA sm_XX, or an LLVM CPU name for llvm")
+    p.add_argument("--log-dir", default=None, metavar="DIR",
+                   help="directory of tuning records to consult besides the shipped ones")
+    p.add_argument("-o", "--output", required=True, metavar="LIB.so",
+                   help="the library to write; the manifest goes beside it as LIB.json")
+    return p
+
+
+def ints(text: str, name: str):
+    """'2' -> 2, '1,2' -> (1, 2); ValueError naming the option otherwise."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--{name}={text!r} is not an int or a comma list of ints") from None
+    return values[0] if len(values) == 1 else values
+
+
+def padding(text: str):
+    """'same' / 'valid' / '1' / '1,2' / '1:2,0:1' (before:after per dimension)."""
+    if text.strip().lower() in ("same", "valid"):
+        return text.strip().lower()
+    if ":" not in text:
+        return ints(text, "padding")
+    pairs = []
+    for part in text.split(","):
+        before, sep, after = part.partition(":")
+        if not sep:
+            before = after = part
+        pairs.append((ints(before, "padding"), ints(after, "padding")))
+    if not all(isinstance(v, int) for pair in pairs for v in pair):
+        raise ValueError(f"--padding={text!r} is not valid: expected before:after pairs of ints")
+    return tuple(pairs)
+
+
+def shape(text: str, name: str, rank: int, op: str) -> tuple:
+    value = ints(text, name)
+    value = (value,) if isinstance(value, int) else value
+    if len(value) != rank + 2:
+        raise ValueError(f"--{name}={text!r} has {len(value)} dimensions: {op} expects {rank + 2}"
+                         + (f" ({AXES[rank]} or channels-last)" if name == "input" else ""))
+    return value
+
+
+def target_of(text, arch):
+    """--target and --arch -> what convc.target.resolve accepts."""
+    if arch is None:
+        return text
+    config = _target_config(text)
+    key = "arch" if config["kind"] == "cuda" else "mcpu"
+    return {**config, key: arch}
+
+
+def _target_config(text) -> dict:
+    from convc.target import resolve
+
+    name = (text or "llvm").strip()
+    if name.lower() == "cuda":
+        return {"kind": "cuda"}
+    if name.startswith("{"):
+        try:
+            return json.loads(name)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--target={text!r} is not valid JSON: {err}") from None
+    return json.loads(str(resolve(name)))
+
+
+def run(args) -> int:
+    from convc.export import CrossCompileWarning, export_library, manifest_path
+    from convc.spec import ConvSpec
+
+    rank = RANK[args.op]
+    spec = ConvSpec.from_shapes(
+        shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
+        ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
+        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CrossCompileWarning)
+        try:
+            path = export_library(spec, args.output, ops=args.kernels,
+                                  target=target_of(args.target, args.arch), log_dir=args.log_dir)
+        except (NotImplementedError, RuntimeError) as err:
+            print(f"convc compile: error: {err}", file=sys.stderr)
+            return 1
+    for warning in caught:
+        if issubclass(warning.category, CrossCompileWarning):
+            print(f"convc compile: note: {warning.message}", file=sys.stderr)
+    _report(path, json.loads(manifest_path(path).read_text()), manifest_path(path))
+    return 0
+
+
+def _report(path, manifest: dict, meta) -> None:
+    target = manifest["target"]
+    where = target.get("arch") or target.get("mcpu") or "generic"
+    print(f"wrote {path} ({manifest['artifact']}, {target['kind']} {target.get('mtriple', '')} "
+          f"{where}) and {meta}")
+    for name, entry in manifest["functions"].items():
+        args = [f"{a['name']}[{','.join(map(str, a['shape']))}]" for a in entry["args"]]
+        print(f"  {name:<12} {entry['how']:<13} {' '.join(args[:-1])} -> {args[-1]}  "
+              f"{entry['spec']['dtype']} {entry['args'][0]['layout']}")
+    print(f"sha256 {manifest['sha256']}")
