@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `convc --help` lists them.
-SUBCOMMANDS = ["demo"]
+SUBCOMMANDS = ["demo", "bench", "compile"]
 
 
 def main(argv=None) -> int:

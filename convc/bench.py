@@ -1,0 +1,331 @@
+"""Benchmark convc's CPU kernels beside PyTorch (oneDNN) and a NumPy im2col + GEMM baseline.
+
+Every op of every layer is timed side by side in one run: a warm-up call first (excluded), then
+`repeat` timed batches, each long enough (>= ~20 ms) to dwarf the timer; the median batch is the
+result. PyTorch runs with the same number of threads as convc's target has cores, in the better
+of NCHW and channels_last; convc runs in the layouts asked for (both by default) and reports the
+better one. ratio = PyTorch time / convc time (> 1: convc is faster). "% peak" is convc's GFLOP/s
+over the FMA peak measured on this machine by a TVM microbenchmark (measure_peak).
+
+PyTorch and matplotlib are optional: imported lazily, only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+
+import numpy as np
+
+from .spec import ConvSpec
+
+# name -> (N, C, H, W, K, kernel, stride, pad, groups): the layer suite of issue 3.
+LAYERS = {
+    "c2_3x3": (1, 64, 56, 56, 64, 3, 1, 1, 1),
+    "c3_3x3": (1, 128, 28, 28, 128, 3, 1, 1, 1),
+    "c4_3x3": (1, 256, 14, 14, 256, 3, 1, 1, 1),
+    "c5_3x3": (1, 512, 7, 7, 512, 3, 1, 1, 1),
+    "1x1": (1, 256, 56, 56, 128, 1, 1, 0, 1),
+    "stem_7x7s2": (1, 3, 224, 224, 64, 7, 2, 3, 1),
+    "c4_3x3s2": (1, 256, 28, 28, 256, 3, 2, 1, 1),
+    "mbv2_dw": (1, 144, 56, 56, 144, 3, 1, 1, 144),
+    "c3_b8": (8, 128, 28, 28, 128, 3, 1, 1, 1),
+}
+OPS = ("forward", "grad_input", "grad_weight")
+LAYOUTS = ("NCHW", "NHWC")
+MIN_BATCH_SECONDS = 0.02
+SETTLE_SECONDS = 0.2
+
+
+@dataclasses.dataclass
+class Row:
+    layer: str
+    op: str
+    flops: int
+    convc: float | None = None          # seconds
+    convc_layout: str = ""
+    torch: float | None = None
+    torch_format: str = ""
+    numpy: float | None = None
+    compile_seconds: float | None = None
+    how: str = ""
+
+    def gflops(self, seconds):
+        return None if not seconds else self.flops / seconds / 1e9
+
+    @property
+    def ratio(self):
+        return None if not (self.convc and self.torch) else self.torch / self.convc
+
+
+def layer_spec(layer, layout="NCHW", dtype="float32") -> ConvSpec:
+    n, c, h, w, k, r, s, p, g = LAYERS[layer] if isinstance(layer, str) else layer
+    if layout == "NCHW":
+        return ConvSpec.from_shapes((n, c, h, w), (k, c // g, r, r), s, p, 1, g, dtype=dtype)
+    return ConvSpec.from_shapes((n, h, w, c), (r, r, c // g, k), s, p, 1, g, layout=layout,
+                                dtype=dtype)
+
+
+def time_call(fn, repeat: int) -> float:
+    """Median seconds per call over `repeat` batches, after one warm-up call (not counted)."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    number = max(1, math.ceil(MIN_BATCH_SECONDS / max(first, 1e-6)))
+    batches = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        batches.append((time.perf_counter() - start) / number)
+    return statistics.median(batches)
+
+
+# --- peak -------------------------------------------------------------------------------------
+
+def measure_peak(target=None, tries: int = 7) -> float:
+    """fp32 FMA peak of the target's cores in GFLOP/s, measured: every core runs 24 independent
+    chains of vector FMAs (acc = acc * a + b; more chains than FMA latency x ports), best of
+    `tries` runs of ~0.1 s. Shared machines make single runs low, hence the best, not the median."""
+    import tvm
+    from tvm.script import tirx as T
+
+    from .target import info, resolve
+
+    target = resolve(target)
+    cores, lanes, chains, steps = info(target).num_cores, info(target).lanes("float32"), 24, 200_000
+    width = chains * lanes
+
+    @T.prim_func
+    def fma(a: T.Buffer((cores, width), "float32"), out: T.Buffer((cores, width), "float32")):
+        acc = T.alloc_buffer((cores, width), "float32")
+        for t in T.parallel(cores):
+            for j in T.serial(width):
+                acc[t, j] = a[t, j]
+            for _ in T.serial(steps):
+                for j in T.unroll(chains):
+                    for v in T.vectorized(lanes):
+                        acc[t, j * lanes + v] = acc[t, j * lanes + v] * T.float32(0.9999999) \
+                            + T.float32(1e-7)
+            for j in T.serial(width):
+                out[t, j] = acc[t, j]
+
+    runner = tvm.compile(tvm.IRModule({"main": fma}), target=target)["main"]
+    # TVM-allocated (64-byte aligned) arrays: a TVMScript buffer assumes that alignment.
+    data = tvm.runtime.tensor(np.ones((cores, width), "float32"))
+    result = tvm.runtime.tensor(np.zeros((cores, width), "float32"))
+    flops = 2 * cores * width * steps
+    best = 0.0
+    for _ in range(tries):
+        start = time.perf_counter()
+        runner(data, result)
+        best = max(best, flops / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+# --- convc -----------------------------------------------------------------------------------
+
+def convc_time(layer, op, layouts, repeat, target=None):
+    """-> (seconds, layout, compile seconds, how) of convc's best layout."""
+    from .build import compile as compile_kernel
+    from .check import kernel_inputs, operands
+
+    best = None
+    for layout in layouts:
+        spec = layer_spec(layer, layout)
+        start = time.perf_counter()
+        kernel = compile_kernel(spec, op, target)
+        built = time.perf_counter() - start
+        data = operands(spec)
+        args = kernel_inputs(spec, op, data)
+        out = np.empty(kernel.arg_shapes[-1], spec.dtype)
+        seconds = time_call(lambda: kernel(*args, out=out), repeat)
+        if best is None or seconds < best[0]:
+            best = (seconds, layout, built, kernel.how)
+    return best
+
+
+# --- PyTorch ---------------------------------------------------------------------------------
+
+def torch_time(layer, op, repeat, threads):
+    """-> (seconds, memory format) of PyTorch's better format, or (None, reason)."""
+    try:
+        import torch
+    except ImportError:
+        return None, "torch not installed"
+    torch.set_num_threads(threads)
+    n, c, h, w, k, r, s, p, g = LAYERS[layer]
+    spec = layer_spec(layer)
+    gen = torch.Generator().manual_seed(0)
+    best = (None, "")
+    for name, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        x = torch.rand((n, c, h, w), generator=gen).to(memory_format=fmt)
+        wt = torch.rand((k, c // g, r, r), generator=gen).to(memory_format=fmt)
+        dy = torch.rand((n, k, *spec.out_size), generator=gen).to(memory_format=fmt)
+        fn = _torch_op(torch, op, x, wt, dy, s, p, g)
+        with torch.no_grad():
+            seconds = time_call(fn, repeat)
+        if best[0] is None or seconds < best[0]:
+            best = (seconds, name)
+    return best
+
+
+def _torch_op(torch, op, x, w, dy, stride, pad, groups):
+    """The aten kernel autograd itself calls (oneDNN on x86), one gradient at a time."""
+    if op == "forward":
+        return lambda: torch.nn.functional.conv2d(x, w, None, stride, pad, 1, groups)
+    mask = [op == "grad_input", op == "grad_weight", False]
+    return lambda: torch.ops.aten.convolution_backward(
+        dy, x, w, None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], groups, mask)
+
+
+# --- NumPy im2col + GEMM ---------------------------------------------------------------------
+
+def numpy_time(layer, op, repeat):
+    n, c, h, w, k, r, s, p, g = LAYERS[layer]
+    rng = np.random.default_rng(0)
+    x = rng.random((n, c, h, w), dtype=np.float32)
+    wt = rng.random((k, c // g, r, r), dtype=np.float32)
+    oh, ow = (h + 2 * p - r) // s + 1, (w + 2 * p - r) // s + 1
+    dy = rng.random((n, k, oh, ow), dtype=np.float32)
+    fns = {"forward": lambda: _np_forward(x, wt, s, p, g),
+           "grad_input": lambda: _np_grad_input(x.shape, wt, dy, s, p, g),
+           "grad_weight": lambda: _np_grad_weight(x, wt.shape, dy, s, p, g)}
+    return time_call(fns[op], repeat)
+
+
+def _np_cols(x, r, s, p, g):
+    """(N, C, H, W) -> (N, G, Cg*r*r, OH*OW), copied (im2col)."""
+    n, c = x.shape[:2]
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (r, r), axis=(2, 3))[:, :, ::s, ::s]
+    oh, ow = win.shape[2:4]
+    cols = np.ascontiguousarray(win.transpose(0, 1, 4, 5, 2, 3)).reshape(n, g, c // g * r * r, oh * ow)
+    return cols, oh, ow
+
+
+def _np_forward(x, w, s, p, g):
+    k, _, r, _ = w.shape
+    cols, oh, ow = _np_cols(x, r, s, p, g)
+    return np.matmul(w.reshape(g, k // g, -1), cols).reshape(x.shape[0], k, oh, ow)
+
+
+def _np_grad_weight(x, w_shape, dy, s, p, g):
+    k, cg, r, _ = w_shape
+    cols, _, _ = _np_cols(x, r, s, p, g)
+    n = x.shape[0]
+    dym = dy.reshape(n, g, k // g, -1)
+    return np.matmul(dym, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(w_shape)
+
+
+def _np_grad_input(x_shape, w, dy, s, p, g):
+    n, c, h, w_size = x_shape
+    k, cg, r, _ = w.shape
+    oh, ow = dy.shape[2:]
+    cols = np.matmul(w.reshape(g, k // g, -1).transpose(0, 2, 1), dy.reshape(n, g, k // g, -1))
+    cols = cols.reshape(n, c, r, r, oh, ow)
+    dxp = np.zeros((n, c, h + 2 * p, w_size + 2 * p), np.float32)
+    for i in range(r):
+        for j in range(r):
+            dxp[:, :, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s] += cols[:, :, i, j]
+    return dxp[:, :, p:p + h, p:p + w_size]
+
+
+# --- driver ----------------------------------------------------------------------------------
+
+def run(layers=None, ops=OPS, layouts=LAYOUTS, repeat=10, target=None, numpy_baseline=True,
+        progress=None):
+    """Time every (layer, op); -> list of Row."""
+    from .target import info, resolve
+
+    target = resolve(target)
+    threads = info(target).num_cores
+    rows = []
+    for layer in layers or list(LAYERS):
+        for op in ops:
+            row = Row(layer, op, layer_spec(layer).flops)
+            row.convc, row.convc_layout, row.compile_seconds, row.how = convc_time(
+                layer, op, layouts, repeat, target)
+            # Each library's worker threads spin a while after a parallel region: let them stop
+            # before the next library runs, so no one times its rival's idle threads.
+            time.sleep(SETTLE_SECONDS)
+            row.torch, row.torch_format = torch_time(layer, op, repeat, threads)
+            time.sleep(SETTLE_SECONDS)
+            if numpy_baseline:
+                row.numpy = numpy_time(layer, op, max(3, repeat // 3))
+                time.sleep(SETTLE_SECONDS)
+            rows.append(row)
+            if progress:
+                progress(row)
+    return rows
+
+
+def geomean(values):
+    values = [v for v in values if v]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def _fmt(value, spec="{:.1f}"):
+    return "-" if value is None else spec.format(value)
+
+
+def table(rows, peak: float) -> str:
+    head = (f"| layer | op | convc GFLOP/s | layout | PyTorch GFLOP/s | format | NumPy im2col "
+            f"GFLOP/s | ratio | % peak | compile s |\n|{'---|' * 10}")
+    lines = [head]
+    for r in rows:
+        convc = r.gflops(r.convc)
+        lines.append(
+            f"| {r.layer} | {r.op} | {_fmt(convc)} | {r.convc_layout} | {_fmt(r.gflops(r.torch))} | "
+            f"{r.torch_format if r.torch else '-'} | {_fmt(r.gflops(r.numpy))} | "
+            f"{_fmt(r.ratio, '{:.2f}')} | {_fmt(convc and 100 * convc / peak, '{:.0f}%')} | "
+            f"{_fmt(r.compile_seconds, '{:.2f}')} |")
+    return "\n".join(lines)
+
+
+def summary(rows) -> str:
+    """The issue's targets, checked on these rows."""
+    lines = []
+    for op in OPS:
+        ratios = [r.ratio for r in rows if r.op == op and r.ratio]
+        if not ratios:
+            continue
+        g, low = geomean(ratios), min(ratios)
+        worst = min((r for r in rows if r.op == op and r.ratio), key=lambda r: r.ratio)
+        lines.append(f"{op:12s} geo-mean ratio {g:.2f} ({'reached' if g >= 0.8 else 'NOT reached'}"
+                     f" >= 0.8); lowest {low:.2f} on {worst.layer} "
+                     f"({'reached' if low >= 0.4 else 'NOT reached'} >= 0.4)")
+    for layer, op in (("mbv2_dw", None), ("c4_3x3", "grad_weight"), ("c5_3x3", "grad_weight")):
+        for r in rows:
+            if r.layer == layer and (op is None or r.op == op) and r.ratio:
+                lines.append(f"{layer} {r.op}: ratio {r.ratio:.2f} "
+                             f"({'reached' if r.ratio >= 1.0 else 'NOT reached'} >= 1.0)")
+    return "\n".join(lines)
+
+
+def plot(rows, path: str, peak: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = [op for op in OPS if any(r.op == op for r in rows)]
+    fig, axes = plt.subplots(len(ops), 1, figsize=(11, 3.4 * len(ops)), squeeze=False)
+    for ax, op in zip(axes[:, 0], ops):
+        sel = [r for r in rows if r.op == op]
+        xs = np.arange(len(sel))
+        series = [("convc", [r.gflops(r.convc) or 0 for r in sel]),
+                  ("PyTorch", [r.gflops(r.torch) or 0 for r in sel]),
+                  ("NumPy im2col", [r.gflops(r.numpy) or 0 for r in sel])]
+        width = 0.27
+        for i, (name, values) in enumerate(series):
+            ax.bar(xs + (i - 1) * width, values, width, label=name)
+        ax.axhline(peak, color="gray", linestyle="--", linewidth=0.8, label=f"peak {peak:.0f}")
+        ax.set_xticks(xs, [r.layer for r in sel], fontsize=8)
+        ax.set_ylabel("GFLOP/s")
+        ax.set_title(op)
+        ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,86 @@
+"""`convc bench`: convc's CPU kernels beside PyTorch (oneDNN) and NumPy im2col on the layer suite.
+
+Prints one row per (layer, op): GFLOP/s of convc (best layout), PyTorch (best of NCHW and
+channels_last, same thread count, when torch is installed) and NumPy im2col + GEMM, the ratio
+PyTorch time / convc time, and convc's share of the measured FMA peak; then the issue's targets
+checked on the run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+
+
+def add_parser(subparsers):
+    from convc.bench import LAYERS, OPS
+
+    p = subparsers.add_parser("bench", help="time convc against PyTorch and NumPy on a layer suite",
+                              description=__doc__)
+    p.add_argument("--ops", default=",".join(OPS), help="comma list of ops (default: all three)")
+    p.add_argument("--layers", default=",".join(LAYERS),
+                   help=f"comma list of layers (default: all): {', '.join(LAYERS)}")
+    p.add_argument("--layouts", default="NCHW,NHWC",
+                   help="convc layouts to try, the best is reported (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=10, help="timed batches per kernel, median taken")
+    p.add_argument("--peak", type=float, default=None,
+                   help="fp32 peak in GFLOP/s for '%% peak' (default: measured here)")
+    p.add_argument("--no-numpy", action="store_true", help="skip the NumPy im2col baseline")
+    p.add_argument("--plot", default=None, metavar="PNG", help="bar chart per op (needs matplotlib)")
+    p.add_argument("--target", default=None, help="llvm target (default: this CPU)")
+    return p
+
+
+def _list(text, allowed, name):
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise ValueError(f"--{name}={text!r}: unknown {unknown}, expected a comma list of {list(allowed)}")
+    return values
+
+
+def run(args) -> int:
+    from convc import bench
+    from convc.target import info, resolve
+
+    target = resolve(args.target)
+    if info(target).is_gpu:
+        raise ValueError(f"--target={args.target!r}: convc bench times CPU kernels only")
+    ops = _list(args.ops, bench.OPS, "ops")
+    layers = _list(args.layers, bench.LAYERS, "layers")
+    layouts = _list(args.layouts, bench.LAYOUTS, "layouts")
+    if args.repeat < 1:
+        raise ValueError(f"--repeat={args.repeat} must be at least 1")
+    peak = args.peak or bench.measure_peak(target)
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "not installed"
+    tinfo = info(target)
+    print(f"convc bench  {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"machine: {platform.processor() or platform.machine()} ({_cpu_name()}), LLVM mcpu "
+          f"{tinfo.arch}, {tinfo.num_cores} cores, {tinfo.vector_bits}-bit vectors")
+    print(f"fp32 FMA peak: {peak:.1f} GFLOP/s ({'given' if args.peak else 'measured'}); "
+          f"PyTorch {torch_version}, {tinfo.num_cores} threads; median of {args.repeat}")
+    rows = bench.run(layers, ops, layouts, args.repeat, target, not args.no_numpy,
+                     progress=lambda r: print(f"  {r.layer:11s} {r.op:11s} done", flush=True))
+    print()
+    print(bench.table(rows, peak))
+    print()
+    print(bench.summary(rows))
+    if args.plot:
+        bench.plot(rows, args.plot, peak)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
