@@ -83,17 +83,17 @@ def export_library(kernels, path, ops=None, target=None, *, log_dir=None, cc=Non
                          "and object file take that name (give e.g. lib.so)")
     if log_dir is not None and not Path(log_dir).is_dir():
         raise ValueError(f"log_dir={str(log_dir)!r} is not a directory")
-    entries, mod, target = _collect(kernels, ops, target, log_dir)
+    entries, code, target = _collect(kernels, ops, target, log_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    link = None
+    link, extra = None, {}
     if info(target).is_gpu:
-        _export_cuda(mod, target, path)
+        extra["cuda"] = _export_cuda(code, path)
         artifact = "shared-library"
     else:
-        artifact, link = _export_cpu(mod, target, path, cc)
+        artifact, link = _export_cpu(code, target, path, cc)
         if artifact == "object":
             path = path.with_suffix(".o")
-    manifest = _manifest(entries, target, path, artifact, link)
+    manifest = _manifest(entries, target, path, artifact, link, extra)
     _write_atomic(manifest_path(path), dumps(manifest))
     if link:
         warnings.warn(link["message"], CrossCompileWarning, stacklevel=2)
@@ -101,10 +101,12 @@ def export_library(kernels, path, ops=None, target=None, *, log_dir=None, cc=Non
 
 
 def _collect(kernels, ops, target, log_dir):
-    """-> ([(name, spec, op, how)], IRModule of the scheduled functions named by op, Target)."""
+    """-> ([(name, spec, op, how)], code, Target). The code: for a CPU target one IRModule of
+    the scheduled functions, each named by its op; for a GPU target the Kernels themselves
+    (convc.cuda builds the library from them)."""
     import tvm
 
-    from .target import resolve
+    from .target import info, resolve
 
     if isinstance(kernels, ConvSpec):
         spec = kernels
@@ -112,9 +114,28 @@ def _collect(kernels, ops, target, log_dir):
             raise ValueError(f"spec has batch 0: an exported library needs a positive batch "
                              f"({spec.key})")
         target = resolve(target)
-        mod, hows = _scheduled_module(spec, _check_ops(OPS if ops is None else ops), target,
-                                      log_dir)
-        return [(op, spec, op, how) for op, how in hows.items()], mod, target
+        ops = _check_ops(OPS if ops is None else ops)
+        mod, hows = _scheduled_module(spec, ops, target, log_dir)
+        entries = [(op, spec, op, how) for op, how in hows.items()]
+        if info(target).is_gpu:
+            # convc.cuda builds libraries from Kernels; these carry the schedules without
+            # compiling each op on its own first (module=None: never called).
+            kernels = [Kernel(spec, op, target, module=None, how=how,
+                              tir=tvm.IRModule({op: mod[op]}).script()) for op, how in hows.items()]
+            return entries, kernels, target
+        return entries, mod, target
+    kernels = _check_kernels(kernels, ops, target, log_dir)
+    target = kernels[0].target
+    return _entries(kernels), kernels if info(target).is_gpu else _module_of(kernels), target
+
+
+def _entries(kernels) -> list:
+    return [(k.op, k.spec, k.op, k.how) for k in kernels]
+
+
+def _check_kernels(kernels, ops, target, log_dir) -> list:
+    from .target import resolve
+
     if isinstance(kernels, Kernel):
         kernels = [kernels]
     try:
@@ -135,12 +156,18 @@ def _collect(kernels, ops, target, log_dir):
     for k in kernels:
         if not k.tir:
             raise ValueError(f"{k!r} has no scheduled TIR to export (batch 0 or a loaded library)")
+    return kernels
+
+
+def _module_of(kernels):
+    """The Kernels' scheduled functions in one IRModule, each named by its op."""
+    import tvm
+
     functions = {}
     for k in kernels:
-        (gvar, func), = tvm.script.from_source(k.tir).functions_items()
+        (_, func), = tvm.script.from_source(k.tir).functions_items()
         functions[k.op] = func.with_attr("global_symbol", k.op)
-    entries = [(k.op, k.spec, k.op, k.how) for k in kernels]
-    return entries, tvm.IRModule(functions), kernels[0].target
+    return tvm.IRModule(functions)
 
 
 def _check_ops(kernels) -> tuple:
@@ -244,8 +271,9 @@ def _cross_linker(triple: str):
     return None
 
 
-def _export_cuda(mod, target, path: Path) -> None:
-    """CUDA: the device code and its host launchers go through nvcc (convc.cuda owns that)."""
+def _export_cuda(kernels, path: Path) -> dict:
+    """CUDA: convc.cuda turns the kernels' device code and host launchers into one library with
+    nvcc. Returns what it reports (arch, nvcc, per-kernel resources) for the manifest."""
     try:
         from . import cuda
     except ImportError as err:
@@ -255,7 +283,14 @@ def _export_cuda(mod, target, path: Path) -> None:
     if export is None:
         raise NotImplementedError("exporting CUDA kernels is not available in this convc: "
                                   "convc.cuda has no export_cuda_library")
-    export(mod, target, str(path))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        report = export(kernels, str(tmp), names=[k.op for k in kernels])
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return report
 
 
 def _cpu_features(target) -> list:
@@ -270,7 +305,7 @@ def _cpu_features(target) -> list:
     return sorted(str(f) for f in features if _ISA_FEATURE.match(str(f)))
 
 
-def _manifest(entries, target, path: Path, artifact, link) -> dict:
+def _manifest(entries, target, path: Path, artifact, link, extra) -> dict:
     import tvm
     import tvm_ffi
 
@@ -290,6 +325,7 @@ def _manifest(entries, target, path: Path, artifact, link) -> dict:
     }
     if link:
         manifest["link"] = {k: v for k, v in link.items() if k != "message"}
+    manifest.update(extra)
     return manifest
 
 
@@ -402,18 +438,12 @@ def _check_cpu(manifest: dict, library: Path) -> None:
 
 
 class LoadedKernel(Kernel):
-    """A Kernel whose code comes from an exported library: same validation, same call."""
+    """A Kernel whose code comes from an exported CPU library: same validation, same call."""
 
-    def __init__(self, name: str, entry: dict, target, module, library: Path):
-        spec = ConvSpec.from_dict(entry["spec"])
-        super().__init__(spec, check_op(entry["op"]), target, module=None,
-                         how=str(entry.get("how", "")), tir="", library=library)
+    def __init__(self, name: str, spec: ConvSpec, op: str, how: str, target, module, library):
+        super().__init__(spec, op, target, module=None, how=how, tir="", library=library)
         self.name, self.module = name, module
         self._function = _lookup(module, name, library)
-        expected = [a["name"] for a in entry.get("args", [])]
-        if expected and list(self.arg_names) != expected:
-            raise LibraryError(f"{str(library)!r}: function {name} takes {expected}, expected "
-                               f"{list(self.arg_names)} for {self.op}: the manifest is inconsistent")
 
     @property
     def source(self) -> str:
@@ -422,6 +452,30 @@ class LoadedKernel(Kernel):
 
     def __repr__(self) -> str:
         return f"<convc.LoadedKernel {self.name}: {self.op} {self.spec.key} ({self.how})>"
+
+
+def _loaded_kernel(name: str, entry: dict, manifest: dict, target, module, library: Path):
+    """The callable for one function of a loaded library: a LoadedKernel on CPUs, a CudaKernel
+    (NumPy in and out through the GPU, or CUDA DLPack tensors in place) on GPUs."""
+    try:
+        spec, op = ConvSpec.from_dict(entry["spec"]), check_op(entry["op"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise LibraryError(f"{str(library)!r}: the manifest's entry for {name} is not valid: "
+                           f"{err}") from None
+    expected = [a.get("name") for a in entry.get("args", [])]
+    if expected and list(arguments(spec, op)) != expected:
+        raise LibraryError(f"{str(library)!r}: function {name} takes {expected}, expected "
+                           f"{list(arguments(spec, op))} for {op}: the manifest is inconsistent")
+    how = str(entry.get("how", ""))
+    if target.kind.name != "cuda":
+        return LoadedKernel(name, spec, op, how, target, module, library)
+    from .cuda import CudaKernel
+
+    _lookup(module, name, library)
+    stats = manifest.get("cuda", {}).get("functions", {}).get(name, {})
+    kernel = CudaKernel(spec, op, target, module, how, "", library, stats)
+    kernel._function = module[name]
+    return kernel
 
 
 def _lookup(module, name: str, library: Path):
@@ -485,7 +539,7 @@ def load(path) -> Library:
         target = resolve(manifest["target"])
     except ValueError as err:
         raise LibraryError(f"{str(library)!r}: its manifest's target is not usable here: {err}") from None
-    functions = {name: LoadedKernel(name, entry, target, module, library)
+    functions = {name: _loaded_kernel(name, entry, manifest, target, module, library)
                  for name, entry in manifest["functions"].items()}
     return Library(library, manifest, module, functions)
 
@@ -497,7 +551,7 @@ def dumps(manifest: dict) -> str:
     flat_list = re.compile(r"\[\s*(" + scalar + r"(?:\s*,\s*" + scalar + r")*)\s*\]")
     member = r'"[^"\n]+": (?:' + scalar + r"|\[[^\[\]\n]*\])"
     flat_object = re.compile(r"\{\s*(" + member + r"(?:,\s*" + member + r")*)\s*\}")
-    text = json.dumps(manifest, indent=1, sort_keys=True)
+    text = json.dumps(manifest, indent=1)
     text = flat_list.sub(lambda m: "[" + re.sub(r"\s*,\s*", ", ", m.group(1)) + "]", text)
     text = flat_object.sub(lambda m: "{" + re.sub(r",\s*(?=\")", ", ", m.group(1)) + "}", text)
     return text + "\n"
