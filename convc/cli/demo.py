@@ -26,7 +26,7 @@ def add_parser(subparsers):
     p.add_argument("--layout", default=None, help="NCHW (default) or NHWC; weight layout follows")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--target", default=None, help="llvm (this CPU, default), cuda, or a JSON target")
-    p.add_argument("-o", "--output", default="convc_demo.so", help="library to export (default: %(default)s)")
+    p.add_argument("-o", "--output", default="out/convc_demo.so", help="library to export (default: %(default)s)")
     return p
 
 
@@ -76,6 +76,9 @@ def run(args) -> int:
               f"{spec.flops / seconds / 1e9:>9.1f}" + ("" if ok else "   WRONG"))
     from convc.export import export_library
 
+    from pathlib import Path
+
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     path = export_library(kernels, args.output)
     print(f"\nexported {', '.join(k.op for k in kernels)} -> {path} (manifest beside it)")
     if failed:
