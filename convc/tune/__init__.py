@@ -1,0 +1,126 @@
+"""Auto-tuning: MetaSchedule with the XGBoost cost model over convc's own declarations.
+
+    import convc
+    spec = convc.ConvSpec.from_shapes((1, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    convc.tune(spec, trials=64)               # forward, grad_input, grad_weight as one task set
+    convc.compile(spec, "grad_weight").how     # "tuned" where the record beat the hand-written one
+
+Pieces: :mod:`.records` (tuning_logs/ layout, target checks, lookup: ``find_record``),
+:mod:`.driver` (one workload's run), :mod:`.workers` (warm, torch-free build workers),
+:mod:`.progress` (the live line), :mod:`.rpc` (tracker/servers).  Importing this package is
+cheap: MetaSchedule is only imported when tuning starts or a record directory exists.
+"""
+
+from __future__ import annotations
+
+from .records import (
+    RecordError,
+    RecordMismatchWarning,
+    find_record,
+    lookup,
+    search_roots,
+    user_log_dir,
+)
+
+OPS = ("forward", "grad_input", "grad_weight")
+
+
+def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=None,
+         quiet: bool = False, rpc_tracker: str | None = None, rpc_key: str | None = None,
+         trials_per_iter: int | None = None, builder_workers: int | None = None,
+         build_timeout: float = 60.0, run_timeout: float = 60.0, stream=None):
+    """Tune the ``ops`` of each ConvSpec in ``specs`` and store the records under ``log_dir``.
+
+    Parameters
+    ----------
+    specs : ConvSpec or sequence of ConvSpec
+        The layers; each layer's ops are tuned as one task set (one database).
+    ops : sequence of str
+        Kernels to tune: any of "forward", "grad_input", "grad_weight".
+    target : None, str, dict or tvm.target.Target
+        As for :func:`convc.compile`; records are kept per target.
+    trials : int
+        Measured candidates per kernel.  Records already in the log count: running the same call
+        again continues an interrupted run, and a larger ``trials`` tunes further.
+    log_dir : path or None
+        Where records go: default ``$CONVC_TUNING_LOGS`` or ``~/.local/share/convc/tuning_logs``,
+        which :func:`convc.compile` searches before the shipped ``tuning_logs/``.
+    seed : int or None
+        Seeds the search (measurements stay noisy, so runs are not bit-reproducible).
+    quiet : bool
+        No progress line.
+    rpc_tracker, rpc_key : str or None
+        Measure on the servers registered under ``rpc_key`` at tracker ``"HOST:PORT"``.
+
+    Returns
+    -------
+    list of convc.tune.driver.WorkloadReport, one per spec.
+    """
+    from convc.spec import ConvSpec, check_op  # noqa: PLC0415
+    from convc.target import resolve  # noqa: PLC0415
+
+    from . import driver  # noqa: PLC0415
+
+    specs = [specs] if isinstance(specs, ConvSpec) else list(specs)
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, ConvSpec):
+            raise TypeError(f"specs[{i}]={spec!r} is not a ConvSpec: build one with "
+                            "ConvSpec.from_shapes(...)")
+    ops = [ops] if isinstance(ops, str) else list(ops)
+    if not ops:
+        raise ValueError("ops is empty: give at least one of " + ", ".join(OPS))
+    ops = [check_op(op) for op in dict.fromkeys(ops)]
+    if not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials={trials!r}: expected a positive number of trials per kernel")
+    target = resolve(target)
+    log_dir = log_dir if log_dir is not None else user_log_dir()
+    reports = []
+    with driver.Session(target, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
+                        builder_workers=builder_workers, build_timeout=build_timeout,
+                        run_timeout=run_timeout) as session:
+        for spec in specs:
+            kernels = [driver.Kernel(op, _declare(spec, op), spec.flops, hand_written)
+                       for op in ops]
+            reports.append(driver.tune_workload(
+                kernels, target, workload=spec.key, spec=spec, log_dir=log_dir, session=session,
+                trials=trials, seed=seed, quiet=quiet, stream=stream,
+                trials_per_iter=trials_per_iter or driver.DEFAULT_TRIALS_PER_ITER))
+    _forget_compiled()
+    return reports
+
+
+def hand_written(func, target):
+    """The schedule convc uses without a tuning record (hand-written rule, else the default)."""
+    from convc import dispatch  # noqa: PLC0415
+
+    untuned = getattr(dispatch, "untuned", None)
+    if untuned is not None:
+        return untuned(func, target)[0]
+    from convc.schedules import RULES  # noqa: PLC0415
+    from convc.schedules.default import default  # noqa: PLC0415
+    from convc.target import info  # noqa: PLC0415
+
+    for rule in RULES["cuda" if info(target).is_gpu else "cpu"]:
+        sch = rule(func, target)
+        if sch is not None:
+            return sch
+    return default(func, target)
+
+
+def _declare(spec, op):
+    from convc.ops import declare  # noqa: PLC0415
+
+    return declare(spec, op)
+
+
+def _forget_compiled() -> None:
+    """Kernels compiled earlier in this process may now have a tuned schedule."""
+    try:
+        from convc.build import clear_memory_cache  # noqa: PLC0415
+    except ImportError:
+        return
+    clear_memory_cache()
+
+
+__all__ = ["OPS", "RecordError", "RecordMismatchWarning", "find_record", "hand_written", "lookup",
+           "search_roots", "tune", "user_log_dir"]

@@ -1,0 +1,376 @@
+"""The tuning driver: MetaSchedule (evolutionary search, XGBoost cost model, gradient task
+scheduler) over one workload's kernels as one task set, into a :class:`RecordStore`.
+
+One run of :func:`tune_workload`:
+
+1. open (or create) the workload's record directory, take its lock, repair a partial last line
+   a killed run may have left, refuse records of another target;
+2. measure the hand-written schedule of every kernel with the same builder and runner the search
+   uses (written to meta.json at once, so even a killed run leaves the yardstick);
+3. tune what is left of each kernel's budget (trials already in the database count: running the
+   same command again continues instead of starting over), every measured candidate appended to
+   the database as it is measured;
+4. measure the best record and the hand-written schedule again, side by side, alternating, and
+   record the verdict: the record is used only where it is faster.
+
+:class:`Session` holds the warm builder and runner, shared by every workload of a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import tvm
+
+from .progress import INVALID_SECONDS, KernelProgress, ProgressCallback, ProgressLine
+from .records import (
+    RecordError,
+    RecordStore,
+    canonical_module,
+    target_key,
+    tvm_version,
+)
+
+DEFAULT_TRIALS_PER_ITER = 32
+# The evolutionary search's population: MetaSchedule's 512 spends ~20 s per batch searching on
+# 2 cores; 256 halves that at no visible cost in final speed on the layers tried (README).
+DEFAULT_POPULATION = 256
+SIDE_BY_SIDE_ROUNDS = 3
+
+
+class TuneError(RuntimeError):
+    """Tuning cannot start (no device to measure on, no RPC server, ...)."""
+
+
+@dataclasses.dataclass
+class KernelReport:
+    name: str
+    flops: int
+    trials_run: int             # measured in this run
+    trials_total: int           # in the database after this run
+    hand_written_us: float | None
+    tuned_us: float | None
+    verdict: str | None         # "tuned" | "hand-written" | None (nothing valid measured)
+    reached_90: tuple | None    # (seconds, trials) of this run to 90 % of its final best
+
+    def gflops(self, us: float | None) -> float | None:
+        return None if not us else self.flops / us / 1e3
+
+
+@dataclasses.dataclass
+class WorkloadReport:
+    workload: str
+    path: Path
+    kernels: dict
+    wall_s: float
+    tuning_s: float
+    trials: int
+
+    @property
+    def trials_per_minute(self) -> float:
+        return self.trials / self.tuning_s * 60 if self.tuning_s > 0 else 0.0
+
+
+# --- the builder/runner pair -------------------------------------------------------------------
+
+class Session:
+    """Warm build workers and a runner (local, or RPC through a tracker), for a whole run."""
+
+    def __init__(self, target, *, rpc_tracker: str | None = None, rpc_key: str | None = None,
+                 builder_workers: int | None = None, build_timeout: float = 60.0,
+                 run_timeout: float = 60.0, evaluator=None):
+        from .workers import WarmBuilder, WarmRunner  # noqa: PLC0415
+
+        self.target = target
+        rpc_config, servers = None, 1
+        if rpc_tracker or rpc_key:
+            from .rpc import rpc_config_for  # noqa: PLC0415
+
+            rpc_config, servers = rpc_config_for(rpc_tracker, rpc_key, timeout=run_timeout)
+        elif target.kind.name == "cuda" and not tvm.cuda(0).exist:
+            raise TuneError(
+                "tuning for CUDA measures every candidate on a GPU, and this machine has none: "
+                "run `convc tune` on a machine with an NVIDIA GPU, or measure remotely with "
+                "--rpc-tracker HOST:PORT --rpc-key KEY (servers started with "
+                "`python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY` on GPU machines)")
+        self.remote = rpc_config is not None
+        self.servers = servers
+        self.builder = WarmBuilder(max_workers=builder_workers, timeout_sec=build_timeout)
+        self.runner = WarmRunner(evaluator_config=evaluator, timeout_sec=run_timeout,
+                                 rpc_config=rpc_config, rpc_workers=servers)
+
+    def close(self) -> None:
+        self.builder.shutdown()
+        self.runner.shutdown()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def measure(self, mods: list, args_infos: list, repeat: int = 1) -> list[list[float | None]]:
+        """Build each module once and time it ``repeat`` times, interleaved (a, b, a, b, ...).
+
+        Returns, per module, ``repeat`` mean run times in seconds (None where it failed)."""
+        from tvm.s_tir.meta_schedule.builder import BuilderInput  # noqa: PLC0415
+        from tvm.s_tir.meta_schedule.runner import RunnerInput  # noqa: PLC0415
+
+        builds = self.builder.build([BuilderInput(mod, self.target) for mod in mods])
+        times: list[list[float | None]] = [[None] * repeat for _ in mods]
+        try:
+            device = "cuda" if self.target.kind.name == "cuda" else "cpu"
+            jobs = [(i, RunnerInput(b.artifact_path, device, args_infos[i]))
+                    for i, b in enumerate(builds) if b.error_msg is None]
+            for failed in (b for b in builds if b.error_msg is not None):
+                logging.getLogger("convc.tune").info("build failed: %s", failed.error_msg[:2000])
+            for r in range(repeat):
+                futures = self.runner.run([job for _, job in jobs])
+                for (i, _), future in zip(jobs, futures):
+                    result = future.result()
+                    if result.error_msg is None and result.run_secs:
+                        secs = [float(s) for s in result.run_secs]
+                        mean = sum(secs) / len(secs)
+                        times[i][r] = mean if mean < INVALID_SECONDS else None
+        finally:
+            for b in builds:
+                if b.artifact_path:
+                    shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+        return times
+
+
+# --- one workload ------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Kernel:
+    """One kernel to tune: name (the op), its PrimFunc, FLOPs, and its hand-written schedule."""
+
+    name: str
+    func: object
+    flops: int
+    hand_written: object          # callable(func, target) -> tvm.s_tir.Schedule
+
+
+def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, session: Session,
+                  trials: int, spec=None, seed: int | None = None, quiet: bool = False,
+                  trials_per_iter: int = DEFAULT_TRIALS_PER_ITER,
+                  population: int = DEFAULT_POPULATION, work_dir=None,
+                  stream=None) -> WorkloadReport:
+    """Tune ``kernels`` (one workload's ops) as one task set; records go under ``log_dir``."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo  # noqa: PLC0415
+
+    started = time.perf_counter()
+    store = RecordStore.create(log_dir, target, workload, spec)
+    mods = {k.name: canonical_module(k.func) for k in kernels}
+    args_info = {k.name: ArgInfo.from_prim_func(mods[k.name]["main"]) for k in kernels}
+    with store.lock():
+        store.repair()
+        store.check_records(target)
+        database = store.database()
+        done = _trials_done(database, mods)
+        progress = ProgressLine(workload, [
+            KernelProgress(k.name, k.flops, max(0, trials - done[k.name])) for k in kernels],
+            quiet=quiet, stream=stream)
+
+        # 2. the yardstick, measured before the search starts.
+        hand_mods = {k.name: _scheduled(k.hand_written, k.func, target) for k in kernels}
+        measured = session.measure([hand_mods[k.name] for k in kernels],
+                                   [args_info[k.name] for k in kernels])
+        for k, (seconds,) in zip(kernels, measured):
+            progress.kernels[k.name].hand_written_seconds = seconds
+            store.update_kernel(k.name, hand_written_us=_us(seconds), verdict=None,
+                                flops=k.flops, workload_hash=_hash(mods[k.name]))
+
+        # 3. the search, for what is left of each budget.
+        todo = [k for k in kernels if progress.kernels[k.name].budget > 0]
+        tuning_started = time.perf_counter()
+        if todo:
+            _run_search(todo, mods, target, database, session, progress, seed=seed,
+                        trials_per_iter=trials_per_iter, population=population,
+                        log_file=_log_file(work_dir, target, workload))
+        tuning_s = time.perf_counter() - tuning_started
+        progress.finish()
+
+        # 4. best record against the hand-written schedule, side by side.
+        reports = {}
+        done = _trials_done(database, mods)
+        for k in kernels:
+            reports[k.name] = _verdict(k, mods[k.name], hand_mods[k.name], args_info[k.name],
+                                       database, session, store, progress, done[k.name], target)
+    return WorkloadReport(workload, store.path, reports, time.perf_counter() - started, tuning_s,
+                          progress.trials)
+
+
+def _scheduled(hand_written, func, target) -> tvm.IRModule:
+    sch = hand_written(canonical_module(func)["main"], target)
+    (_, scheduled), = list(sch.mod.functions_items())
+    return tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")})
+
+
+def _us(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e6, 3)
+
+
+def _hash(mod) -> str:
+    import tvm_ffi  # noqa: PLC0415
+
+    return str(tvm_ffi.structural_hash(mod))
+
+
+def _trials_done(database, mods: dict) -> dict[str, int]:
+    """Records (valid or failed) already in the database, per kernel."""
+    records = database.get_all_tuning_records()
+    done = {}
+    for name, mod in mods.items():
+        if not database.has_workload(mod):
+            done[name] = 0
+            continue
+        workload = database.commit_workload(mod)
+        done[name] = sum(1 for r in records if r.workload.same_as(workload))
+    return done
+
+
+def _log_file(work_dir, target, workload: str) -> Path:
+    if work_dir is None:
+        from convc.cache import cache_dir  # noqa: PLC0415
+
+        work_dir = cache_dir() / "tune" / target_key(target) / f"tvm-{tvm_version()}"
+    path = Path(work_dir) / f"{workload}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _run_search(kernels, mods, target, database, session, progress, *, seed, trials_per_iter,
+                population, log_file) -> None:
+    from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
+    from tvm.s_tir.meta_schedule.utils import fork_seed  # noqa: PLC0415
+
+    from convc.target import host_cores  # noqa: PLC0415
+
+    from .intrinsics import load_for  # noqa: PLC0415
+
+    cores = host_cores()  # the search runs here, whatever device measures
+    load_for(target)  # before TuneContext imports every backend's intrinsics (see intrinsics.py)
+    with _file_logging(log_file) as logger:
+        contexts = [
+            ms.TuneContext(
+                mod=mods[k.name], target=target, space_generator="post-order-apply",
+                search_strategy=ms.search_strategy.EvolutionarySearch(population_size=population),
+                task_name=k.name, rand_state=rand, num_threads=cores,
+                logger=logger.getChild(k.name),
+            ).clone()
+            for k, rand in zip(kernels, fork_seed(seed, n=len(kernels)))
+        ]
+        cost_model = ms.cost_model.XGBModel(num_tuning_cores=cores, num_warmup_samples=0)
+        _warm_start(cost_model, contexts, database, logger)
+        budgets = [progress.kernels[k.name].budget for k in kernels]
+        callbacks = list(ms.MeasureCallback.create("default")) + [
+            ProgressCallback(progress, [k.name for k in kernels])]
+        progress.draw()
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=[1.0] * len(contexts), work_dir=str(log_file.parent),
+            max_trials_global=sum(budgets), max_trials_per_task=max(budgets),
+            num_trials_per_iter=trials_per_iter, builder=session.builder, runner=session.runner,
+            database=database, cost_model=cost_model, measure_callbacks=callbacks,
+            task_scheduler=ms.task_scheduler.GradientBased(seed=-1 if seed is None else seed),
+        )
+
+
+def _warm_start(cost_model, contexts, database, logger) -> None:
+    """Train the cost model on records a previous run left, so a resumed run starts informed."""
+    from tvm.s_tir.meta_schedule.runner import RunnerResult  # noqa: PLC0415
+
+    for context in contexts:
+        if not database.has_workload(context.mod):
+            continue
+        records = database.get_top_k(database.commit_workload(context.mod), 1 << 20)
+        if not records:
+            continue
+        try:
+            candidates = [r.as_measure_candidate() for r in records]
+            results = [RunnerResult([float(s) for s in r.run_secs], None) for r in records]
+            cost_model.update(context, candidates, results)
+        except Exception as err:  # noqa: BLE001 (a cold model is only slower, never wrong)
+            logger.warning("cost model warm start skipped for %s: %s", context.task_name, err)
+
+
+class _file_logging:  # noqa: N801 (used as a context manager, reads as one)
+    """Send MetaSchedule's log (and XGBoost's) to one file instead of the console."""
+
+    NAME = "tvm.s_tir.meta_schedule"
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> logging.Logger:
+        root = logging.getLogger(self.NAME)
+        self.saved = (root.level, root.propagate)
+        self.handler = logging.FileHandler(self.path, mode="a")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+        root.addHandler(self.handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+        return logging.getLogger(self.NAME + ".convc")
+
+    def __exit__(self, *exc) -> None:
+        root = logging.getLogger(self.NAME)
+        root.removeHandler(self.handler)
+        self.handler.close()
+        root.setLevel(self.saved[0])
+        root.propagate = self.saved[1]
+
+
+def _verdict(kernel: Kernel, mod, hand_mod, args_info, database, session, store, progress,
+             trials_total: int, target) -> KernelReport:
+    """Time the best record and the hand-written schedule alternately; keep the faster."""
+    from tvm.s_tir import Schedule  # noqa: PLC0415
+
+    state = progress.kernels[kernel.name]
+    best_mod = None
+    if database.has_workload(mod):
+        top = database.get_top_k(database.commit_workload(mod), 1)
+        if top:
+            sch = Schedule(mod)
+            top[0].trace.apply_to_schedule(sch, remove_postproc=False)
+            best_mod = sch.mod
+    hand_us = tuned_us = None
+    if best_mod is not None:
+        hand, tuned = session.measure([hand_mod, best_mod], [args_info, args_info],
+                                      repeat=SIDE_BY_SIDE_ROUNDS)
+        hand_us, tuned_us = _us(_median(hand)), _us(_median(tuned))
+    elif state.hand_written_seconds is not None:
+        hand_us = _us(state.hand_written_seconds)
+    if tuned_us is None:
+        verdict = None if best_mod is None else "hand-written"
+    elif hand_us is None or tuned_us < hand_us:
+        verdict = "tuned"
+    else:
+        verdict = "hand-written"
+    reached = state.reached(0.9)
+    fields = {}
+    if state.trials:  # a run that only re-checks keeps the previous run's search statistics
+        fields["run"] = {"trials": state.trials, "failed": state.failed,
+                         "reached_90": list(reached) if reached else None}
+    store.update_kernel(
+        kernel.name, hand_written_us=hand_us, tuned_us=tuned_us, verdict=verdict,
+        trials=trials_total,
+        measured=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **fields)
+    return KernelReport(kernel.name, kernel.flops, state.trials, trials_total, hand_us, tuned_us,
+                        verdict, reached)
+
+
+def _median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+__all__ = ["Kernel", "KernelReport", "RecordError", "Session", "TuneError", "WorkloadReport",
+           "tune_workload"]
