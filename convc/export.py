@@ -23,6 +23,7 @@ Manifest (lib.json beside lib.so), format FORMAT:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -31,6 +32,7 @@ import platform
 import re
 import shutil
 import tempfile
+import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -221,14 +223,9 @@ def _export_cpu(mod, target, path: Path, cc):
                                    "link the library: install g++ or set $CXX")
             return "object", _write_object(executable, path, runtime_c, triple, linker)
         fcompile = tvm_cc.cross_compiler(linker, options=list(LINK_OPTIONS))
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with _replacing(path) as tmp:
             executable.export_library(str(tmp), fcompile=fcompile, addons=[str(runtime_c)],
                                       workspace_dir=work)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     return "shared-library", None
 
 
@@ -283,14 +280,8 @@ def _export_cuda(kernels, path: Path) -> dict:
     if export is None:
         raise NotImplementedError("exporting CUDA kernels is not available in this convc: "
                                   "convc.cuda has no export_cuda_library")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        report = export(kernels, str(tmp), names=[k.op for k in kernels])
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return report
+    with _replacing(path) as tmp:
+        return export(kernels, str(tmp), names=[k.op for k in kernels])
 
 
 def _cpu_features(target) -> list:
@@ -356,7 +347,9 @@ def read_manifest(path) -> tuple[Path, dict]:
     if path.suffix == ".json":
         meta_path = path
         manifest = _parse_manifest(meta_path)
-        library = meta_path.with_name(str(manifest.get("library", "")))
+        if not isinstance(manifest.get("library"), str) or not manifest["library"]:
+            raise LibraryError(f"{str(meta_path)!r} names no library file")
+        library = meta_path.with_name(manifest["library"])
     else:
         library, meta_path = path, manifest_path(path)
         if not library.is_file():
@@ -489,9 +482,9 @@ def _lookup(module, name: str, library: Path):
 class Library(Mapping):
     """The functions of an exported library, by name: lib["forward"] or lib.forward.
 
-    Each is a LoadedKernel: call it with the op's inputs; it checks their shapes and dtypes,
-    copies an input whose memory the kernel cannot read in place, and returns the output,
-    allocated unless `out=` is given.
+    Each is a LoadedKernel (a CudaKernel for a CUDA library): call it with the op's inputs; it
+    checks their shapes and dtypes, copies an input whose memory the kernel cannot read in place,
+    and returns the output, allocated unless `out=` is given.
     """
 
     def __init__(self, path: Path, manifest: dict, module, functions: dict):
@@ -554,7 +547,22 @@ def dumps(manifest: dict) -> str:
     text = json.dumps(manifest, indent=1)
     text = flat_list.sub(lambda m: "[" + re.sub(r"\s*,\s*", ", ", m.group(1)) + "]", text)
     text = flat_object.sub(lambda m: "{" + re.sub(r",\s*(?=\")", ", ", m.group(1)) + "}", text)
+    if json.loads(text) != manifest:  # a string the patterns misread: keep the plain layout
+        text = json.dumps(manifest, indent=1)
     return text + "\n"
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """A temporary path beside `path`, renamed onto it when the block succeeds: a reader never
+    sees half a library, and a failed export leaves the old one (or nothing)."""
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}{path.suffix}")  # the tool creates it
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _write_atomic(path: Path, text: str) -> None:
