@@ -251,6 +251,32 @@ def test_export_argument_errors(spec, tmp_path):
     assert not list(tmp_path.iterdir()), "a refused export must not leave files behind"
 
 
+def test_log_dir_reaches_the_schedule_choice(spec, tmp_path, monkeypatch):
+    """--log-dir: the tuning-record lookup sees the directory while the kernels are scheduled,
+    and the process's environment is as before afterwards."""
+    import os
+
+    from convc import build
+
+    pytest.importorskip("convc.tune.records")
+    from convc.tune.records import ENV_LOG_DIR
+
+    seen = []
+    original = build.schedule
+
+    def spy(spec, op, target):
+        seen.append(os.environ.get(ENV_LOG_DIR))
+        return original(spec, op, target)
+
+    monkeypatch.setattr(build, "schedule", spy)
+    monkeypatch.delenv(ENV_LOG_DIR, raising=False)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    export_library(spec, tmp_path / "a.so", ops=["forward", "grad_input"], log_dir=logs)
+    assert seen == [str(logs.resolve())] * 2
+    assert ENV_LOG_DIR not in os.environ
+
+
 def test_cuda_export(spec, tmp_path):
     """The CUDA library: built by convc.cuda with nvcc, described by the same manifest; loading it
     works anywhere, calling it needs a GPU (and says so)."""
