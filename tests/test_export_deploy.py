@@ -86,7 +86,15 @@ def spec():
 
 @pytest.fixture(scope="module")
 def exported(spec, tmp_path_factory):
-    return export_library(spec, tmp_path_factory.mktemp("deploy_lib") / "lib.so")
+    """The layer's three kernels in one library, made the way a user would: `convc compile`."""
+    from convc.cli import main
+
+    path = tmp_path_factory.mktemp("deploy_lib") / "lib.so"
+    assert main(["compile", "--op", "conv2d", "--input", "2,8,12,12", "--weight", "16,4,3,3",
+                 "--bias", "--stride", "2", "--padding", "1", "--groups", "2", "-o", str(path)]) == 0
+    assert json.loads(manifest_path(path).read_text())["functions"]["forward"]["spec"] == \
+        spec.to_dict()
+    return path
 
 
 def test_the_clean_environment_has_only_tvm_ffi_and_numpy(clean_python, tmp_path):
