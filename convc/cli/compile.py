@@ -105,9 +105,12 @@ def _target_config(text) -> dict:
         return {"kind": "cuda"}
     if name.startswith("{"):
         try:
-            return json.loads(name)
+            config = json.loads(name)
         except json.JSONDecodeError as err:
             raise ValueError(f"--target={text!r} is not valid JSON: {err}") from None
+        if not isinstance(config, dict) or "kind" not in config:
+            raise ValueError(f"--target={text!r} is not valid: expected a JSON object with a 'kind'")
+        return config
     return json.loads(str(resolve(name)))
 
 
@@ -131,6 +134,9 @@ def run(args) -> int:
     for warning in caught:
         if issubclass(warning.category, CrossCompileWarning):
             print(f"convc compile: note: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename,
+                                 warning.lineno)
     _report(path, json.loads(manifest_path(path).read_text()), manifest_path(path))
     return 0
 
