@@ -38,8 +38,8 @@ def declining(rule):
     return wrapper
 
 
-forward = declining(schedule_direct)
-grad_weight = declining(schedule_grad_weight)
+direct_rule = declining(schedule_direct)
+grad_weight_rule = declining(schedule_grad_weight)
 
 # In dispatch order; each declines what is not its op.
-RULES = [forward, grad_weight]
+RULES = [direct_rule, grad_weight_rule]

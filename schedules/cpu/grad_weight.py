@@ -24,7 +24,7 @@ from convc.target import info
 
 from .common import (find, finish_output, new_schedule, parallel_block, parallel_outer, pick_tile,
                      vector_registers)
-from .direct import channels_last_map, inner_loops, to_hwio, vectorize_tile
+from .direct import channels_last_map, inner_loops, to_hwio, transpose_stage, vectorize_tile
 
 
 def schedule_grad_weight(func, target):
@@ -46,20 +46,28 @@ def schedule_grad_weight(func, target):
         sch.transform_layout(pad, ("write", 0), channels_last_map(nd))
         packed_dy = sch.cache_read(block, "dy", "global")
         sch.transform_layout(packed_dy, ("write", 0), channels_last_map(nd))
-        parallel_block(sch, packed_dy, target)
-    if pad is not None:
+        # (n, c, *p) -> (n, *p, c): tiled transpositions of the channel and innermost axes.
+        transpose_stage(sch, packed_dy, write_axis=1, other_axis=-1, target=target)
+        transpose_stage(sch, pad, write_axis=1, other_axis=-1, target=target)
+    elif pad is not None:
         parallel_block(sch, pad, target)
 
+    chunks = reduction_chunks(spec, target)
+    final = None
+    if chunks > 1:
+        final, block = _split_reduction(sch, block, spec, chunks)
     loops = sch.get_loops(block)
+    chunk = [loops[0]] if final is not None else []
+    loops = loops[len(chunk):]
     if cl:
         *taps, c, o = loops[:nd + 2]
     else:
         o, c, *taps = loops[:nd + 2]
-    rn, *rp = loops[nd + 2:]
+    reduction = loops[nd + 2:]
 
     # Output-channel vector: within a group when groups are at least a vector wide; across groups
     # for depthwise (x is then a vector load too); plain otherwise (gathers, but correct).
-    outer = []
+    outer = list(chunk)
     if groups > 1 and kg >= lanes:
         g, o = sch.split(o, [groups, kg])
         outer.append(g)
@@ -84,20 +92,96 @@ def schedule_grad_weight(func, target):
             tiled *= extent
         else:
             free_taps.insert(0, tap)
-    sch.reorder(*outer, o_o, c_o, *free_taps, rn, *rp, *tile_loops, c_i, o_i)
+    sch.reorder(*outer, o_o, c_o, *free_taps, *reduction, *tile_loops, c_i, o_i)
     spatial_outer = outer + [o_o, c_o] + free_taps
 
     write_back = sch.cache_write(block, 0, "local")
     if not cl:
-        sch.transform_layout(block, ("write", 0), to_hwio(nd))
+        sch.transform_layout(block, ("write", 0), _hwio_after(nd, len(chunk)))
     tile_loop = spatial_outer[-1]
     sch.reverse_compute_at(write_back, tile_loop, preserve_unit_loops=True)
-    finish_output(sch, write_back)
+    if final is None:
+        finish_output(sch, write_back)
     parallel_outer(sch, spatial_outer, target)
     for loop in tile_loops + [c_i]:
         sch.unroll(loop)
     sch.vectorize(o_i)
     vectorize_tile(sch, inner_loops(sch, write_back, block))
-    init = sch.decompose_reduction(block, rn)
+    init = sch.decompose_reduction(block, reduction[0])
     vectorize_tile(sch, inner_loops(sch, init, block))
+    if final is not None:
+        _schedule_final(sch, final, spec, target)
     return sch
+
+
+# Bytes of x and dy rows that one reduction chunk streams: small enough to stay in L2 while every
+# output tile of the chunk passes over them (GEMM-style blocking of the reduction).
+CHUNK_BYTES = 1 << 20
+
+
+def reduction_chunks(spec, target) -> int:
+    """How many pieces to cut the (batch x rows) reduction into: enough for the chunk's operands
+    to fit CHUNK_BYTES, and at least two per core when the weight has too few tiles to keep the
+    cores busy (depthwise, the stem). 1 = no split."""
+    itemsize = 8 if spec.dtype == "float64" else 4
+    rows = spec.batch * math.prod(spec.out_size[:-1])
+    row_bytes = spec.out_size[-1] * (spec.in_channels + spec.out_channels) * itemsize
+    chunks = math.ceil(rows / max(1, CHUNK_BYTES // row_bytes))
+    cores = info(target).num_cores
+    lanes = info(target).lanes(acc_dtype(spec.dtype))
+    weight_vectors = spec.out_channels * spec.in_channels // spec.groups * math.prod(spec.kernel)
+    if weight_vectors // (lanes * 16) < 4 * cores:
+        chunks = max(chunks, 2 * cores)
+    return max(1, min(chunks, rows, MAX_CHUNKS))
+
+
+MAX_CHUNKS = 16
+
+
+def _split_reduction(sch, block, spec, chunks):
+    """rfactor the (batch x rows) reduction into `chunks` partial sums.
+
+    -> (final block: sums the partials into dw, partial block: spatial loops [chunk, *weight],
+    reductions [rows in chunk, last spatial axis])."""
+    loops = sch.get_loops(block)
+    nd = spec.ndim
+    reduction = loops[nd + 2:]
+    rows = sch.fuse(*reduction[:-1]) if len(reduction) > 2 else reduction[0]
+    chunk, _ = sch.split(rows, [chunks, None])
+    partial = sch.rfactor(chunk, 0)
+    loops = sch.get_loops(partial)  # [*weight axes, chunk, rows in chunk, last axis]
+    sch.reorder(loops[nd + 2], *loops[:nd + 2])
+    return block, partial
+
+
+def _hwio_after(nd, leading):
+    """to_hwio on a buffer with `leading` extra leading axes (the chunk axis of partial sums)."""
+    if not leading:
+        return to_hwio(nd)
+    base = to_hwio(nd)
+    if nd == 1:
+        return lambda b, o, c, r0: (b, *base(o, c, r0))
+    if nd == 2:
+        return lambda b, o, c, r0, r1: (b, *base(o, c, r0, r1))
+    return lambda b, o, c, r0, r1, r2: (b, *base(o, c, r0, r1, r2))
+
+
+def _schedule_final(sch, final, spec, target):
+    """dw = sum of the partials: weight axes in parallel, the output channel vectorized, the chunk
+    reduction just outside it; the float16 cast (if any) as its own elementwise stage."""
+    from convc.ops import EPILOGUE
+
+    loops = sch.get_loops(final)
+    nd = spec.ndim
+    weight, (chunk,) = loops[:nd + 2], loops[nd + 2:]
+    o = weight[-1] if spec.channels_last else weight[0]
+    others = [lp for lp in weight if not sch.get(lp).same_as(sch.get(o))]
+    lanes = 16
+    o_o, o_i = sch.split(o, [None, min(lanes, spec.out_channels)])
+    sch.reorder(*others, o_o, chunk, o_i)
+    sch.vectorize(o_i)
+    parallel_outer(sch, others + [o_o], target)
+    sch.decompose_reduction(final, chunk)
+    epilogue = find(sch, EPILOGUE)
+    if epilogue is not None:
+        parallel_block(sch, epilogue, target)
