@@ -14,11 +14,12 @@ __version__ = "0.1.0"
 from .api import (conv1d, conv1d_grad_input, conv1d_grad_weight, conv2d, conv2d_grad_input,
                   conv2d_grad_weight, conv3d, conv3d_grad_input, conv3d_grad_weight)
 from .build import compile
+from .export import export_library, load
 from .kernel import Kernel
 from .spec import ConvSpec
 
 __all__ = [
-    "ConvSpec", "Kernel", "compile",
+    "ConvSpec", "Kernel", "compile", "export_library", "load",
     "conv1d", "conv2d", "conv3d",
     "conv1d_grad_input", "conv2d_grad_input", "conv3d_grad_input",
     "conv1d_grad_weight", "conv2d_grad_weight", "conv3d_grad_weight",
