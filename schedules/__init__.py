@@ -6,8 +6,9 @@ before the default schedule.
 """
 
 from .cpu import RULES as CPU_RULES
+from .cuda import RULES as CUDA_RULES
 
 RULES = {
     "cpu": CPU_RULES,
-    "cuda": [],
+    "cuda": CUDA_RULES,
 }
