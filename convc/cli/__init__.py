@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `convc --help` lists them.
-SUBCOMMANDS = ["demo", "bench", "compile"]
+SUBCOMMANDS = ["demo", "bench", "compile", "tune"]
 
 
 def main(argv=None) -> int:

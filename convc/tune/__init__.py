@@ -27,8 +27,9 @@ OPS = ("forward", "grad_input", "grad_weight")
 
 def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=None,
          quiet: bool = False, rpc_tracker: str | None = None, rpc_key: str | None = None,
-         trials_per_iter: int | None = None, builder_workers: int | None = None,
-         build_timeout: float = 60.0, run_timeout: float = 60.0, stream=None):
+         trials_per_iter: int | None = None, population: int | None = None,
+         builder_workers: int | None = None, build_timeout: float = 60.0,
+         run_timeout: float = 60.0, stream=None):
     """Tune the ``ops`` of each ConvSpec in ``specs`` and store the records under ``log_dir``.
 
     Parameters
@@ -51,6 +52,13 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
         No progress line.
     rpc_tracker, rpc_key : str or None
         Measure on the servers registered under ``rpc_key`` at tracker ``"HOST:PORT"``.
+    trials_per_iter, population : int or None
+        Candidates measured per search round (default 32) and the evolutionary search's
+        population (default 256); smaller is faster per round and searches less.
+    builder_workers, build_timeout, run_timeout
+        Build processes (default: one per core) and limits for one build / one measurement.
+    stream : file or None
+        Where the progress line goes (default stderr).
 
     Returns
     -------
@@ -84,7 +92,8 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
             reports.append(driver.tune_workload(
                 kernels, target, workload=spec.key, spec=spec, log_dir=log_dir, session=session,
                 trials=trials, seed=seed, quiet=quiet, stream=stream,
-                trials_per_iter=trials_per_iter or driver.DEFAULT_TRIALS_PER_ITER))
+                trials_per_iter=trials_per_iter or driver.DEFAULT_TRIALS_PER_ITER,
+                population=population or driver.DEFAULT_POPULATION))
     _forget_compiled()
     return reports
 

@@ -274,13 +274,17 @@ def _run_search(kernels, mods, target, database, session, progress, *, seed, tri
         callbacks = list(ms.MeasureCallback.create("default")) + [
             ProgressCallback(progress, [k.name for k in kernels])]
         progress.draw()
-        ms.tune.tune_tasks(
-            tasks=contexts, task_weights=[1.0] * len(contexts), work_dir=str(log_file.parent),
-            max_trials_global=sum(budgets), max_trials_per_task=max(budgets),
-            num_trials_per_iter=trials_per_iter, builder=session.builder, runner=session.runner,
-            database=database, cost_model=cost_model, measure_callbacks=callbacks,
-            task_scheduler=ms.task_scheduler.GradientBased(seed=-1 if seed is None else seed),
-        )
+        session.runner.on_measured = progress.runner_measured
+        try:
+            ms.tune.tune_tasks(
+                tasks=contexts, task_weights=[1.0] * len(contexts),
+                work_dir=str(log_file.parent), max_trials_global=sum(budgets),
+                max_trials_per_task=max(budgets), num_trials_per_iter=trials_per_iter,
+                builder=session.builder, runner=session.runner, database=database,
+                cost_model=cost_model, measure_callbacks=callbacks,
+                task_scheduler=ms.task_scheduler.GradientBased(seed=-1 if seed is None else seed))
+        finally:
+            session.runner.on_measured = None
 
 
 def _warm_start(cost_model, contexts, database, logger) -> None:

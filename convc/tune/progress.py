@@ -71,6 +71,7 @@ class ProgressLine:
         self.start = time.perf_counter()
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._drawn = False
+        self._measured = 0  # candidates the runner finished, before MetaSchedule reports them
 
     # numbers --------------------------------------------------------------------------------
     @property
@@ -79,7 +80,7 @@ class ProgressLine:
 
     @property
     def trials(self) -> int:
-        return sum(k.trials for k in self.kernels.values())
+        return max(self._measured, sum(k.trials for k in self.kernels.values()))
 
     @property
     def budget(self) -> int:
@@ -92,6 +93,11 @@ class ProgressLine:
         return self.elapsed / done * max(0, self.budget - done)
 
     # events ---------------------------------------------------------------------------------
+    def runner_measured(self, count: int) -> None:
+        """The runner finished ``count`` candidates (not yet attributed to a kernel)."""
+        self._measured += count
+        self.draw()
+
     def measured(self, name: str, run_secs: list) -> None:
         kernel = self.kernels[name]
         kernel.trials += len(run_secs)

@@ -256,13 +256,17 @@ class RecordStore:
         return count
 
     def database(self):
-        """The MetaSchedule JSONDatabase over this directory (repaired first)."""
+        """The MetaSchedule JSONDatabase over this directory, for the writer holding
+        :meth:`lock` (repaired first; every record MetaSchedule commits is appended)."""
         from tvm.s_tir.meta_schedule.database import JSONDatabase  # noqa: PLC0415
 
-        if os.access(self.path, os.W_OK):
-            self.repair()
-            return JSONDatabase(str(self.path / WORKLOADS), str(self.path / RECORDS),
-                                allow_missing=True)
+        self.repair()
+        return JSONDatabase(str(self.path / WORKLOADS), str(self.path / RECORDS),
+                            allow_missing=True)
+
+    def snapshot(self):
+        """The complete records as they are now, in memory: for readers, which never write
+        (a tuner may be appending at this moment, or the directory may be read-only)."""
         return _read_only_database(self.path)
 
     def trials_done(self) -> dict[str, int]:
@@ -333,21 +337,26 @@ def _cut_partial_tail(path: Path) -> int:
 
 
 def _read_only_database(path: Path):
-    """A JSONDatabase over a read-only directory: a repaired copy in memory."""
-    from tvm.s_tir.meta_schedule.database import JSONDatabase  # noqa: PLC0415
+    """A MemoryDatabase holding the complete lines of the directory's two files."""
+    from tvm.s_tir.meta_schedule.database import (  # noqa: PLC0415
+        JSONDatabase,
+        MemoryDatabase,
+        TuningRecord,
+    )
 
+    workloads = list(_json_lines(path / WORKLOADS))
+    # A record appended after the workload file was read may name a workload not read yet.
+    records = [r for r in _json_lines(path / RECORDS) if 0 <= r[0] < len(workloads)]
+    memory = MemoryDatabase()
     with tempfile.TemporaryDirectory(prefix="convc-records-") as tmp:
-        for name in (WORKLOADS, RECORDS):
-            lines = [json.dumps(line) + "\n" for line in _json_lines(path / name)]
-            Path(tmp, name).write_text("".join(lines))
+        for name, lines in ((WORKLOADS, workloads), (RECORDS, records)):
+            Path(tmp, name).write_text("".join(json.dumps(line) + "\n" for line in lines))
         database = JSONDatabase(str(Path(tmp) / WORKLOADS), str(Path(tmp) / RECORDS),
                                 allow_missing=False)
-        from tvm.s_tir.meta_schedule.database import MemoryDatabase  # noqa: PLC0415
-
-        memory = MemoryDatabase()
         for record in database.get_all_tuning_records():
-            memory.commit_workload(record.workload.mod)
-            memory.commit_tuning_record(record)
+            memory.commit_tuning_record(TuningRecord(
+                record.trace, memory.commit_workload(record.workload.mod), record.run_secs,
+                record.target, record.args_info))
     return memory
 
 
@@ -414,8 +423,7 @@ def _from_store(store: RecordStore, func, target, kernel: str) -> Lookup | None:
                       f"hand-written one ({info.get('tuned_us')} us vs {info.get('hand_written_us')}"
                       " us, measured side by side); the hand-written schedule is used")
     try:
-        store.check_records(target)
-        database = _database(store)
+        database = _database(store, target)
     except RecordError as err:
         _warn(str(err))
         return None
@@ -443,13 +451,16 @@ def _from_store(store: RecordStore, func, target, kernel: str) -> Lookup | None:
     return Lookup(sch, store.path, f"{kernel}: tuned record from {store.path}", seconds)
 
 
-def _database(store: RecordStore):
-    records = store.path / RECORDS
-    stamp = (str(store.path), *(_stat(store.path / name) for name in (WORKLOADS, RECORDS)))
+def _database(store: RecordStore, target):
+    """The store's database, checked against ``target``; cached until either file changes."""
+    stamp = (str(store.path), json.dumps(target_identity(target), sort_keys=True),
+             *(_stat(store.path / name) for name in (WORKLOADS, RECORDS)))
     database = _DATABASES.get(stamp)
     if database is None:
-        database = store.database() if records.exists() else None
-        if database is None:
+        store.check_records(target)
+        if (store.path / RECORDS).exists():
+            database = store.snapshot()
+        else:
             from tvm.s_tir.meta_schedule.database import MemoryDatabase  # noqa: PLC0415
 
             database = MemoryDatabase()

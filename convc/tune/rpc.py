@@ -33,6 +33,8 @@ def servers_under(host: str, port: int, key: str) -> int:
     from tvm import rpc  # noqa: PLC0415
 
     try:
+        # TVM's own client retries for a minute; a closed port should fail at once.
+        socket.create_connection((host, port), timeout=5).close()
         summary = rpc.connect_tracker(host, port).summary()
     except (OSError, RuntimeError) as err:
         raise TuneError(f"cannot reach the RPC tracker at {host}:{port}: {err}") from None
@@ -104,6 +106,7 @@ class LocalCluster:
         try:
             self.procs.append(_start("tvm.exec.rpc_tracker", "--host", self.host, "--port",
                                      str(self.port), "--port-end", str(self.port + 1), log=log))
+            self._wait_for_port()  # servers started earlier retry only every 5 s
             for _ in range(self.servers):
                 self.procs.append(_start(
                     "tvm.exec.rpc_server", "--tracker", self.tracker, "--key", self.key,
@@ -118,6 +121,24 @@ class LocalCluster:
                 log.close()
         return self
 
+    def _wait_for_port(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=1):
+                    return
+            except OSError:
+                self._check_alive(deadline)
+                time.sleep(0.1)
+
+    def _check_alive(self, deadline: float) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise TuneError(f"RPC process {proc.args[3:]} exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TuneError(f"the RPC tracker/servers did not come up at {self.tracker} within "
+                            f"{self.startup_timeout:.0f} s")
+
     def _wait(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while True:
@@ -126,12 +147,7 @@ class LocalCluster:
                     return
             except TuneError:
                 pass
-            for proc in self.procs:
-                if proc.poll() is not None:
-                    raise TuneError(f"RPC process {proc.args[3:]} exited with {proc.returncode}")
-            if time.monotonic() > deadline:
-                raise TuneError(f"RPC servers did not register with {self.tracker} within "
-                                f"{self.startup_timeout:.0f} s")
+            self._check_alive(deadline)
             time.sleep(0.3)
 
     def stop(self) -> None:

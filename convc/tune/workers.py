@@ -240,10 +240,16 @@ class WarmRunner(PyRunner):
             stderr=subprocess.DEVNULL,
         )
         self.startup_sec = self.pool.warm_up(workers)
+        # Called with the number of candidates measured, as soon as a local batch is done
+        # (MetaSchedule's own callbacks see a batch only when the scheduler next joins it).
+        self.on_measured: Callable[[int], None] | None = None
 
     def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
         if self.rpc_config is None:
-            return [self._run_local(item) for item in runner_inputs]
+            futures = [self._run_local(item) for item in runner_inputs]
+            if self.on_measured is not None:
+                self.on_measured(len(futures))
+            return futures
         return [
             RPCRunnerFuture(
                 self.pool.submit(

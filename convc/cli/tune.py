@@ -1,0 +1,136 @@
+"""`convc tune`: auto-tune a convolution's kernels with MetaSchedule (XGBoost cost model).
+
+    convc tune --op conv2d --input 1,64,56,56 --weight 64,64,3,3 --padding 1 --trials 64
+    convc tune --layers all --layout NHWC --trials 200 --log-dir tuning_logs     # bench suite
+
+The kernels of each layer are tuned as one task set; the hand-written schedule is measured in
+the same run and a record is used only where it is faster.  Records go to --log-dir (default
+$CONVC_TUNING_LOGS or ~/.local/share/convc/tuning_logs), under target/TVM version/workload;
+`convc compile` and the Python API apply them.  Running the same command again continues an
+interrupted run; a larger --trials tunes further.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .compile import RANK, ints, padding, shape, target_of
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "tune", help="auto-tune kernels (MetaSchedule + XGBoost) into a tuning log directory",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    layer = p.add_argument_group("the convolution (as for `convc compile`), or --layers")
+    layer.add_argument("--op", choices=sorted(RANK), help="convolution rank")
+    layer.add_argument("--input", metavar="SHAPE", help="batched input shape, e.g. 1,64,56,56")
+    layer.add_argument("--weight", metavar="SHAPE", help="weight shape, e.g. 64,64,3,3")
+    layer.add_argument("--bias", action="store_true", help="forward adds a bias")
+    layer.add_argument("--stride", default="1", help="an int or a comma list (default: %(default)s)")
+    layer.add_argument("--padding", default="0",
+                       help="an int, a comma list, before:after pairs, 'same' or 'valid'")
+    layer.add_argument("--dilation", default="1", help="an int or a comma list (default: %(default)s)")
+    layer.add_argument("--groups", default="1", help="(default: %(default)s)")
+    layer.add_argument("--layout", default=None,
+                       help="NCW/NCHW/NCDHW (default) or NWC/NHWC/NDHWC; the weight layout follows")
+    layer.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
+    layer.add_argument("--layers", default=None, metavar="NAMES",
+                       help="tune layers of the benchmark suite instead: a comma list or 'all'")
+    p.add_argument("--kernels", default="forward,grad_input,grad_weight",
+                   help="comma list of forward, grad_input, grad_weight (default: all three)")
+    p.add_argument("--trials", type=int, default=64,
+                   help="measured candidates per kernel, records already logged included "
+                        "(default: %(default)s)")
+    p.add_argument("--log-dir", default=None, metavar="DIR",
+                   help="where records go (default: $CONVC_TUNING_LOGS or "
+                        "~/.local/share/convc/tuning_logs)")
+    p.add_argument("--target", default=None, help="llvm (this CPU, default), cuda, or a JSON target")
+    p.add_argument("--arch", default=None, help="a CUDA sm_XX, or an LLVM CPU name for llvm")
+    p.add_argument("--seed", type=int, default=None, help="seed of the search")
+    p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT",
+                   help="measure on RPC servers registered at this tracker")
+    p.add_argument("--rpc-key", default=None, metavar="KEY", help="the servers' key at the tracker")
+    p.add_argument("--trials-per-iter", type=int, default=None, metavar="N",
+                   help="candidates measured per search round (default: 32)")
+    p.add_argument("--quiet", action="store_true", help="no progress line, only the summary")
+    return p
+
+
+def specs_of(args) -> list:
+    """The ConvSpecs the flags describe: one layer, or --layers of the benchmark suite."""
+    from convc.spec import ConvSpec
+
+    if args.layers:
+        if args.op or args.input or args.weight:
+            raise ValueError("--layers replaces --op/--input/--weight: give one or the other")
+        return _suite(args.layers, args.layout, args.dtype)
+    missing = [f"--{name}" for name in ("op", "input", "weight") if not getattr(args, name)]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} missing: describe the convolution, or give --layers")
+    rank = RANK[args.op]
+    return [ConvSpec.from_shapes(
+        shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
+        ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
+        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias)]
+
+
+def _suite(names: str, layout, dtype) -> list:
+    from convc.bench import LAYERS
+    from convc.spec import ConvSpec
+
+    wanted = list(LAYERS) if names.strip() == "all" else [n.strip() for n in names.split(",")]
+    unknown = [n for n in wanted if n not in LAYERS]
+    if unknown:
+        raise ValueError(f"--layers: {', '.join(unknown)} not in the suite ({', '.join(LAYERS)})")
+    layout = (layout or "NCHW").upper()
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"--layout={layout!r}: the suite is 2-D, expected NCHW or NHWC")
+    specs = []
+    for name in wanted:
+        n, c, h, w, k, r, s, p, g = LAYERS[name]
+        if layout == "NCHW":
+            x, wt = (n, c, h, w), (k, c // g, r, r)
+        else:
+            x, wt = (n, h, w, c), (r, r, c // g, k)
+        specs.append(ConvSpec.from_shapes(x, wt, s, p, 1, g, layout=layout, dtype=dtype))
+    return specs
+
+
+def run(args) -> int:
+    import convc.tune as tuning
+    from convc.tune.driver import TuneError
+
+    specs = specs_of(args)
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    try:
+        reports = tuning.tune(
+            specs, kernels, target=target_of(args.target, args.arch), trials=args.trials,
+            log_dir=args.log_dir, seed=args.seed, quiet=args.quiet, rpc_tracker=args.rpc_tracker,
+            rpc_key=args.rpc_key, trials_per_iter=args.trials_per_iter)
+    except (TuneError, tuning.RecordError) as err:
+        print(f"convc tune: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nconvc tune: interrupted; finished records are kept, run the same command "
+              "again to continue", file=sys.stderr)
+        return 130
+    for report in reports:
+        _summary(report)
+    return 0
+
+
+def _summary(report) -> None:
+    print(f"{report.workload}: {report.trials} trials in {report.tuning_s:.0f} s "
+          f"({report.trials_per_minute:.1f}/min); records in {report.path}")
+    print(f"  {'kernel':<12} {'trials':>6} {'hand-written':>13} {'tuned':>13}  {'uses':<12} 90% at")
+    for k in report.kernels.values():
+        reached = (f"{k.reached_90[1]} trials, {k.reached_90[0]:.0f} s" if k.reached_90
+                   else "-")
+        print(f"  {k.name:<12} {k.trials_total:>6} {_gflops(k, k.hand_written_us):>13} "
+              f"{_gflops(k, k.tuned_us):>13}  {k.verdict or '-':<12} {reached}")
+
+
+def _gflops(kernel, us) -> str:
+    value = kernel.gflops(us)
+    return "-" if value is None else f"{value:.1f} GFLOP/s"
