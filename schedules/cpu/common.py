@@ -43,6 +43,20 @@ def pick_tile(extent: int, limit: int, minimum: int = 1) -> int:
     return min(range(minimum, limit + 1), key=lambda t: (math.ceil(extent / t) * t - extent, -t))
 
 
+def box_tile(sizes, limit: int) -> int:
+    """The largest tile of consecutive positions of a row-major grid `sizes` (innermost last) that
+    is <= `limit` and always covers a box: q whole sub-grids of the inner axes, q dividing the next
+    axis. Tiles that straddle a row end would make a tile's accumulator region (a bounding box) cover
+    positions another tile computes."""
+    best, inner = 1, 1
+    for extent in reversed(tuple(sizes)):
+        for q in range(1, extent + 1):
+            if extent % q == 0 and inner * q <= limit:
+                best = max(best, inner * q)
+        inner *= extent
+    return best
+
+
 def parallel_outer(sch: s_tir.Schedule, loops, target, min_chunks: int | None = None):
     """Fuse the leading loops (as few as give every core a few chunks) and mark them parallel.
 

@@ -35,7 +35,7 @@ from convc.ops import spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
-from .common import (find, finish_output, new_schedule, parallel_block, parallel_outer, pick_tile,
+from .common import (box_tile, find, finish_output, new_schedule, parallel_block, parallel_outer, pick_tile,
                      vector_registers)
 
 
@@ -45,6 +45,7 @@ WEIGHT_SLICE_BYTES = 128 * 1024
 # Blocked variant: output positions per accumulator block (256 x 32 fp32 = 32 KiB, ~L1) and bytes
 # of one weight chunk (kc channels x vo), meant to stay in L1 while every tile of the block uses it.
 POSITION_BLOCK = 256
+MAX_UNROLLED_COPIES = 32
 WEIGHT_CHUNK_BYTES = 16 * 1024
 
 
@@ -82,6 +83,14 @@ def geometry(spec, op) -> Geometry:
                     (1,) * spec.ndim, spec.dilation, acc_dtype(spec.dtype))
 
 
+def is_plain_copy(spec) -> bool:
+    """grad_input's "dy_dilated" is dy itself (no zeros inserted, nothing padded or cropped)."""
+    before = [d * (k - 1) - pb for k, d, pb in zip(spec.kernel, spec.dilation, spec.pad_before)]
+    size = [i + d * (k - 1) for i, k, d in zip(spec.in_size, spec.kernel, spec.dilation)]
+    return (all(s == 1 for s in spec.stride) and not any(before)
+            and tuple(size) == tuple(spec.out_size))
+
+
 def to_hwio(ndim: int):
     """Index map (o, c, *r) -> (*r, c, o) for an OIHW-family weight."""
     if ndim == 1:
@@ -111,7 +120,9 @@ def schedule_direct(func, target):
     # Operand stages: padding / zero insertion computed once, in parallel, at the root.
     for name in ("pad", "dy_dilated"):
         stage = find(sch, name)
-        if stage is not None:
+        if stage is not None and name == "dy_dilated" and is_plain_copy(spec):
+            sch.compute_inline(stage)  # 1x1 stride 1 without padding: dy itself
+        elif stage is not None:
             parallel_block(sch, stage, target)
     if op == "forward" and not geo.channels_last and family_a:
         packed = sch.cache_read(reduction, "w", "global")
@@ -183,12 +194,11 @@ def _channel_vector(sch, block, geo: Geometry, target):
     if weight_slice > WEIGHT_SLICE_BYTES:
         _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vo, tw_max)
         return
+    tw = pick_tile(geo.out_size[-1], tw_max, minimum=max(1, tw_max // 2))
     if geo.is_gemm and len(sp) > 1:
-        sp = [sch.fuse(*sp)]
-        extent = math.prod(geo.out_size)
-    else:
-        extent = geo.out_size[-1]
-    tw = pick_tile(extent, tw_max, minimum=max(1, tw_max // 2))
+        fused_tw = box_tile(geo.out_size, tw_max)
+        if fused_tw > tw or geo.out_size[-1] % tw == 0:
+            sp, tw = [sch.fuse(*sp)], fused_tw
     w_o, w_i = sch.split(sp[-1], [None, tw])
     unroll = [w_i]
     if geo.in_per_group == 1 and rk and geo.stride[-1] == 1:
@@ -215,7 +225,7 @@ def _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk
     (min of 40 runs, 2 busy shared cores; peak ~175)."""
     itemsize = 8 if geo.acc == "float64" else 4
     positions = sch.fuse(*sp) if len(sp) > 1 else sp[0]
-    p_b, p = sch.split(positions, [None, pick_tile(math.prod(geo.out_size), POSITION_BLOCK)])
+    p_b, p = sch.split(positions, [None, box_tile(geo.out_size, POSITION_BLOCK)])
     block_extent = int(sch.get(p).extent)
     tw = pick_tile(block_extent, tw_max, minimum=max(1, tw_max // 2))
     p_o, p_i = sch.split(p, [None, tw])
@@ -302,5 +312,11 @@ def vectorize_tile(sch, loops) -> None:
     if not loops:
         return
     sch.vectorize(loops[-1])
-    for loop in loops[:-1]:
+    # Unroll the copy loops only while the unrolled body stays small: a blocked accumulator covers
+    # hundreds of positions, and unrolling all of them costs LLVM seconds for nothing.
+    copies = 1
+    for loop in reversed(loops[:-1]):
+        copies *= int(sch.get(loop).extent)
+        if copies > MAX_UNROLLED_COPIES:
+            break
         sch.unroll(loop)
