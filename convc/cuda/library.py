@@ -143,3 +143,39 @@ def merge(modules: dict) -> tvm.IRModule:
         functions[name] = func.with_attr("global_symbol", name)
     return tvm.IRModule(functions)
 
+
+
+EM_CUDA = 190  # ELF machine number of NVIDIA device code
+
+
+def embedded_device_code(path) -> list:
+    """SM versions of the device-code ELFs (cubins) embedded in a host library's .nv_fatbin
+    section, e.g. [90] for a library built for sm_90; [] when it carries no compiled device code.
+    Plain ELF64 parsing: no readelf or cuobjdump needed."""
+    import struct
+
+    data = open(path, "rb").read()
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        raise ValueError(f"{path} is not a 64-bit ELF library")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names_offset = sections[shstrndx][4]
+
+    def name(section):
+        start = names_offset + section[0]
+        return data[start:data.index(b"\0", start)].decode()
+
+    versions = []
+    for section in sections:
+        if name(section) != ".nv_fatbin":
+            continue
+        blob = data[section[4]:section[4] + section[5]]
+        at = blob.find(b"\x7fELF")
+        while at >= 0:
+            machine, = struct.unpack_from("<H", blob, at + 18)
+            flags, = struct.unpack_from("<I", blob, at + 48)
+            if machine == EM_CUDA:
+                versions.append((flags >> 8) & 0xFF)
+            at = blob.find(b"\x7fELF", at + 4)
+    return versions

@@ -16,6 +16,10 @@ import tempfile
 from pathlib import Path
 
 
+# Where a CUDA toolkit usually lives when nvcc is not on PATH.
+FALLBACK_HOMES = ("/usr/local/cuda",)
+
+
 class NvccNotFound(RuntimeError):
     """No CUDA compiler: CUDA kernels cannot be compiled ahead of time on this machine."""
 
@@ -24,7 +28,7 @@ def find_nvcc() -> str:
     """Path of nvcc: $CONVC_NVCC, else $CUDACXX, else nvcc on PATH, else $CUDA_HOME/bin/nvcc or
     /usr/local/cuda/bin/nvcc. Raises NvccNotFound saying where it looked."""
     candidates = [os.environ.get("CONVC_NVCC"), os.environ.get("CUDACXX"), shutil.which("nvcc")]
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), *FALLBACK_HOMES):
         if home:
             candidates.append(os.path.join(home, "bin", "nvcc"))
     for path in candidates:
