@@ -138,6 +138,24 @@ def test_repair_cuts_a_partial_last_line_and_keeps_it_aside(tmp_path):
     assert store.repair() == 0
 
 
+def test_compact_keeps_the_fastest_valid_records_of_each_kernel(tmp_path):
+    store = records.RecordStore.create(tmp_path, None, SPEC.key, SPEC)
+    here = records.target_identity(None)
+
+    def line(workload, secs):
+        return json.dumps([workload, [[[], []], secs, here, []]]) + "\n"
+
+    (store.path / records.RECORDS).write_text("".join([
+        line(0, [3e-5]), line(0, [1e10]), line(0, [1e-5, 2e-5]), line(1, [5e-5]), line(0, [2e-5]),
+    ]))
+    with store.lock():
+        assert store.compact(keep=1) == (5, 2)
+    kept = list(records._json_lines(store.path / records.RECORDS))
+    assert [(r[0], r[1][1]) for r in kept] == [(0, [1e-5, 2e-5]), (1, [5e-5])]
+    with pytest.raises(ValueError, match="at least 1"):
+        store.compact(keep=0)
+
+
 def test_second_writer_is_refused_while_one_holds_the_lock(tmp_path):
     store = records.RecordStore.create(tmp_path, None, SPEC.key, SPEC)
     with store.lock():

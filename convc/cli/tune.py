@@ -53,6 +53,8 @@ def add_parser(subparsers):
     p.add_argument("--rpc-key", default=None, metavar="KEY", help="the servers' key at the tracker")
     p.add_argument("--trials-per-iter", type=int, default=None, metavar="N",
                    help="candidates measured per search round (default: 32)")
+    p.add_argument("--keep", type=int, default=None, metavar="N",
+                   help="afterwards keep only the N fastest records per kernel (for shipped logs)")
     p.add_argument("--quiet", action="store_true", help="no progress line, only the summary")
     return p
 
@@ -107,7 +109,7 @@ def run(args) -> int:
         reports = tuning.tune(
             specs, kernels, target=target_of(args.target, args.arch), trials=args.trials,
             log_dir=args.log_dir, seed=args.seed, quiet=args.quiet, rpc_tracker=args.rpc_tracker,
-            rpc_key=args.rpc_key, trials_per_iter=args.trials_per_iter)
+            rpc_key=args.rpc_key, trials_per_iter=args.trials_per_iter, keep=args.keep)
     except (TuneError, tuning.RecordError) as err:
         print(f"convc tune: error: {err}", file=sys.stderr)
         return 1

@@ -29,7 +29,7 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
          quiet: bool = False, rpc_tracker: str | None = None, rpc_key: str | None = None,
          trials_per_iter: int | None = None, population: int | None = None,
          builder_workers: int | None = None, build_timeout: float = 60.0,
-         run_timeout: float = 60.0, stream=None):
+         run_timeout: float = 60.0, keep: int | None = None, stream=None):
     """Tune the ``ops`` of each ConvSpec in ``specs`` and store the records under ``log_dir``.
 
     Parameters
@@ -57,6 +57,9 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
         population (default 256); smaller is faster per round and searches less.
     builder_workers, build_timeout, run_timeout
         Build processes (default: one per core) and limits for one build / one measurement.
+    keep : int or None
+        Afterwards keep only the ``keep`` fastest records per kernel (shipping logs small; the
+        trial counts stay in meta.json, so reruns still continue).
     stream : file or None
         Where the progress line goes (default stderr).
 
@@ -80,6 +83,8 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
     ops = [check_op(op) for op in dict.fromkeys(ops)]
     if not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials={trials!r}: expected a positive number of trials per kernel")
+    if keep is not None and (not isinstance(keep, int) or keep < 1):
+        raise ValueError(f"keep={keep!r}: expected a positive number of records per kernel")
     target = resolve(target)
     log_dir = log_dir if log_dir is not None else user_log_dir()
     reports = []
@@ -93,7 +98,7 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
                 kernels, target, workload=spec.key, spec=spec, log_dir=log_dir, session=session,
                 trials=trials, seed=seed, quiet=quiet, stream=stream,
                 trials_per_iter=trials_per_iter or driver.DEFAULT_TRIALS_PER_ITER,
-                population=population or driver.DEFAULT_POPULATION))
+                population=population or driver.DEFAULT_POPULATION, keep=keep))
     _forget_compiled()
     return reports
 

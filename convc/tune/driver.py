@@ -161,9 +161,11 @@ class Kernel:
 def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, session: Session,
                   trials: int, spec=None, seed: int | None = None, quiet: bool = False,
                   trials_per_iter: int = DEFAULT_TRIALS_PER_ITER,
-                  population: int = DEFAULT_POPULATION, work_dir=None,
+                  population: int = DEFAULT_POPULATION, work_dir=None, keep: int | None = None,
                   stream=None) -> WorkloadReport:
-    """Tune ``kernels`` (one workload's ops) as one task set; records go under ``log_dir``."""
+    """Tune ``kernels`` (one workload's ops) as one task set; records go under ``log_dir``.
+
+    ``keep``: afterwards prune the database to the ``keep`` best records per kernel."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo  # noqa: PLC0415
 
     started = time.perf_counter()
@@ -171,10 +173,9 @@ def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, sess
     mods = {k.name: canonical_module(k.func) for k in kernels}
     args_info = {k.name: ArgInfo.from_prim_func(mods[k.name]["main"]) for k in kernels}
     with store.lock():
-        store.repair()
         store.check_records(target)
         database = store.database()
-        done = _trials_done(database, mods)
+        done = _trials_done(database, mods, store)
         progress = ProgressLine(workload, [
             KernelProgress(k.name, k.flops, max(0, trials - done[k.name])) for k in kernels],
             quiet=quiet, stream=stream)
@@ -200,10 +201,13 @@ def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, sess
 
         # 4. best record against the hand-written schedule, side by side.
         reports = {}
-        done = _trials_done(database, mods)
+        after = _trials_done(database, mods)
         for k in kernels:
+            total = max(after[k.name], done[k.name] + progress.kernels[k.name].trials)
             reports[k.name] = _verdict(k, mods[k.name], hand_mods[k.name], args_info[k.name],
-                                       database, session, store, progress, done[k.name], target)
+                                       database, session, store, progress, total, target)
+        if keep is not None:
+            store.compact(keep)
     return WorkloadReport(workload, store.path, reports, time.perf_counter() - started, tuning_s,
                           progress.trials)
 
@@ -224,16 +228,18 @@ def _hash(mod) -> str:
     return str(tvm_ffi.structural_hash(mod))
 
 
-def _trials_done(database, mods: dict) -> dict[str, int]:
-    """Records (valid or failed) already in the database, per kernel."""
+def _trials_done(database, mods: dict, store: RecordStore | None = None) -> dict[str, int]:
+    """Trials (valid or failed) already spent per kernel: records in the database, or the count
+    meta.json kept when the database was compacted."""
     records = database.get_all_tuning_records()
     done = {}
     for name, mod in mods.items():
-        if not database.has_workload(mod):
-            done[name] = 0
-            continue
-        workload = database.commit_workload(mod)
-        done[name] = sum(1 for r in records if r.workload.same_as(workload))
+        done[name] = 0
+        if database.has_workload(mod):
+            workload = database.commit_workload(mod)
+            done[name] = sum(1 for r in records if r.workload.same_as(workload))
+        if store is not None and store.kernel(name).get("workload_hash") == _hash(mod):
+            done[name] = max(done[name], int(store.kernel(name).get("trials") or 0))
     return done
 
 

@@ -276,6 +276,28 @@ class RecordStore:
             done[record[0]] = done.get(record[0], 0) + 1
         return done
 
+    def compact(self, keep: int = 1) -> tuple[int, int]:
+        """Keep only the ``keep`` fastest valid records of each kernel (for shipping logs; the
+        trial counts stay in meta.json, so a rerun still continues). Hold :meth:`lock`.
+        Returns (records before, records after)."""
+        if keep < 1:
+            raise ValueError(f"keep={keep!r}: expected at least 1 record per kernel")
+        lines = list(_json_lines(self.path / RECORDS))
+        best: dict[int, list] = {}
+        for line in lines:
+            secs = line[1][1]
+            if secs and max(secs) < 1e9:
+                best.setdefault(line[0], []).append((sum(secs) / len(secs), line))
+        kept = [line for index in sorted(best)
+                for _, line in sorted(best[index], key=lambda pair: pair[0])[:keep]]
+        fd, tmp = tempfile.mkstemp(prefix=".records.", dir=self.path)
+        with os.fdopen(fd, "w") as out:
+            out.writelines(json.dumps(line, separators=(",", ":")) + "\n" for line in kept)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path / RECORDS)
+        return len(lines), len(kept)
+
     def workload_index(self) -> dict[str, int]:
         """Structural hash string -> line index in database_workload.json."""
         return {line[0]: i for i, line in enumerate(_json_lines(self.path / WORKLOADS))}
