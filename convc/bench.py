@@ -13,6 +13,7 @@ PyTorch and matplotlib are optional: imported lazily, only here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -36,7 +37,7 @@ LAYERS = {
 OPS = ("forward", "grad_input", "grad_weight")
 LAYOUTS = ("NCHW", "NHWC")
 MIN_BATCH_SECONDS = 0.02
-SETTLE_SECONDS = 0.2
+SETTLE_SECONDS = 0.02
 
 
 @dataclasses.dataclass
@@ -68,108 +69,120 @@ def layer_spec(layer, layout="NCHW", dtype="float32") -> ConvSpec:
                                 dtype=dtype)
 
 
-def time_call(fn, repeat: int) -> float:
-    """Median seconds per call over `repeat` batches, after one warm-up call (not counted)."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    number = max(1, math.ceil(MIN_BATCH_SECONDS / max(first, 1e-6)))
-    batches = []
-    for _ in range(repeat):
+def time_side_by_side(fns: dict, repeat: int, stat=statistics.median) -> dict:
+    """{name: callable} -> {name: `stat` (default: median) of seconds per call over the batches}.
+
+    Every callable is warmed up once (not counted); then each of `repeat` rounds times one batch
+    of every callable in turn (a batch lasts >= MIN_BATCH_SECONDS), so that a change in the load
+    of a shared machine hits all contenders alike. Between two callables the process sleeps
+    SETTLE_SECONDS: each library's worker threads spin a while after a parallel region, and no one
+    should be timed against its rival's spinning threads."""
+    numbers = {}
+    for name, fn in fns.items():
         start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        batches.append((time.perf_counter() - start) / number)
-    return statistics.median(batches)
+        fn()
+        first = time.perf_counter() - start
+        numbers[name] = max(1, math.ceil(MIN_BATCH_SECONDS / max(first, 1e-6)))
+        time.sleep(SETTLE_SECONDS)
+    batches = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(numbers[name]):
+                fn()
+            batches[name].append((time.perf_counter() - start) / numbers[name])
+            time.sleep(SETTLE_SECONDS)
+    return {name: stat(times) for name, times in batches.items()}
 
 
 # --- peak -------------------------------------------------------------------------------------
 
 def measure_peak(target=None, tries: int = 7) -> float:
-    """fp32 FMA peak of the target's cores in GFLOP/s, measured: every core runs 24 independent
-    chains of vector FMAs (acc = acc * a + b; more chains than FMA latency x ports), best of
-    `tries` runs of ~0.1 s. Shared machines make single runs low, hence the best, not the median."""
+    """fp32 FMA peak of the target in GFLOP/s: one core's peak, measured, times the core count.
+
+    One thread runs 24 independent chains of vector FMAs held in registers (acc = acc * a + b;
+    more chains than FMA latency x ports), best of `tries` runs of ~0.1 s. One core is measured
+    and scaled because on a shared machine the other jobs hold the second core: measured on two
+    threads directly, the figure halves (seen here: 173 GFLOP/s on one thread, 178 on two while
+    three other jobs ran), which would make every share of peak look twice as good as it is."""
     import tvm
     from tvm.script import tirx as T
 
     from .target import info, resolve
 
     target = resolve(target)
-    cores, lanes, chains, steps = info(target).num_cores, info(target).lanes("float32"), 24, 200_000
+    lanes, chains, steps = info(target).lanes("float32"), 24, 200_000
     width = chains * lanes
 
     @T.prim_func
-    def fma(a: T.Buffer((cores, width), "float32"), out: T.Buffer((cores, width), "float32")):
-        acc = T.alloc_buffer((cores, width), "float32")
-        for t in T.parallel(cores):
-            for j in T.serial(width):
-                acc[t, j] = a[t, j]
-            for _ in T.serial(steps):
-                for j in T.unroll(chains):
-                    for v in T.vectorized(lanes):
-                        acc[t, j * lanes + v] = acc[t, j * lanes + v] * T.float32(0.9999999) \
-                            + T.float32(1e-7)
-            for j in T.serial(width):
-                out[t, j] = acc[t, j]
+    def fma(a: T.Buffer((width,), "float32"), out: T.Buffer((width,), "float32")):
+        acc = T.alloc_buffer((width,), "float32", scope="local")
+        for j in T.serial(width):
+            acc[j] = a[j]
+        for _ in T.serial(steps):
+            for j in T.unroll(chains):
+                for v in T.vectorized(lanes):
+                    acc[j * lanes + v] = acc[j * lanes + v] * T.float32(0.9999999) \
+                        + T.float32(1e-7)
+        for j in T.serial(width):
+            out[j] = acc[j]
 
     runner = tvm.compile(tvm.IRModule({"main": fma}), target=target)["main"]
     # TVM-allocated (64-byte aligned) arrays: a TVMScript buffer assumes that alignment.
-    data = tvm.runtime.tensor(np.ones((cores, width), "float32"))
-    result = tvm.runtime.tensor(np.zeros((cores, width), "float32"))
-    flops = 2 * cores * width * steps
+    data = tvm.runtime.tensor(np.ones((width,), "float32"))
+    result = tvm.runtime.tensor(np.zeros((width,), "float32"))
+    flops = 2 * width * steps
     best = 0.0
     for _ in range(tries):
         start = time.perf_counter()
         runner(data, result)
         best = max(best, flops / (time.perf_counter() - start) / 1e9)
-    return best
+    return best * info(target).num_cores
 
 
 # --- convc -----------------------------------------------------------------------------------
 
-def convc_time(layer, op, layouts, repeat, target=None):
-    """-> (seconds, layout, compile seconds, how) of convc's best layout."""
+def convc_calls(layer, op, layouts, target=None) -> dict:
+    """{("convc", layout): callable}, plus compile seconds and how each kernel was scheduled."""
     from .build import compile as compile_kernel
     from .check import kernel_inputs, operands
 
-    best = None
+    calls, info = {}, {}
     for layout in layouts:
         spec = layer_spec(layer, layout)
         start = time.perf_counter()
         kernel = compile_kernel(spec, op, target)
-        built = time.perf_counter() - start
-        data = operands(spec)
-        args = kernel_inputs(spec, op, data)
+        info[layout] = (time.perf_counter() - start, kernel.how)
+        args = kernel_inputs(spec, op, operands(spec))
         out = np.empty(kernel.arg_shapes[-1], spec.dtype)
-        seconds = time_call(lambda: kernel(*args, out=out), repeat)
-        if best is None or seconds < best[0]:
-            best = (seconds, layout, built, kernel.how)
-    return best
+        calls[("convc", layout)] = functools.partial(kernel, *args, out=out)
+    return calls, info
 
 
-# --- PyTorch ---------------------------------------------------------------------------------
-
-def torch_time(layer, op, repeat, threads):
-    """-> (seconds, memory format) of PyTorch's better format, or (None, reason)."""
+def torch_calls(layer, op, threads) -> dict:
+    """{("torch", format): callable} for NCHW and channels_last; {} without PyTorch."""
     try:
         import torch
     except ImportError:
-        return None, "torch not installed"
+        return {}
     torch.set_num_threads(threads)
     n, c, h, w, k, r, s, p, g = LAYERS[layer]
     spec = layer_spec(layer)
     gen = torch.Generator().manual_seed(0)
-    best = (None, "")
+    calls = {}
     for name, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
         x = torch.rand((n, c, h, w), generator=gen).to(memory_format=fmt)
         wt = torch.rand((k, c // g, r, r), generator=gen).to(memory_format=fmt)
         dy = torch.rand((n, k, *spec.out_size), generator=gen).to(memory_format=fmt)
-        fn = _torch_op(torch, op, x, wt, dy, s, p, g)
+        calls[("torch", name)] = _no_grad(torch, _torch_op(torch, op, x, wt, dy, s, p, g))
+    return calls
+
+
+def _no_grad(torch, fn):
+    def call():
         with torch.no_grad():
-            seconds = time_call(fn, repeat)
-        if best[0] is None or seconds < best[0]:
-            best = (seconds, name)
-    return best
+            return fn()
+    return call
 
 
 def _torch_op(torch, op, x, w, dy, stride, pad, groups):
@@ -183,7 +196,7 @@ def _torch_op(torch, op, x, w, dy, stride, pad, groups):
 
 # --- NumPy im2col + GEMM ---------------------------------------------------------------------
 
-def numpy_time(layer, op, repeat):
+def numpy_call(layer, op):
     n, c, h, w, k, r, s, p, g = LAYERS[layer]
     rng = np.random.default_rng(0)
     x = rng.random((n, c, h, w), dtype=np.float32)
@@ -193,7 +206,7 @@ def numpy_time(layer, op, repeat):
     fns = {"forward": lambda: _np_forward(x, wt, s, p, g),
            "grad_input": lambda: _np_grad_input(x.shape, wt, dy, s, p, g),
            "grad_weight": lambda: _np_grad_weight(x, wt.shape, dy, s, p, g)}
-    return time_call(fns[op], repeat)
+    return {("numpy", "NCHW"): fns[op]}
 
 
 def _np_cols(x, r, s, p, g):
@@ -235,27 +248,36 @@ def _np_grad_input(x_shape, w, dy, s, p, g):
 
 # --- driver ----------------------------------------------------------------------------------
 
+STATS = {"median": statistics.median, "min": min}
+
+
 def run(layers=None, ops=OPS, layouts=LAYOUTS, repeat=10, target=None, numpy_baseline=True,
-        progress=None):
-    """Time every (layer, op); -> list of Row."""
+        progress=None, threads=None, stat="median"):
+    """Time every (layer, op), all contenders side by side; -> list of Row.
+
+    threads: PyTorch's thread count; convc's is set by TVM_NUM_THREADS before its first kernel
+    runs (the CLI does that), default the target's cores."""
     from .target import info, resolve
 
     target = resolve(target)
-    threads = info(target).num_cores
+    threads = threads or info(target).num_cores
     rows = []
     for layer in layers or list(LAYERS):
         for op in ops:
             row = Row(layer, op, layer_spec(layer).flops)
-            row.convc, row.convc_layout, row.compile_seconds, row.how = convc_time(
-                layer, op, layouts, repeat, target)
-            # Each library's worker threads spin a while after a parallel region: let them stop
-            # before the next library runs, so no one times its rival's idle threads.
-            time.sleep(SETTLE_SECONDS)
-            row.torch, row.torch_format = torch_time(layer, op, repeat, threads)
-            time.sleep(SETTLE_SECONDS)
+            calls, built = convc_calls(layer, op, layouts, target)
+            calls.update(torch_calls(layer, op, threads))
             if numpy_baseline:
-                row.numpy = numpy_time(layer, op, max(3, repeat // 3))
-                time.sleep(SETTLE_SECONDS)
+                calls.update(numpy_call(layer, op))
+            times = time_side_by_side(calls, repeat, STATS[stat])
+            for (who, layout), seconds in sorted(times.items(), key=lambda item: item[1]):
+                if who == "convc" and row.convc is None:
+                    row.convc, row.convc_layout = seconds, layout
+                    row.compile_seconds, row.how = built[layout]
+                elif who == "torch" and row.torch is None:
+                    row.torch, row.torch_format = seconds, layout
+                elif who == "numpy":
+                    row.numpy = seconds
             rows.append(row)
             if progress:
                 progress(row)

@@ -23,6 +23,11 @@ def add_parser(subparsers):
     p.add_argument("--layouts", default="NCHW,NHWC",
                    help="convc layouts to try, the best is reported (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=10, help="timed batches per kernel, median taken")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for convc and PyTorch alike (default: the target's cores)")
+    p.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="statistic over the timed batches (default: %(default)s; 'min' shows what "
+                        "each library does when a shared machine leaves it alone)")
     p.add_argument("--peak", type=float, default=None,
                    help="fp32 peak in GFLOP/s for '%% peak' (default: measured here)")
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy im2col baseline")
@@ -40,6 +45,13 @@ def _list(text, allowed, name):
 
 
 def run(args) -> int:
+    import os
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads={args.threads} must be at least 1")
+        # Read by TVM's thread pool when the first kernel runs, which has not happened yet.
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)
     from convc import bench
     from convc.target import info, resolve
 
@@ -51,7 +63,8 @@ def run(args) -> int:
     layouts = _list(args.layouts, bench.LAYOUTS, "layouts")
     if args.repeat < 1:
         raise ValueError(f"--repeat={args.repeat} must be at least 1")
-    peak = args.peak or bench.measure_peak(target)
+    threads = args.threads or info(target).num_cores
+    peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
     try:
         import torch
         torch_version = torch.__version__
@@ -61,10 +74,12 @@ def run(args) -> int:
     print(f"convc bench  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"machine: {platform.processor() or platform.machine()} ({_cpu_name()}), LLVM mcpu "
           f"{tinfo.arch}, {tinfo.num_cores} cores, {tinfo.vector_bits}-bit vectors")
-    print(f"fp32 FMA peak: {peak:.1f} GFLOP/s ({'given' if args.peak else 'measured'}); "
-          f"PyTorch {torch_version}, {tinfo.num_cores} threads; median of {args.repeat}")
+    print(f"fp32 FMA peak of {threads} core(s): {peak:.1f} GFLOP/s "
+          f"({'given' if args.peak else 'one core measured x cores'}); PyTorch {torch_version}; "
+          f"{threads} thread(s) each; {args.stat} of {args.repeat} batches")
     rows = bench.run(layers, ops, layouts, args.repeat, target, not args.no_numpy,
-                     progress=lambda r: print(f"  {r.layer:11s} {r.op:11s} done", flush=True))
+                     progress=lambda r: print(f"  {r.layer:11s} {r.op:11s} done", flush=True),
+                     threads=threads, stat=args.stat)
     print()
     print(bench.table(rows, peak))
     print()
