@@ -100,8 +100,12 @@ def _suite(names: str, layout, dtype) -> list:
 
 
 def run(args) -> int:
-    import convc.tune as tuning
+    import importlib
+
     from convc.tune.driver import TuneError
+
+    # The package, not the function `convc.tune` that convc/__init__.py exports under its name.
+    tuning = importlib.import_module("convc.tune")
 
     specs = specs_of(args)
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
