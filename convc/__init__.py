@@ -17,9 +17,10 @@ from .build import compile
 from .export import export_library, load
 from .kernel import Kernel
 from .spec import ConvSpec
+from .tuning import tune
 
 __all__ = [
-    "ConvSpec", "Kernel", "compile", "export_library", "load",
+    "ConvSpec", "Kernel", "compile", "export_library", "load", "tune",
     "conv1d", "conv2d", "conv3d",
     "conv1d_grad_input", "conv2d_grad_input", "conv3d_grad_input",
     "conv1d_grad_weight", "conv2d_grad_weight", "conv3d_grad_weight",

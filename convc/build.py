@@ -18,10 +18,10 @@ _MEMORY: dict = {}
 _LOCK = threading.Lock()
 
 
-def schedule(spec: ConvSpec, op: str, target):
+def schedule(spec: ConvSpec, op: str, target, log_dir=None):
     """The scheduled IRModule of one kernel (function name = op) and how it was chosen."""
     func = declare(spec, op).with_attr("global_symbol", op)
-    sch, how = choose(func, target)
+    sch, how = choose(func, target, log_dir)
     (_, scheduled), = list(sch.mod.functions_items())
     return tvm.IRModule({op: scheduled.with_attr("global_symbol", op)}), how
 

@@ -11,10 +11,24 @@ from convc.schedules import RULES
 from convc.schedules.default import default
 
 from .target import info, resolve
+from .tuning.records import find_record
 
 
-def choose(func, target):
-    """-> (tvm.s_tir.Schedule, how) with how in "tuned" | "hand-written" | "default"."""
+def choose(func, target, log_dir=None):
+    """-> (tvm.s_tir.Schedule, how) with how in "tuned" | "hand-written" | "default".
+
+    log_dir: a directory of tuning records searched before the user's and the shipped ones.
+    """
+    target = resolve(target)
+    sch = find_record(func, target, log_dir)
+    if sch is not None:
+        return sch, "tuned"
+    return untuned(func, target)
+
+
+def untuned(func, target):
+    """No tuning record: the first hand-written rule that accepts, else the default (convc.tune
+    measures this as the yardstick a record must beat)."""
     target = resolve(target)
     kind = "cuda" if info(target).is_gpu else "cpu"
     for rule in RULES[kind]:

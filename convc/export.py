@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 import os
 import platform
@@ -191,38 +190,12 @@ def _scheduled_module(spec: ConvSpec, ops, target, log_dir):
 
     from . import build
 
-    kwargs, scope = {}, contextlib.nullcontext()
-    if log_dir is not None:
-        if "log_dir" in inspect.signature(build.schedule).parameters:
-            kwargs["log_dir"] = str(log_dir)
-        else:
-            scope = _tuning_logs(log_dir)
     functions, hows = {}, {}
-    with scope:
-        for op in ops:
-            mod, how = build.schedule(spec, op, target, **kwargs)
-            functions[op] = mod[op]
-            hows[op] = how
+    for op in ops:
+        mod, how = build.schedule(spec, op, target, log_dir=log_dir)
+        functions[op] = mod[op]
+        hows[op] = how
     return tvm.IRModule(functions), hows
-
-
-@contextlib.contextmanager
-def _tuning_logs(log_dir):
-    """Point the tuning-record lookup at `log_dir` while scheduling (convc.tune.records reads its
-    user directory from the environment) when convc.build.schedule takes no log_dir itself."""
-    try:
-        from .tune.records import ENV_LOG_DIR
-    except ImportError:
-        raise ValueError("log_dir: this convc cannot read tuning records (no convc.tune)") from None
-    before = os.environ.get(ENV_LOG_DIR)
-    os.environ[ENV_LOG_DIR] = str(Path(log_dir).resolve())
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ENV_LOG_DIR, None)
-        else:
-            os.environ[ENV_LOG_DIR] = before
 
 
 def _export_cpu(mod, target, path: Path, cc):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import tempfile
 
-import numpy as np
 import pytest
 
 # A fresh on-disk kernel cache for every test session: tests must not pass because of kernels a

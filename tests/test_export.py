@@ -258,8 +258,8 @@ def test_log_dir_reaches_the_schedule_choice(spec, tmp_path, monkeypatch):
 
     from convc import build
 
-    pytest.importorskip("convc.tune.records")
-    from convc.tune.records import ENV_LOG_DIR
+    pytest.importorskip("convc.tuning.records")
+    from convc.tuning.records import ENV_LOG_DIR
 
     seen = []
     original = build.schedule

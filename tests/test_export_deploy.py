@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close, make_spec
-from convc.check import kernel_inputs, operands, reference
+from convc.check import operands, reference
 from convc.export import export_library, manifest_path
 
 ROOT = Path(__file__).resolve().parent.parent

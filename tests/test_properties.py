@@ -1,7 +1,6 @@
 """Property-based: random convolutions (rank, layout, stride, dilation, padding, groups, dtype)
 checked against the NumPy references."""
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

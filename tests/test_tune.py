@@ -20,8 +20,8 @@ import convc
 from convc.ops import declare
 from convc.target import resolve
 
-tuning = importlib.import_module("convc.tune")  # the package (convc.tune may be the function)
-records = importlib.import_module("convc.tune.records")
+tuning = importlib.import_module("convc.tuning")
+records = importlib.import_module("convc.tuning.records")
 
 SPEC = convc.ConvSpec.from_shapes((1, 4, 6, 6), (4, 4, 3, 3), padding=1)
 OTHER_CPU = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4", "num-cores": 2}
@@ -176,7 +176,7 @@ def test_meta_is_replaced_atomically(tmp_path):
 # --- the machinery around the search ----------------------------------------------------------
 
 def test_progress_line_reports_trials_best_and_eta():
-    progress = importlib.import_module("convc.tune.progress")
+    progress = importlib.import_module("convc.tuning.progress")
     out = io.StringIO()
     line = progress.ProgressLine("layer", [progress.KernelProgress("forward", 2_000_000, 8),
                                            progress.KernelProgress("grad_input", 2_000_000, 8)],
@@ -194,7 +194,7 @@ def test_progress_line_reports_trials_best_and_eta():
 
 
 def test_reached_90_percent_is_the_first_batch_within_10_percent():
-    progress = importlib.import_module("convc.tune.progress")
+    progress = importlib.import_module("convc.tuning.progress")
     k = progress.KernelProgress("forward", 1, 10)
     k.history = [(1.0, 2, 4.0), (2.0, 4, 1.05), (3.0, 6, 1.0)]
     k.best_seconds = 1.0
@@ -207,7 +207,7 @@ def test_build_workers_start_once_fast_and_without_torch(tmp_path, monkeypatch):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("import os\nos._exit(97)\n")
     monkeypatch.setenv("PYTHONPATH", str(fake.parent))
-    workers = importlib.import_module("convc.tune.workers")
+    workers = importlib.import_module("convc.tuning.workers")
     pool = workers.WarmPool(max_workers=2, timeout=30)
     try:
         started = pool.warm_up(2)
@@ -225,7 +225,7 @@ def test_intrinsics_for_a_cpu_target_skip_the_cuda_set():
     """TuneContext imports every backend's intrinsics (the CUDA set takes 16-40 s to parse);
     for an x86 target only the x86 set is loaded and the import finds it done."""
     code = ("import sys, tvm, json\n"
-            "from convc.tune.intrinsics import load_for\n"
+            "from convc.tuning.intrinsics import load_for\n"
             "from convc.target import resolve\n"
             "print(json.dumps(load_for(resolve(None))))\n"
             "import tvm.s_tir.tensor_intrin\n"
@@ -239,18 +239,18 @@ def test_intrinsics_for_a_cpu_target_skip_the_cuda_set():
 def test_cuda_without_gpu_or_tracker_stops_with_a_clear_message():
     if tvm.cuda(0).exist:
         pytest.skip("this machine has a GPU")
-    driver = importlib.import_module("convc.tune.driver")
+    driver = importlib.import_module("convc.tuning.driver")
     with pytest.raises(driver.TuneError, match="--rpc-tracker"):
         driver.Session(resolve("cuda"))
 
 
 def test_rpc_flags_go_together_and_name_the_problem():
-    rpc = importlib.import_module("convc.tune.rpc")
+    rpc = importlib.import_module("convc.tuning.rpc")
     with pytest.raises(ValueError, match="go together"):
         rpc.rpc_config_for("127.0.0.1:9190", None)
     with pytest.raises(ValueError, match="HOST:PORT"):
         rpc.parse_tracker("localhost")
-    driver = importlib.import_module("convc.tune.driver")
+    driver = importlib.import_module("convc.tuning.driver")
     with pytest.raises(driver.TuneError, match="cannot reach the RPC tracker"):
         rpc.servers_under("127.0.0.1", rpc.free_port(), "nobody")
 

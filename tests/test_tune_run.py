@@ -23,8 +23,8 @@ import convc
 from convc.check import kernel_inputs, operands, reference, relative_error
 from convc.ops import declare
 
-tuning = importlib.import_module("convc.tune")
-records = importlib.import_module("convc.tune.records")
+tuning = importlib.import_module("convc.tuning")
+records = importlib.import_module("convc.tuning.records")
 
 pytestmark = pytest.mark.tuning
 
@@ -135,7 +135,7 @@ def test_rerun_continues_instead_of_starting_over(tuned, logs, monkeypatch):
 
 KILLED_RUN = textwrap.dedent("""
     import convc, sys
-    from convc.tune import tune
+    from convc.tuning import tune
     spec = convc.ConvSpec.from_shapes((1, 4, 8, 8), (4, 4, 3, 3), padding=1)
     tune(spec, ["forward"], trials=40, log_dir=sys.argv[1], trials_per_iter=2, population=16,
          quiet=True, seed=1)
@@ -177,7 +177,7 @@ def test_kill_9_keeps_every_finished_record(tmp_path):
 
 
 def test_measuring_over_rpc_on_loopback(tmp_path):
-    rpc = importlib.import_module("convc.tune.rpc")
+    rpc = importlib.import_module("convc.tuning.rpc")
     with rpc.LocalCluster(servers=2, key="convc-test") as cluster:
         procs = list(cluster.procs)
         (report,) = tuning.tune(SPEC, ["forward"], trials=4, log_dir=tmp_path,

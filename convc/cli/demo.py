@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
 # ResNet-50 conv2_x 3x3: 64 -> 64 channels at 56x56, stride 1, padding 1.
 DEFAULT_LAYER = dict(input="1,64,56,56", weight="64,64,3,3", stride="1", padding="1")

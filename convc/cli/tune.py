@@ -100,12 +100,9 @@ def _suite(names: str, layout, dtype) -> list:
 
 
 def run(args) -> int:
-    import importlib
+    from convc.tuning.driver import TuneError
 
-    from convc.tune.driver import TuneError
-
-    # The package, not the function `convc.tune` that convc/__init__.py exports under its name.
-    tuning = importlib.import_module("convc.tune")
+    import convc.tuning as tuning
 
     specs = specs_of(args)
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]

@@ -5,8 +5,7 @@ from __future__ import annotations
 from tvm import te
 
 from ..spec import ConvSpec
-from .common import (acc_dtype, data_index, dilate_pad, epilogue, make_func, split_weight_index,
-                     weight_index)
+from .common import acc_dtype, data_index, dilate_pad, epilogue, make_func, split_weight_index
 
 
 def grad_weight(spec: ConvSpec):

@@ -65,7 +65,7 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
 
     Returns
     -------
-    list of convc.tune.driver.WorkloadReport, one per spec.
+    list of convc.tuning.driver.WorkloadReport, one per spec.
     """
     from convc.spec import ConvSpec, check_op  # noqa: PLC0415
     from convc.target import resolve  # noqa: PLC0415
@@ -105,20 +105,9 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
 
 def hand_written(func, target):
     """The schedule convc uses without a tuning record (hand-written rule, else the default)."""
-    from convc import dispatch  # noqa: PLC0415
+    from convc.dispatch import untuned  # noqa: PLC0415
 
-    untuned = getattr(dispatch, "untuned", None)
-    if untuned is not None:
-        return untuned(func, target)[0]
-    from convc.schedules import RULES  # noqa: PLC0415
-    from convc.schedules.default import default  # noqa: PLC0415
-    from convc.target import info  # noqa: PLC0415
-
-    for rule in RULES["cuda" if info(target).is_gpu else "cpu"]:
-        sch = rule(func, target)
-        if sch is not None:
-            return sch
-    return default(func, target)
+    return untuned(func, target)[0]
 
 
 def _declare(spec, op):
@@ -129,10 +118,8 @@ def _declare(spec, op):
 
 def _forget_compiled() -> None:
     """Kernels compiled earlier in this process may now have a tuned schedule."""
-    try:
-        from convc.build import clear_memory_cache  # noqa: PLC0415
-    except ImportError:
-        return
+    from convc.build import clear_memory_cache  # noqa: PLC0415
+
     clear_memory_cache()
 
 

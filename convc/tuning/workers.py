@@ -36,7 +36,6 @@ from tvm.s_tir.meta_schedule.runner import (
     RPCConfig,
     RunnerFuture,
     RunnerInput,
-    RunnerResult,
 )
 from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
 from tvm.s_tir.meta_schedule.runner.local_runner import _worker_func as _local_run

@@ -130,7 +130,7 @@ class Session:
             jobs = [(i, RunnerInput(b.artifact_path, device, args_infos[i]))
                     for i, b in enumerate(builds) if b.error_msg is None]
             for failed in (b for b in builds if b.error_msg is not None):
-                logging.getLogger("convc.tune").info("build failed: %s", failed.error_msg[:2000])
+                logging.getLogger("convc.tuning").info("build failed: %s", failed.error_msg[:2000])
             for r in range(repeat):
                 futures = self.runner.run([job for _, job in jobs])
                 for (i, _), future in zip(jobs, futures):

@@ -45,7 +45,7 @@ ENV_LOG_DIR = "CONVC_TUNING_LOGS"
 # Target attributes that decide whether a schedule measured on one machine holds on another.
 IDENTITY_ATTRS = ("kind", "mtriple", "mcpu", "mattr", "num-cores", "arch")
 
-log = logging.getLogger("convc.tune")
+log = logging.getLogger("convc.tuning")
 
 
 class RecordError(ValueError):
