@@ -105,10 +105,6 @@ class Plan:
         return math.prod(-(-e // t.size) for e, t in zip(extents, self.spatial)) * self.split_k
 
 
-def pow2_ceil(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def pow2_floor(n: int) -> int:
     return 1 << (max(1, int(n)).bit_length() - 1)
 
@@ -150,15 +146,6 @@ def block_by_name(sch: s_tir.Schedule, name: str):
         return None
 
 
-def block_shape(func, name: str):
-    """(spatial extents, reduction extents) of the named block of a PrimFunc."""
-    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    block = sch.get(sch.get_sblock(name))
-    spatial = [int(iv.dom.extent) for iv in block.iter_vars if iv.iter_type == 0]
-    reduce = [int(iv.dom.extent) for iv in block.iter_vars if iv.iter_type != 0]
-    return spatial, reduce
-
-
 @dataclasses.dataclass
 class Tiled:
     """Handles and figures of a tiled reduction, for the rules that continue from it."""
@@ -179,6 +166,8 @@ def tile_reduction(sch: s_tir.Schedule, block, spatial_loops, tiles, reduce_oute
     dilate, flip), computed inside the shared-memory fetch. epilogue: the block that consumes the
     result element-wise (bias, cast), fused into the write-back; None when there is none.
     """
+    if not reduce_outer:
+        raise ValueError("tile_reduction: the shared-memory stage needs an outer reduction loop")
     reads = len(sch.get(block).reads)
     shared = [sch.cache_read(block, i, "shared") for i in range(reads)]
     for name in operand_stages:
@@ -203,13 +192,12 @@ def tile_reduction(sch: s_tir.Schedule, block, spatial_loops, tiles, reduce_oute
     sch.bind(thread_loop, "threadIdx.x")
     nthreads = math.prod(t.threads for t in tiles)
 
-    stage_at = (reduce_outer or reduce_inner[:1])[-1]
     shared_bytes = 0
     for cache in shared:
-        sch.compute_at(cache, stage_at)
+        sch.compute_at(cache, reduce_outer[-1])
         shared_bytes += cooperative_fetch(sch, cache, depth=2 + len(reduce_outer), threads=nthreads)
     sch.reverse_compute_at(writeback, thread_loop)
-    sch.decompose_reduction(block, (reduce_outer or reduce_inner)[0])
+    sch.decompose_reduction(block, reduce_outer[0])
     for loop in inner:
         sch.unroll(loop)
     for loop in reduce_inner[:-1]:
@@ -231,15 +219,6 @@ def cooperative_fetch(sch: s_tir.Schedule, cache, depth: int, threads: int) -> i
     _, lane = sch.split(fused, [None, threads])
     sch.bind(lane, "threadIdx.x")
     return elements * np.dtype(str(dtype)).itemsize
-
-
-def bind_elementwise(sch: s_tir.Schedule, block, threads: int) -> None:
-    """A spatial block spread flat over blocks and threads (zero fills, copies)."""
-    loops = sch.get_loops(block)
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    bx, tx = sch.split(fused, [None, threads])
-    sch.bind(bx, "blockIdx.x")
-    sch.bind(tx, "threadIdx.x")
 
 
 def fit(make, plans, budget: Budget):
