@@ -113,3 +113,46 @@ def test_scheduled_tir_is_vectorized_and_parallel():
         tir = convc.compile(spec, op).tir
         assert "T.parallel" in tir and "T.vectorized" in tir, op
         assert 'scope="local"' in tir, f"{op}: no register (local) accumulator"
+
+
+# The variants that only large layers select (blocked direct convolution for weights beyond
+# ~L2/4, rfactor chunks for long grad_weight reductions), forced on small odd shapes by shrinking
+# their thresholds.
+FORCED = ["2d_wide_odd", "2d_strided_dilated", "2d_gemm_1x1", "2d_groups_wide", "2d_depthwise",
+          "1d_odd", "3d_odd"]
+
+
+def _run_rule(spec, op, data):
+    import numpy as np
+    import tvm
+
+    from convc.check import kernel_inputs
+
+    func = declare(spec, op).with_attr("global_symbol", "main")
+    target = resolve("llvm")
+    sch = next(s for s in (rule(func, target) for rule in RULES["cpu"]) if s is not None)
+    runner = tvm.compile(sch.mod, target=target)["main"]
+    out = np.zeros(spec.weight_shape if op == "grad_weight" else
+                   spec.output_shape if op == "forward" else spec.input_shape, spec.dtype)
+    runner(*kernel_inputs(spec, op, data), out)
+    return out
+
+
+@pytest.mark.parametrize("layout", ["first", "last"])
+@pytest.mark.parametrize("case_id", FORCED)
+def test_large_layer_variants_on_small_shapes(case_id, layout, monkeypatch):
+    from conftest import assert_close
+
+    from convc.check import operands, reference
+    from convc.schedules.cpu import direct, grad_weight
+
+    monkeypatch.setattr(direct, "WEIGHT_SLICE_BYTES", 0)      # always the blocked variant
+    monkeypatch.setattr(direct, "POSITION_BLOCK", 24)         # several position blocks
+    monkeypatch.setattr(direct, "WEIGHT_CHUNK_BYTES", 256)    # several channel chunks
+    monkeypatch.setattr(grad_weight, "CHUNK_BYTES", 1)        # one rfactor chunk per row
+    case = next(c for c in CASES if c[0] == case_id)
+    spec = _spec(case, layout, bias=True)
+    data = operands(spec)
+    for op in OPS:
+        got = _run_rule(spec, op, data)
+        assert_close(got, reference(spec, op, **data), spec.dtype, f"{op} {spec.key} (forced)")

@@ -43,17 +43,23 @@ def pick_tile(extent: int, limit: int, minimum: int = 1) -> int:
     return min(range(minimum, limit + 1), key=lambda t: (math.ceil(extent / t) * t - extent, -t))
 
 
+def extent(sch: s_tir.Schedule, loop, unknown: int = 1 << 30) -> int:
+    """A loop's trip count; `unknown` when TVM left it symbolic (a clipped accumulator region)."""
+    value = sch.get(loop).extent
+    return int(value) if isinstance(value, tvm.tirx.IntImm) else unknown
+
+
 def box_tile(sizes, limit: int) -> int:
     """The largest tile of consecutive positions of a row-major grid `sizes` (innermost last) that
     is <= `limit` and always covers a box: q whole sub-grids of the inner axes, q dividing the next
     axis. Tiles that straddle a row end would make a tile's accumulator region (a bounding box) cover
     positions another tile computes."""
     best, inner = 1, 1
-    for extent in reversed(tuple(sizes)):
-        for q in range(1, extent + 1):
-            if extent % q == 0 and inner * q <= limit:
+    for size in reversed(tuple(sizes)):
+        for q in range(1, size + 1):
+            if size % q == 0 and inner * q <= limit:
                 best = max(best, inner * q)
-        inner *= extent
+        inner *= size
     return best
 
 
@@ -64,11 +70,11 @@ def parallel_outer(sch: s_tir.Schedule, loops, target, min_chunks: int | None = 
     if not loops:
         return None
     want = min_chunks or 4 * info(target).num_cores
-    take, extent = 0, 1
+    take, chunks = 0, 1
     for loop in loops:
         take += 1
-        extent *= int(sch.get(loop).extent)
-        if extent >= want:
+        chunks *= extent(sch, loop)
+        if chunks >= want:
             break
     fused = sch.fuse(*loops[:take]) if take > 1 else loops[0]
     sch.parallel(fused)
@@ -79,7 +85,7 @@ def parallel_block(sch: s_tir.Schedule, block, target, lanes: int = 16) -> None:
     """A root-level elementwise stage (padding, packing): outer loops parallel, the innermost loop
     vectorized by `lanes` when it is long enough to matter."""
     loops = sch.get_loops(block)
-    if len(loops) > 1 and int(sch.get(loops[-1]).extent) >= lanes:
+    if len(loops) > 1 and extent(sch, loops[-1], 0) >= lanes:
         rest, inner = sch.split(loops[-1], [None, lanes])
         sch.vectorize(inner)
         loops = loops[:-1] + [rest]
@@ -93,13 +99,3 @@ def finish_output(sch: s_tir.Schedule, copy_block) -> None:
     epilogue = find(sch, EPILOGUE)
     if epilogue is not None:
         sch.reverse_compute_inline(epilogue)
-
-
-def vectorize_inner(sch: s_tir.Schedule, block, max_lanes: int) -> None:
-    """Vectorize the innermost loop of `block` when it is a short constant loop, else unroll it."""
-    loops = sch.get_loops(block)
-    if not loops:
-        return
-    extent = int(sch.get(loops[-1]).extent)
-    if 1 < extent <= 4 * max_lanes:
-        sch.vectorize(loops[-1])

@@ -35,7 +35,7 @@ from convc.ops import spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
-from .common import (box_tile, find, finish_output, new_schedule, parallel_block, parallel_outer, pick_tile,
+from .common import (box_tile, extent, find, finish_output, new_schedule, parallel_block, parallel_outer, pick_tile,
                      vector_registers)
 
 
@@ -152,8 +152,8 @@ def transpose_stage(sch, block, write_axis, other_axis, target, tile=16):
     a, b = loops[write_axis], loops[other_axis]
     taps = [lp for lp in loops if not sch.get(lp).same_as(sch.get(a))
             and not sch.get(lp).same_as(sch.get(b))]
-    a_o, a_i = sch.split(a, [None, min(tile, int(sch.get(a).extent))])
-    b_o, b_i = sch.split(b, [None, min(tile, int(sch.get(b).extent))])
+    a_o, a_i = sch.split(a, [None, min(tile, extent(sch, a))])
+    b_o, b_i = sch.split(b, [None, min(tile, extent(sch, b))])
     sch.reorder(b_o, a_o, *taps, b_i, a_i)
     sch.vectorize(a_i)
     parallel_outer(sch, [b_o, a_o], target)
@@ -226,7 +226,7 @@ def _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk
     itemsize = 8 if geo.acc == "float64" else 4
     positions = sch.fuse(*sp) if len(sp) > 1 else sp[0]
     p_b, p = sch.split(positions, [None, box_tile(geo.out_size, POSITION_BLOCK)])
-    block_extent = int(sch.get(p).extent)
+    block_extent = extent(sch, p)
     tw = pick_tile(block_extent, tw_max, minimum=max(1, tw_max // 2))
     p_o, p_i = sch.split(p, [None, tw])
     kc = pick_tile(geo.in_per_group, max(1, WEIGHT_CHUNK_BYTES // (vo * itemsize)))
@@ -308,7 +308,7 @@ def inner_loops(sch, stage, outer_block):
 
 def vectorize_tile(sch, loops) -> None:
     """A tile's copy loops (init, write-back): the innermost vectorized, the others unrolled."""
-    loops = [lp for lp in loops if int(sch.get(lp).extent) > 1]
+    loops = [lp for lp in loops if extent(sch, lp, 0) > 1]
     if not loops:
         return
     sch.vectorize(loops[-1])
@@ -316,7 +316,7 @@ def vectorize_tile(sch, loops) -> None:
     # hundreds of positions, and unrolling all of them costs LLVM seconds for nothing.
     copies = 1
     for loop in reversed(loops[:-1]):
-        copies *= int(sch.get(loop).extent)
+        copies *= extent(sch, loop)
         if copies > MAX_UNROLLED_COPIES:
             break
         sch.unroll(loop)
