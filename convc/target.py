@@ -18,6 +18,10 @@ DEFAULT_CUDA_ARCH = "sm_90"
 CUDA_SHARED_MEMORY_PER_BLOCK = 48 * 1024
 CUDA_MAX_THREADS_PER_BLOCK = 1024
 CUDA_WARP_SIZE = 32
+# Streaming multiprocessors of the flagship part of each architecture (the target JSON may say
+# otherwise with "multiprocessor_count"): schedules size their grids from it.
+CUDA_MULTIPROCESSORS = {"sm_70": 80, "sm_75": 40, "sm_80": 108, "sm_86": 84, "sm_89": 128,
+                        "sm_90": 132, "sm_100": 148}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +34,7 @@ class TargetInfo:
     max_threads_per_block: int = 1
     max_shared_memory_per_block: int = 0
     warp_size: int = 1
+    multiprocessors: int = 0        # GPU only: streaming multiprocessors
 
     @property
     def is_gpu(self) -> bool:
@@ -143,7 +148,9 @@ def info(target) -> TargetInfo:
             max_threads_per_block=int(attrs.get("max_num_threads", CUDA_MAX_THREADS_PER_BLOCK)),
             max_shared_memory_per_block=int(attrs.get("max_shared_memory_per_block",
                                                       CUDA_SHARED_MEMORY_PER_BLOCK)),
-            warp_size=int(attrs.get("thread_warp_size", CUDA_WARP_SIZE)))
+            warp_size=int(attrs.get("thread_warp_size", CUDA_WARP_SIZE)),
+            multiprocessors=int(attrs.get("multiprocessor_count",
+                                          CUDA_MULTIPROCESSORS.get(str(attrs.get("arch")), 108))))
     return TargetInfo(kind="llvm", arch=str(attrs.get("mcpu", "generic")),
                       triple=str(attrs.get("mtriple", host_triple())),
                       num_cores=int(attrs.get("num-cores", host_cores())),

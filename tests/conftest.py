@@ -66,7 +66,13 @@ def _has_gpu() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` run only where an NVIDIA GPU is present."""
+    """Tests marked `gpu` run only where an NVIDIA GPU is present; tests marked `slow` only when
+    asked for with -m (e.g. `pytest -m slow`)."""
+    if "slow" not in (config.getoption("markexpr") or ""):
+        skip_slow = pytest.mark.skip(reason="slow: run with -m slow")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip_slow)
     if any("gpu" in item.keywords for item in items) and not _has_gpu():
         skip = pytest.mark.skip(reason="needs an NVIDIA GPU (none found)")
         for item in items:

@@ -172,11 +172,9 @@ def test_layer_suite_serialized_matches_reference(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_layer_suite_serialized_all(layout, request):
+def test_layer_suite_serialized_all(layout):
     """Every layer of the suite in both layouts, batch 8 included (~3 minutes on 2 cores).
     Runs only when asked for: `pytest -m slow tests/test_cuda.py`."""
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("slow: run with -m slow")
     for name in LAYERS:
         check_serialized(layer_spec(name, layout))
 

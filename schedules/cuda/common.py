@@ -29,10 +29,9 @@ from tvm import s_tir
 
 from convc.target import info
 
-# Enough blocks to give every streaming multiprocessor of a large GPU (132 on an H100 SXM, 108 on
-# an A100) two resident blocks. TargetInfo does not report the SM count; this is the only
-# GPU-size assumption the rules make, and it only decides when to shrink tiles or split K.
-MIN_BLOCKS = 264
+# Blocks per streaming multiprocessor the grid should at least give (TargetInfo.multiprocessors:
+# 132 on an H100 SXM, 108 on an A100); it decides when to shrink tiles or split K.
+MIN_BLOCKS_PER_SM = 2
 # Threads per block the rules aim for: 8 warps. With <= 64 registers per thread this leaves room
 # for 4 resident blocks per SM on sm_80/sm_90 (64K registers per SM) and hides shared-memory latency.
 TARGET_THREADS = 256
@@ -60,6 +59,7 @@ class Budget:
     max_shared_bytes: int  # the target's hard limit (static shared memory)
     warp: int
     accumulators: int     # register-tile outputs per thread for this accumulator type
+    min_blocks: int       # a grid smaller than this leaves multiprocessors idle
 
     @classmethod
     def of(cls, target, acc_dtype: str) -> "Budget":
@@ -70,7 +70,8 @@ class Budget:
         return cls(threads=threads, max_threads=ti.max_threads_per_block,
                    shared_bytes=int(ti.max_shared_memory_per_block * SHARED_FRACTION),
                    max_shared_bytes=ti.max_shared_memory_per_block, warp=warp,
-                   accumulators=max(1, ACCUMULATOR_REGISTERS // acc_words))
+                   accumulators=max(1, ACCUMULATOR_REGISTERS // acc_words),
+                   min_blocks=MIN_BLOCKS_PER_SM * max(1, ti.multiprocessors))
 
 
 @dataclasses.dataclass(frozen=True)

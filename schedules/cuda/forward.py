@@ -12,7 +12,8 @@ Both ops are the same correlation (convc.ops.common.correlate): an output in a d
 * shared memory: one input-channel chunk with all taps per step (the input tile with its halo and
   the weight tile), the chunk shrunk until both fit the budget, then the outer tap axes staged one
   at a time;
-* fewer threads per block when the grid would leave SMs idle (convc.schedules.cuda.common.MIN_BLOCKS).
+* fewer threads per block when the grid would leave SMs idle (Budget.min_blocks, from
+  TargetInfo.multiprocessors).
 
 Not measured on a GPU: no GPU was available where these rules were written (see README "CUDA"),
 so the tile sizes follow the usual register/shared-memory arithmetic, not measurements.
@@ -27,7 +28,7 @@ from convc.ops import OPERAND_STAGES, REDUCTION, spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
-from .common import (MIN_BLOCKS, Budget, Plan, Tile, assign_threads, block_by_name, chunk_of,
+from .common import (Budget, Plan, Tile, assign_threads, block_by_name, chunk_of,
                      divisor_at_most, fit, tile_reduction)
 
 CHANNEL_CHUNKS = (16, 8, 4, 2, 1)
@@ -54,7 +55,7 @@ def correlate_plans(extents, channel_axis: int, pixel_axes, reduce_extents, out_
         counts = assign_threads(extents, inner, order, caps, threads)
         tiles = tuple(Tile(t, i) for t, i in zip(counts, inner))
         probe = Plan(tiles, (1,) * len(reduce_extents))
-        if probe.blocks(extents) >= MIN_BLOCKS or threads <= 2 * budget.warp:
+        if probe.blocks(extents) >= budget.min_blocks or threads <= 2 * budget.warp:
             break
         threads //= 2
 

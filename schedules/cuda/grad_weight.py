@@ -11,7 +11,7 @@ forward. The tiling (convc.schedules.cuda.common.tile_reduction) is the same:
 * threads over (o, c, taps), the axis contiguous in the weight's layout first;
 * shared memory per step: a run of `chunk` output pixels along the innermost axis of one image and
   one row: dy (o tile × chunk) and x (c tile × its receptive field);
-* split-K: when the output tiles alone give fewer than MIN_BLOCKS blocks, the outer reduction
+* split-K: when the output tiles alone give fewer than Budget.min_blocks blocks, the outer reduction
   (n × outer pixels × chunks) is split over `split_k` blocks (rfactor). Each block reduces its
   part in registers and adds its tile into dW with atomicAdd, after a separate zero-fill kernel;
   no workspace is needed (the cuda_host library convc exports cannot allocate one). float16 keeps
@@ -32,7 +32,7 @@ from convc.ops import spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
-from .common import (MIN_BLOCKS, Budget, Plan, Tile, assign_threads, atomic_accumulate,
+from .common import (Budget, Plan, Tile, assign_threads, atomic_accumulate,
                      block_by_name, chunk_of, divisor_at_most, fit, tile_reduction)
 
 PIXEL_CHUNKS = (32, 16, 8, 4, 2, 1)
@@ -73,8 +73,8 @@ def plans(spec, budget: Budget, splittable: bool):
         chunk = chunk_of(last, cap)
         steps = spec.batch * math.prod(outer_pixels) * -(-last // chunk)
         split = 1
-        if splittable and blocks < MIN_BLOCKS:
-            split = max(1, min(-(-MIN_BLOCKS // blocks), steps // MIN_STEPS_PER_SPLIT))
+        if splittable and blocks < budget.min_blocks:
+            split = max(1, min(-(-budget.min_blocks // blocks), steps // MIN_STEPS_PER_SPLIT))
         yield Plan(tiles, (1, *([1] * len(outer_pixels)), chunk), split)
 
 
