@@ -47,15 +47,16 @@ def _list(text, allowed, name):
 def run(args) -> int:
     import os
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads={args.threads} must be at least 1")
-        # Read by TVM's thread pool when the first kernel runs, which has not happened yet.
-        os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads={args.threads} must be at least 1")
     from convc import bench
     from convc.target import info, resolve
 
     target = resolve(args.target)
+    # TVM's thread pool reads TVM_NUM_THREADS when the first kernel runs (none has yet). Without
+    # it, TVM 0.27 takes half the logical CPUs on x86 ("ignore hyper-threading"): 1 thread on a
+    # 2-vCPU machine, where PyTorch would get 2.
+    os.environ["TVM_NUM_THREADS"] = str(args.threads or info(target).num_cores)
     if info(target).is_gpu:
         raise ValueError(f"--target={args.target!r}: convc bench times CPU kernels only")
     ops = _list(args.ops, bench.OPS, "ops")
