@@ -252,29 +252,21 @@ def test_export_argument_errors(spec, tmp_path):
 
 
 def test_log_dir_reaches_the_schedule_choice(spec, tmp_path, monkeypatch):
-    """--log-dir: the tuning-record lookup sees the directory while the kernels are scheduled,
-    and the process's environment is as before afterwards."""
-    import os
-
-    from convc import build
-
-    pytest.importorskip("convc.tuning.records")
-    from convc.tuning.records import ENV_LOG_DIR
+    """--log-dir: the tuning-record lookup is asked with that directory for every kernel."""
+    from convc import dispatch
 
     seen = []
-    original = build.schedule
+    original = dispatch.find_record
 
-    def spy(spec, op, target):
-        seen.append(os.environ.get(ENV_LOG_DIR))
-        return original(spec, op, target)
+    def spy(func, target, log_dir=None):
+        seen.append(log_dir)
+        return original(func, target, log_dir)
 
-    monkeypatch.setattr(build, "schedule", spy)
-    monkeypatch.delenv(ENV_LOG_DIR, raising=False)
+    monkeypatch.setattr(dispatch, "find_record", spy)
     logs = tmp_path / "logs"
     logs.mkdir()
     export_library(spec, tmp_path / "a.so", ops=["forward", "grad_input"], log_dir=logs)
-    assert seen == [str(logs.resolve())] * 2
-    assert ENV_LOG_DIR not in os.environ
+    assert [str(d) for d in seen] == [str(logs)] * 2
 
 
 def test_cuda_export(spec, tmp_path):
