@@ -69,7 +69,7 @@ def parallel_outer(sch: s_tir.Schedule, loops, target, min_chunks: int | None = 
     Returns the fused loop, or None when `loops` is empty."""
     if not loops:
         return None
-    want = min_chunks or 4 * info(target).num_cores
+    want = min_chunks or 16 * info(target).num_cores
     take, chunks = 0, 1
     for loop in loops:
         take += 1
