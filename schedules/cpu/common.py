@@ -63,6 +63,33 @@ def box_tile(sizes, limit: int) -> int:
     return best
 
 
+def box_split(sch: s_tir.Schedule, loops, sizes, limit: int):
+    """Cut a row-major grid of positions (`loops` over `sizes`, innermost last, adjacent) into
+    boxes of box_tile(sizes, limit) positions: the innermost axes a box covers whole are fused with
+    the q-part of the next axis into one loop; the rest stay separate loops.
+
+    -> (outer loops, the fused box loop, box size). Fusing only what a box covers keeps every
+    box's region expressible without dividing an outer loop variable, so TVM's region analysis of a
+    box-level accumulator is exact (fusing all axes and splitting the result lets it over-cover
+    a 3-D box whose rows do not fill a plane, which makes the write-back copy positions the box
+    never computed)."""
+    tile = box_tile(sizes, limit)
+    inner, covered = 1, 0
+    for size in reversed(tuple(sizes)):
+        if tile % (inner * size) == 0:
+            inner *= size
+            covered += 1
+        else:
+            break
+    if covered == len(sizes):
+        return [], (sch.fuse(*loops) if len(loops) > 1 else loops[0]), tile
+    split_axis = len(sizes) - covered - 1
+    axis_o, axis_i = sch.split(loops[split_axis], [None, tile // inner])
+    inner_loops = [axis_i, *loops[split_axis + 1:]]
+    fused = sch.fuse(*inner_loops) if len(inner_loops) > 1 else axis_i
+    return [*loops[:split_axis], axis_o], fused, tile
+
+
 def parallel_outer(sch: s_tir.Schedule, loops, target, min_chunks: int | None = None):
     """Fuse the leading loops (as few as give every core a few chunks) and mark them parallel.
 

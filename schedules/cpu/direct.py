@@ -35,7 +35,7 @@ from convc.ops import spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
-from .common import (box_tile, extent, find, finish_output, new_schedule, parallel_block, parallel_outer, pick_tile,
+from .common import (box_split, box_tile, extent, find, finish_output, new_schedule, parallel_block, parallel_outer, pick_tile,
                      vector_registers)
 
 
@@ -204,11 +204,14 @@ def _channel_vector(sch, block, geo: Geometry, target, phased=False):
         _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vo, tw_max)
         return
     tw = pick_tile(geo.out_size[-1], tw_max, minimum=max(1, tw_max // 2))
-    if geo.is_gemm and len(sp) > 1:
-        fused_tw = box_tile(geo.out_size, tw_max)
-        if fused_tw > tw or geo.out_size[-1] % tw == 0:
-            sp, tw = [sch.fuse(*sp)], fused_tw
-    w_o, w_i = sch.split(sp[-1], [None, tw])
+    if geo.is_gemm and len(sp) > 1 and box_tile(geo.out_size, tw_max) >= tw:
+        # GEMM: the register tile is a box of positions that may span rows (7x7 -> 7, 56x56 -> 14)
+        sp, w_i, tw = box_split(sch, sp, geo.out_size, tw_max)
+        sp = sp or [sch.add_unit_loop(w_i)]
+        w_o = sp[-1]
+    else:
+        w_o, w_i = sch.split(sp[-1], [None, tw])
+        sp = [*sp[:-1], w_o]
     unroll = [w_i]
     if geo.in_per_group == 1 and rk and geo.stride[-1] == 1:
         # Depthwise: the input is a vector load per position and tap. With the innermost taps
@@ -218,9 +221,15 @@ def _channel_vector(sch, block, geo: Geometry, target, phased=False):
         unroll = [rk[-1], w_i]
     else:
         reduction = [*rk, rc]
-    sch.reorder(*outer, o_o, *sp[:-1], w_o, *reduction, w_i, o_i)
+    if geo.in_per_group == 1 and geo.channels_last:
+        # Depthwise reads no weight slab worth keeping cached: walk rows outermost, all channel
+        # slabs of a row together, so the input rows stream contiguously.
+        parallel_loops = outer + list(sp[:-1]) + [o_o]
+    else:
+        parallel_loops = outer + [o_o] + list(sp[:-1])
+    sch.reorder(*parallel_loops, w_o, *reduction, w_i, o_i)
     first_reduction = reduction[0]
-    _finish(sch, block, outer + [o_o] + list(sp[:-1]), w_o, first_reduction, target,
+    _finish(sch, block, parallel_loops, w_o, first_reduction, target,
             unroll=unroll, vector=o_i, channels_innermost=not geo.channels_last, ndim=geo.ndim)
 
 
@@ -233,17 +242,15 @@ def _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk
     Measured on c5 (7x7, 512->512): 60 -> 80-105 GFLOP/s; c4 (14x14, 256): 100 -> 145 GFLOP/s
     (min of 40 runs, 2 busy shared cores; peak ~175)."""
     itemsize = 8 if geo.acc == "float64" else 4
-    positions = sch.fuse(*sp) if len(sp) > 1 else sp[0]
-    p_b, p = sch.split(positions, [None, box_tile(geo.out_size, POSITION_BLOCK)])
-    block_extent = extent(sch, p)
+    blocks, p, block_extent = box_split(sch, sp, geo.out_size, POSITION_BLOCK)
     tw = pick_tile(block_extent, tw_max, minimum=max(1, tw_max // 2))
     p_o, p_i = sch.split(p, [None, tw])
     kc = pick_tile(geo.in_per_group, max(1, WEIGHT_CHUNK_BYTES // (vo * itemsize)))
     rc_o, rc_i = sch.split(rc, [None, kc])
-    sch.reorder(*outer, o_o, p_b, *rk, rc_o, p_o, rc_i, p_i, o_i)
+    sch.reorder(*outer, o_o, *blocks, *rk, rc_o, p_o, rc_i, p_i, o_i)
     first_reduction = rk[0] if rk else rc_o
-    _finish(sch, block, outer + [o_o, p_b], p_b, first_reduction, target, unroll=[p_i],
-            vector=o_i, channels_innermost=not geo.channels_last, ndim=geo.ndim)
+    _finish(sch, block, outer + [o_o, *blocks], ([o_o] + blocks)[-1], first_reduction, target,
+            unroll=[p_i], vector=o_i, channels_innermost=not geo.channels_last, ndim=geo.ndim)
 
 
 def _channel_vector_phased(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vectors):

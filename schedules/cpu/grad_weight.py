@@ -92,7 +92,15 @@ def schedule_grad_weight(func, target):
             tiled *= extent
         else:
             free_taps.insert(0, tap)
-    sch.reorder(*outer, o_o, c_o, *free_taps, *reduction, *tile_loops, c_i, o_i)
+    position_unroll = []
+    if tile_loops and tile_loops[-1] is taps[-1] and spec.stride[-1] == 1 and cg == 1:
+        # Depthwise: all innermost taps in the tile; unrolling a few positions beside them lets
+        # LLVM load each x vector once for the taps that share it (x[p + r]): 6 loads instead of
+        # 12 for 4 positions x 3 taps.
+        last_o, last_i = sch.split(reduction[-1], [None, POSITION_UNROLL])
+        reduction = reduction[:-1] + [last_o]
+        position_unroll = [last_i]
+    sch.reorder(*outer, o_o, c_o, *free_taps, *reduction, *position_unroll, *tile_loops, c_i, o_i)
     spatial_outer = outer + [o_o, c_o] + free_taps
 
     write_back = sch.cache_write(block, 0, "local")
@@ -103,7 +111,7 @@ def schedule_grad_weight(func, target):
     if final is None:
         finish_output(sch, write_back)
     parallel_outer(sch, spatial_outer, target)
-    for loop in tile_loops + [c_i]:
+    for loop in position_unroll + tile_loops + [c_i]:
         sch.unroll(loop)
     sch.vectorize(o_i)
     vectorize_tile(sch, inner_loops(sch, write_back, block))
@@ -136,6 +144,7 @@ def reduction_chunks(spec, target) -> int:
 
 
 MAX_CHUNKS = 16
+POSITION_UNROLL = 4
 
 
 def _split_reduction(sch, block, spec, chunks):
