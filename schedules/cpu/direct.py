@@ -17,13 +17,21 @@ which is scheduled as a register-blocked micro-kernel, one of two families:
   of `to` channels x `th` rows, the weight broadcast.
 
 1x1 stride-1 convolutions without padding are GEMMs (M = positions, N = out channels, K = in
-channels): their spatial axes are fused into one M axis before tiling, so no tile wastes a row end.
+channels): the register tile is a box of positions that may span rows (box_split), so no tile
+wastes a row end (7x7 -> tiles of 7, 56x56 -> 14). Layers whose weight slice outgrows the caches
+(ResNet c4/c5) take the GEMM-blocked variant (_channel_vector_blocked); strided grad_input takes
+the phased variant that never multiplies the inserted zeros (_channel_vector_phased).
 
 Padding ("pad", "dy_dilated") stays a separate root stage computed in parallel: the inner loop then
 reads a plain array, with no bounds test per tap.
 
-Measured (Intel Xeon "emeraldrapids", 2 cores shared with other jobs, AVX-512, fp32 peak measured
-~170 GFLOP/s on 2 cores): see README "Performance (CPU)" for the full table.
+Evidence (Intel Xeon, LLVM mcpu "emeraldrapids", AVX-512, 2 cores shared with three other jobs;
+fp32 peak measured 173 GFLOP/s per core = 32 FLOP/cycle, 346 on both; min of 40 calls):
+ResNet c2 3x3 forward NHWC 160 GFLOP/s on one thread = 93% of one core's peak; 200 on two
+threads while other jobs held part of the second core. The tile fits the register file: 14
+positions x 2 vectors = 28 accumulators + 2 weight vectors + 1 broadcast = 31 of 32 zmm; each
+step's 16 loads stay under the 2-3 load ports while its 28 FMAs fill the 2 FMA ports. Full table:
+README "Performance (CPU)".
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ from convc.ops import spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
-from .common import (box_split, box_tile, extent, find, finish_output, new_schedule, parallel_block, parallel_outer, pick_tile,
-                     vector_registers)
+from .common import (box_split, box_tile, extent, find, finish_output, new_schedule,
+                     parallel_block, parallel_outer, pick_tile, vector_registers)
 
 
 # Weight bytes of one output-channel slice (all reduction channels and taps x vo) above which the
@@ -240,7 +248,7 @@ def _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk
     chunks of `kc` channels whose weights (kc x vo) stay in L1 across every tile of the block.
     Each weight is then fetched from memory once per position block instead of once per tile.
     Measured on c5 (7x7, 512->512): 60 -> 80-105 GFLOP/s; c4 (14x14, 256): 100 -> 145 GFLOP/s
-    (min of 40 runs, 2 busy shared cores; peak ~175)."""
+    (min of 40 runs, one thread, i.e. ~50-85% of one core's 173 GFLOP/s)."""
     itemsize = 8 if geo.acc == "float64" else 4
     blocks, p, block_extent = box_split(sch, sp, geo.out_size, POSITION_BLOCK)
     tw = pick_tile(block_extent, tw_max, minimum=max(1, tw_max // 2))
