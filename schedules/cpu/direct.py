@@ -26,7 +26,7 @@ Padding ("pad", "dy_dilated") stays a separate root stage computed in parallel: 
 reads a plain array, with no bounds test per tap.
 
 Evidence (Intel Xeon, LLVM mcpu "emeraldrapids", AVX-512, 2 cores shared with three other jobs;
-fp32 peak measured 173 GFLOP/s per core = 32 FLOP/cycle, 346 on both; min of 40 calls):
+fp32 peak measured 173 GFLOP/s per core (64 FLOP/cycle at ~2.7 GHz), 346 on both; min of 40 calls):
 ResNet c2 3x3 forward NHWC 160 GFLOP/s on one thread = 93% of one core's peak; 200 on two
 threads while other jobs held part of the second core. The tile fits the register file: 14
 positions x 2 vectors = 28 accumulators + 2 weight vectors + 1 broadcast = 31 of 32 zmm; each
