@@ -11,6 +11,15 @@
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# TVM 0.27 sizes its thread pool to half the logical CPUs on x86 (one thread on a 2-vCPU machine)
+# and reads the size once, when the first parallel kernel runs: ask for every core we may use.
+if "TVM_NUM_THREADS" not in _os.environ and "OMP_NUM_THREADS" not in _os.environ:
+    from .target import host_cores as _host_cores
+
+    _os.environ["TVM_NUM_THREADS"] = str(_host_cores())
+
 from .api import (conv1d, conv1d_grad_input, conv1d_grad_weight, conv2d, conv2d_grad_input,
                   conv2d_grad_weight, conv3d, conv3d_grad_input, conv3d_grad_weight)
 from .build import compile
