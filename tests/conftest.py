@@ -52,6 +52,12 @@ def make_spec(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups
                                 layout=layout, dtype=dtype, bias=bias)
 
 
+# The layer the export tests ship: a bias, groups, stride and padding (every parameter of a
+# manifest's argument lists varies), large enough that parallel loops split over several tasks.
+EXPORT_SPEC_ARGS = dict(input_shape=(2, 8, 12, 12), weight_shape=(16, 4, 3, 3), stride=2,
+                        padding=1, groups=2, bias=True)
+
+
 def torch_or_skip():
     return pytest.importorskip("torch", reason="PyTorch (the optional 'torch' extra) is not installed")
 

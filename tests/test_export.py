@@ -11,21 +11,18 @@ import numpy as np
 import pytest
 
 import convc
-from conftest import assert_close, make_spec
+from conftest import EXPORT_SPEC_ARGS, assert_close, make_spec
 from convc.check import kernel_inputs, operands, reference
 from convc.cli import compile as compile_cli
 from convc.export import (FORMAT, CrossCompileWarning, LibraryError, export_library, load,
                           manifest_path, sha256)
 
 OPS = ("forward", "grad_input", "grad_weight")
-# Stride, padding, groups and a bias: every parameter of the manifest's argument lists varies.
-SPEC_ARGS = dict(input_shape=(2, 8, 12, 12), weight_shape=(16, 4, 3, 3), stride=2, padding=1,
-                 groups=2, bias=True)
 
 
 @pytest.fixture(scope="module")
 def spec():
-    return make_spec(**SPEC_ARGS)
+    return make_spec(**EXPORT_SPEC_ARGS)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_close, make_spec
+from conftest import EXPORT_SPEC_ARGS, assert_close, make_spec
 from convc.check import operands, reference
 from convc.export import export_library, manifest_path
 
@@ -73,15 +73,11 @@ def run_clean(python: Path, script: str, cwd: Path, **env) -> subprocess.Complet
                           capture_output=True, text=True, timeout=120)
 
 
-# Layer with a bias, groups, stride and padding; large enough that the schedules' parallel loops
-# split over more than one task.
-SPEC_ARGS = dict(input_shape=(2, 8, 12, 12), weight_shape=(16, 4, 3, 3), stride=2, padding=1,
-                 groups=2, bias=True)
 
 
 @pytest.fixture(scope="module")
 def spec():
-    return make_spec(**SPEC_ARGS)
+    return make_spec(**EXPORT_SPEC_ARGS)
 
 
 @pytest.fixture(scope="module")
@@ -333,7 +329,7 @@ def test_cpp_example(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stdout + build.stderr
     libraries = [
-        export_library(make_spec(**SPEC_ARGS), tmp_path / "nchw.so"),
+        export_library(make_spec(**EXPORT_SPEC_ARGS), tmp_path / "nchw.so"),
         export_library(make_spec((2, 6, 7, 5, 4), (3, 2, 2, 2, 6), stride=(2, 1, 1),
                                  padding=((1, 0), (0, 2), (1, 1)), dilation=(1, 2, 1), groups=2,
                                  layout="NDHWC", dtype="float64", bias=True),
