@@ -156,3 +156,20 @@ def test_large_layer_variants_on_small_shapes(case_id, layout, monkeypatch):
     for op in OPS:
         got = _run_rule(spec, op, data)
         assert_close(got, reference(spec, op, **data), spec.dtype, f"{op} {spec.key} (forced)")
+
+
+def test_group_tiles_do_not_race():
+    """Groups whose channel count is not a multiple of the vector tile (24 per group, tiles of 16):
+    a tile running past its group wrote over the next group's channels from another thread.
+    Repeated calls, because a race shows only some of the time."""
+    from convc.check import check_kernel, operands
+
+    for layout, xs, ws in (("NCHW", (1, 48, 9, 13), (48, 24, 3, 3)),
+                           ("NHWC", (1, 9, 13, 48), (3, 3, 24, 48))):
+        spec = make_spec(xs, ws, 1, 1, 1, 2, layout=layout)
+        data = operands(spec)
+        for op in ("forward", "grad_input"):
+            kernel = convc.compile(spec, op)
+            assert kernel.how == "hand-written"
+            for _ in range(8):
+                assert check_kernel(kernel, data) <= 2e-5, f"{op} {layout}"

@@ -189,17 +189,21 @@ def _channel_vector(sch, block, geo: Geometry, target, phased=False):
     regs = vector_registers(target)
     n, o, sp, rc, rk = _split_loops(sch, block, geo)
     outer = [n]
-    if geo.groups > 1 and geo.out_per_group >= lanes:
+
+    def vector_width(channels):
+        m = 2 if channels >= 2 * lanes and channels % (2 * lanes) == 0 else 1
+        return channels if channels < lanes else m * lanes
+
+    vo = vector_width(geo.out_per_group)
+    # A group loop only where the channel vectors tile each group exactly: a vector tile that ran
+    # past its group's last channel would write back (garbage) over the next group's first
+    # channels, which another thread owns (a race, seen with 2 threads: groups=2, 150 channels
+    # per group). Otherwise the channel loop spans the groups and only its last tile is partial.
+    if geo.groups > 1 and geo.out_per_group >= lanes and geo.out_per_group % vo == 0:
         g, o = sch.split(o, [geo.groups, geo.out_per_group])
         outer.append(g)
-        channels = geo.out_per_group
     else:
-        channels = geo.out_channels
-    m = 2 if channels >= 2 * lanes and channels % (2 * lanes) == 0 else 1
-    if channels < lanes:
-        vo = channels
-    else:
-        vo = m * lanes
+        vo = vector_width(geo.out_channels)
     o_o, o_i = sch.split(o, [None, vo])
     vectors = max(1, math.ceil(vo / lanes))
     tw_max = max(1, min(16, (regs - vectors - 2) // vectors))
@@ -257,7 +261,11 @@ def _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk
     rc_o, rc_i = sch.split(rc, [None, kc])
     sch.reorder(*outer, o_o, *blocks, *rk, rc_o, p_o, rc_i, p_i, o_i)
     first_reduction = rk[0] if rk else rc_o
-    _finish(sch, block, outer + [o_o, *blocks], ([o_o] + blocks)[-1], first_reduction, target,
+    # Parallel over channel blocks only, never over position blocks: where a box's accumulator
+    # region over-covers (3-D boxes whose rows do not fill a plane), its write-back stores
+    # positions of the next box, which must then run after it on the same thread (with position
+    # blocks in parallel this raced: wrong results with 2 threads).
+    _finish(sch, block, outer + [o_o], ([o_o] + blocks)[-1], first_reduction, target,
             unroll=[p_i], vector=o_i, channels_innermost=not geo.channels_last, ndim=geo.ndim)
 
 
