@@ -20,6 +20,12 @@ if "TVM_NUM_THREADS" not in _os.environ and "OMP_NUM_THREADS" not in _os.environ
 
     _os.environ["TVM_NUM_THREADS"] = str(_host_cores())
 
+# After each parallel kernel TVM's workers keep polling for the next one with sched_yield,
+# 300,000 times by default (~0.1 s). In a process that also runs PyTorch (convc's users), those
+# threads hold the cores while oneDNN's OpenMP team works: PyTorch's c3 3x3 fell from ~240 to
+# 8-35 GFLOP/s right after a convc call. 10,000 polls (a few ms) still catch back-to-back calls.
+_os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "10000")
+
 from .api import (conv1d, conv1d_grad_input, conv1d_grad_weight, conv2d, conv2d_grad_input,
                   conv2d_grad_weight, conv3d, conv3d_grad_input, conv3d_grad_weight)
 from .build import compile

@@ -4,7 +4,8 @@ Every op of every layer is timed side by side in one run: a warm-up call first (
 `repeat` timed batches, each long enough (>= ~20 ms) to dwarf the timer; the median batch is the
 result. PyTorch runs with the same number of threads as convc's target has cores, in the better
 of NCHW and channels_last; convc runs in the layouts asked for (both by default) and reports the
-better one. ratio = PyTorch time / convc time (> 1: convc is faster). "% peak" is convc's GFLOP/s
+better one. ratio = PyTorch time / convc time (> 1: convc is faster), taken inside each round (the
+best format of each in that round) and then the median over rounds. "% peak" is convc's GFLOP/s
 over the FMA peak measured on this machine by a TVM microbenchmark (measure_peak).
 
 PyTorch and matplotlib are optional: imported lazily, only here.
@@ -36,8 +37,10 @@ LAYERS = {
 }
 OPS = ("forward", "grad_input", "grad_weight")
 LAYOUTS = ("NCHW", "NHWC")
-MIN_BATCH_SECONDS = 0.02
-SETTLE_SECONDS = 0.02
+MIN_BATCH_SECONDS = 0.05
+# Every library's workers poll for a while after a parallel region (OpenBLAS ~2^28 cycles,
+# libgomp 300,000 spins, TVM as set in convc/__init__.py): wait them out before the next contender.
+SETTLE_SECONDS = 0.1
 
 
 @dataclasses.dataclass
@@ -52,13 +55,10 @@ class Row:
     numpy: float | None = None
     compile_seconds: float | None = None
     how: str = ""
+    ratio: float | None = None          # PyTorch time / convc time, paired by round (paired_ratio)
 
     def gflops(self, seconds):
         return None if not seconds else self.flops / seconds / 1e9
-
-    @property
-    def ratio(self):
-        return None if not (self.convc and self.torch) else self.torch / self.convc
 
 
 def layer_spec(layer, layout="NCHW", dtype="float32") -> ConvSpec:
@@ -69,30 +69,52 @@ def layer_spec(layer, layout="NCHW", dtype="float32") -> ConvSpec:
                                 dtype=dtype)
 
 
-def time_side_by_side(fns: dict, repeat: int, stat=statistics.median) -> dict:
-    """{name: callable} -> {name: `stat` (default: median) of seconds per call over the batches}.
+def time_side_by_side(fns: dict, repeat: int) -> dict:
+    """{name: callable} -> {name: [seconds per call in each round]} (`repeat` rounds).
 
-    Every callable is warmed up once (not counted); then each of `repeat` rounds times one batch
-    of every callable in turn (a batch lasts >= MIN_BATCH_SECONDS), so that a change in the load
-    of a shared machine hits all contenders alike. Between two callables the process sleeps
+    Every callable is warmed up (not counted); then each of `repeat` rounds times one batch of
+    every callable in turn (a batch lasts >= MIN_BATCH_SECONDS), so that a change in the load of a
+    shared machine hits all contenders alike. Between two callables the process sleeps
     SETTLE_SECONDS: each library's worker threads spin a while after a parallel region, and no one
-    should be timed against its rival's spinning threads."""
+    should be timed against its rival's spinning threads (NumPy's OpenBLAS threads, ~0.1 s).
+    Each batch starts with one untimed call: after the pause every library's threads sleep, and
+    on a virtual machine the first call wakes an idle vCPU (seen here: PyTorch's first calls after
+    a pause at half speed, so 20 ms batches put it at 36-80 GFLOP/s where it runs 200-300). The
+    steady state is what a training loop sees."""
     numbers = {}
     for name, fn in fns.items():
+        fn()
         start = time.perf_counter()
         fn()
-        first = time.perf_counter() - start
-        numbers[name] = max(1, math.ceil(MIN_BATCH_SECONDS / max(first, 1e-6)))
+        once = time.perf_counter() - start
+        numbers[name] = max(1, math.ceil(MIN_BATCH_SECONDS / max(once, 1e-6)))
         time.sleep(SETTLE_SECONDS)
     batches = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
+            fn()
             start = time.perf_counter()
             for _ in range(numbers[name]):
                 fn()
             batches[name].append((time.perf_counter() - start) / numbers[name])
             time.sleep(SETTLE_SECONDS)
-    return {name: stat(times) for name, times in batches.items()}
+    return batches
+
+
+def paired_ratio(batches: dict, rivals, ours, stat=statistics.median) -> float | None:
+    """`stat` over the rounds of (best rival time / best of ours time) *within* each round.
+
+    The machines this runs on are shared: a neighbour's job can halve the speed of a core for
+    seconds, so two medians taken over different rounds can disagree by 2x (seen here: PyTorch's
+    c2 3x3 at 136 and 236 GFLOP/s in two consecutive runs). Rounds alternate the contenders, so
+    the ratio inside one round compares them under the same load; its median is what the
+    targets are checked on."""
+    rivals = [batches[k] for k in rivals]
+    ours = [batches[k] for k in ours]
+    if not rivals or not ours:
+        return None
+    rounds = zip(zip(*rivals), zip(*ours))
+    return stat([min(r) / min(o) for r, o in rounds])
 
 
 # --- peak -------------------------------------------------------------------------------------
@@ -269,7 +291,10 @@ def run(layers=None, ops=OPS, layouts=LAYOUTS, repeat=10, target=None, numpy_bas
             calls.update(torch_calls(layer, op, threads))
             if numpy_baseline:
                 calls.update(numpy_call(layer, op))
-            times = time_side_by_side(calls, repeat, STATS[stat])
+            batches = time_side_by_side(calls, repeat)
+            times = {name: STATS[stat](samples) for name, samples in batches.items()}
+            row.ratio = paired_ratio(batches, [k for k in calls if k[0] == "torch"],
+                                     [k for k in calls if k[0] == "convc"], STATS[stat])
             for (who, layout), seconds in sorted(times.items(), key=lambda item: item[1]):
                 if who == "convc" and row.convc is None:
                     row.convc, row.convc_layout = seconds, layout
