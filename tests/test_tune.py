@@ -124,6 +124,15 @@ def test_hand_written_verdict_is_respected(tmp_path):
     assert found.schedule is None and "did not beat the hand-written" in found.reason
 
 
+def test_an_unfinished_run_is_not_applied(tmp_path):
+    """A run stopped before its side-by-side check leaves records without a verdict: they are kept
+    for the next run but not applied, however their time compares with the early yardstick."""
+    store = records.RecordStore.create(tmp_path, None, SPEC.key, SPEC)
+    store.update_kernel("forward", verdict=None, hand_written_us=1e9)
+    found = tuning.lookup(func(), None, log_dir=tmp_path)
+    assert found.schedule is None and "has not finished" in found.reason
+
+
 # --- interrupted writers -----------------------------------------------------------------------
 
 def test_repair_cuts_a_partial_last_line_and_keeps_it_aside(tmp_path):

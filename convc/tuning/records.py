@@ -444,6 +444,14 @@ def _from_store(store: RecordStore, func, target, kernel: str) -> Lookup | None:
         return Lookup(None, store.path, f"{kernel}: the tuned schedule did not beat the "
                       f"hand-written one ({info.get('tuned_us')} us vs {info.get('hand_written_us')}"
                       " us, measured side by side); the hand-written schedule is used")
+    if info and info.get("verdict") != "tuned":
+        # An interrupted run: its records were never timed beside the hand-written schedule
+        # (the yardstick taken before the search may have been measured under another load:
+        # seen here, c3 3x3 at 30 GFLOP/s against its usual 250, which let a 134 GFLOP/s record
+        # through). Run the same `convc tune` again to finish it.
+        return Lookup(None, store.path, f"{kernel}: the tuning run in {store.path} has not "
+                      "finished (no side-by-side verdict yet): the hand-written schedule is used; "
+                      "run the same `convc tune` command again to finish it")
     try:
         database = _database(store, target)
     except RecordError as err:

@@ -18,6 +18,26 @@ def vector_registers(target) -> int:
     return 32 if info(target).vector_bits >= 512 else 16
 
 
+def index_map(fn, arity: int):
+    """A layout map for transform_layout from a Python function of `arity` indices (it may take
+    *args): (o, c, *r) -> (*r, c, o) for any rank, written once."""
+    return tvm.tirx.IndexMap.from_func(fn, ndim=arity, index_dtype="int32")
+
+
+def to_hwio(ndim: int, leading: int = 0):
+    """(*lead, o, c, *r) -> (*lead, *r, c, o): an OIHW-family weight read as HWIO (`leading`
+    extra axes in front, e.g. the chunk axis of partial sums)."""
+    def index(*i):
+        lead, (o, c, *r) = i[:leading], i[leading:]
+        return (*lead, *r, c, o)
+    return index_map(index, leading + ndim + 2)
+
+
+def channels_last_map(ndim: int):
+    """(n, c, *p) -> (n, *p, c)."""
+    return index_map(lambda n, c, *p: (n, *p, c), ndim + 2)
+
+
 def new_schedule(func) -> s_tir.Schedule:
     return s_tir.Schedule(tvm.IRModule({"main": func}))
 

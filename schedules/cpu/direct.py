@@ -22,8 +22,12 @@ wastes a row end (7x7 -> tiles of 7, 56x56 -> 14). Layers whose weight slice out
 (ResNet c4/c5) take the GEMM-blocked variant (_channel_vector_blocked); strided grad_input takes
 the phased variant that never multiplies the inserted zeros (_channel_vector_phased).
 
-Padding ("pad", "dy_dilated") stays a separate root stage computed in parallel: the inner loop then
-reads a plain array, with no bounds test per tap.
+Padding ("pad", "dy_dilated") is folded into the reads in channels-last layouts (a bound test per
+row and tap is cheaper than a padded copy written and read again) and stays a separate root stage,
+computed in parallel, in channels-first ones (there the reads are strided scalars and a test per
+tap doubled the time). Weights the schedule computes anyway (grad_input's flipped filter, the
+repacked or copied forward filter) are laid out in blocks of the register tile's channels
+(block_weights), so one tile streams one contiguous slab.
 
 Evidence (Intel Xeon, LLVM mcpu "emeraldrapids", AVX-512, 2 cores shared with three other jobs;
 fp32 peak measured 173 GFLOP/s per core (64 FLOP/cycle at ~2.7 GHz), 346 on both; min of 40 calls):
@@ -43,8 +47,9 @@ from convc.ops import spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
-from .common import (box_split, box_tile, extent, find, finish_output, new_schedule,
-                     parallel_block, parallel_outer, pick_tile, vector_registers)
+from .common import (box_split, box_tile, channels_last_map, extent, find, finish_output,
+                     index_map, new_schedule, parallel_block, parallel_outer, pick_tile, to_hwio,
+                     vector_registers)
 
 
 # Weight bytes of one output-channel slice (all reduction channels and taps x vo) above which the
@@ -103,15 +108,6 @@ def is_plain_copy(spec) -> bool:
             and tuple(size) == tuple(spec.out_size))
 
 
-def to_hwio(ndim: int):
-    """Index map (o, c, *r) -> (*r, c, o) for an OIHW-family weight."""
-    if ndim == 1:
-        return lambda o, c, r0: (r0, c, o)
-    if ndim == 2:
-        return lambda o, c, r0, r1: (r0, r1, c, o)
-    return lambda o, c, r0, r1, r2: (r0, r1, r2, c, o)
-
-
 def channel_vector_ok(geo: Geometry, lanes: int) -> bool:
     """Family A pays when a vector of output channels reads one broadcast input (whole groups of at
     least a vector), or when it reads a vector of inputs (depthwise in a channels-last layout)."""
@@ -129,30 +125,45 @@ def schedule_direct(func, target):
     reduction = sch.get_sblock("conv" if op == "forward" else "dx")
     lanes = info(target).lanes(geo.acc)
     family_a = geo.channels_last or channel_vector_ok(geo, lanes)
-    # Operand stages: padding / zero insertion computed once, in parallel, at the root.
-    phased = (family_a and op == "grad_input" and any(s > 1 for s in spec.stride)
-              and math.prod(spec.kernel) <= MAX_PHASED_TAPS)
+    # Operand stages: padding / zero insertion, computed once in parallel at the root or inlined.
+    strided_grad = op == "grad_input" and any(s > 1 for s in spec.stride)
+    phased = family_a and strided_grad and math.prod(spec.kernel) <= MAX_PHASED_TAPS
     for name in ("pad", "dy_dilated"):
         stage = find(sch, name)
         if stage is not None and name == "dy_dilated" and (phased or is_plain_copy(spec)):
             sch.compute_inline(stage)  # phased: zeros folded away; 1x1 stride 1: dy itself
+        elif stage is not None and geo.channels_last:
+            # Channels-last: padding folded into the reads (a bound test per row and tap beats
+            # writing and re-reading a padded copy: depthwise 3x3 NHWC 32 -> 99 GFLOP/s, c2 3x3
+            # 271 -> 292). Channels-first reads strided scalars and keeps the root stage (inlined
+            # there, c4 3x3 NCHW fell from 254 to 117).
+            sch.compute_inline(stage)
         elif stage is not None:
             parallel_block(sch, stage, target)
+    # The weight stage in HWIO order, which block_weights lays out in channel blocks. Channels-last
+    # forward reads w as given unless it is copied: the copy (weight-sized, once per call) pays
+    # (ResNet c4 3x3 NHWC 162 -> 259 GFLOP/s, 1x1 213 -> 238, c5 161 -> 183; none slower).
+    weights = None
     if op == "forward" and not geo.channels_last and family_a:
-        packed = sch.cache_read(reduction, "w", "global")
-        sch.transform_layout(packed, ("write", 0), to_hwio(geo.ndim))
-        transpose_stage(sch, packed, write_axis=0, other_axis=1, target=target)
+        weights = sch.cache_read(reduction, "w", "global")
+        sch.transform_layout(weights, ("write", 0), to_hwio(geo.ndim))
+        transpose_stage(sch, weights, write_axis=0, other_axis=1, target=target)
+    elif op == "forward" and geo.channels_last and geo.in_per_group > 1:
+        weights = sch.cache_read(reduction, "w", "global")
+        parallel_block(sch, weights, target)
     if op == "grad_input":
         flipped = sch.get_sblock("w_flipped")
         if not geo.channels_last and family_a:
             sch.transform_layout(flipped, ("write", 0), to_hwio(geo.ndim))
             transpose_stage(sch, flipped, write_axis=0, other_axis=1, target=target)
+            weights = flipped
         elif geo.channels_last:
             transpose_stage(sch, flipped, write_axis=-1, other_axis=-2, target=target)
+            weights = flipped
         else:
             parallel_block(sch, flipped, target)
     if family_a:
-        _channel_vector(sch, reduction, geo, target, phased)
+        _channel_vector(sch, reduction, geo, target, phased, weights)
     else:
         _width_vector(sch, reduction, geo, target)
     return sch
@@ -184,7 +195,24 @@ def _split_loops(sch, block, geo):
     return n, o, sp, rc, rk
 
 
-def _channel_vector(sch, block, geo: Geometry, target, phased=False):
+def block_weights(sch, weights, geo: Geometry, vo: int, taps_outer: bool) -> None:
+    """Lay a computed HWIO weight stage out in blocks of `vo` output channels, in the order the
+    micro-kernel reads it: (o // vo, *r, c, o % vo) when the taps loop outside the channels,
+    (o // vo, c, *r, o % vo) otherwise. One register tile then streams one contiguous slab
+    instead of taps x channels vectors strided by whole HWIO planes (9 streams 256 KiB apart
+    for a 3x3 layer with 256 channels), which the prefetchers follow and L1 holds."""
+    if weights is None or geo.out_channels % vo:
+        return
+    if taps_outer:
+        layout = index_map(lambda *r_c_o: (r_c_o[-1] // vo, *r_c_o[:-1], r_c_o[-1] % vo),
+                           geo.ndim + 2)
+    else:
+        layout = index_map(lambda *r_c_o: (r_c_o[-1] // vo, r_c_o[-2], *r_c_o[:-2], r_c_o[-1] % vo),
+                           geo.ndim + 2)
+    sch.transform_layout(weights, ("write", 0), layout)
+
+
+def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=None):
     lanes = info(target).lanes(geo.acc)
     regs = vector_registers(target)
     n, o, sp, rc, rk = _split_loops(sch, block, geo)
@@ -207,6 +235,7 @@ def _channel_vector(sch, block, geo: Geometry, target, phased=False):
     o_o, o_i = sch.split(o, [None, vo])
     vectors = max(1, math.ceil(vo / lanes))
     tw_max = max(1, min(16, (regs - vectors - 2) // vectors))
+    block_weights(sch, weights, geo, vo, taps_outer=not phased)
     if phased:
         _channel_vector_phased(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vectors)
         return
@@ -347,15 +376,6 @@ def _finish(sch, block, parallel_loops, tile_loop, first_reduction, target, unro
     vectorize_tile(sch, inner_loops(sch, write_back, block))
     init = sch.decompose_reduction(block, first_reduction)
     vectorize_tile(sch, inner_loops(sch, init, block))
-
-
-def channels_last_map(ndim: int):
-    """Index map (n, c, *p) -> (n, *p, c)."""
-    if ndim == 1:
-        return lambda n, c, p0: (n, p0, c)
-    if ndim == 2:
-        return lambda n, c, p0, p1: (n, p0, p1, c)
-    return lambda n, c, p0, p1, p2: (n, p0, p1, p2, c)
 
 
 def inner_loops(sch, stage, outer_block):

@@ -29,9 +29,9 @@ from convc.ops import spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
-from .common import (find, finish_output, new_schedule, parallel_block, parallel_outer, pick_tile,
-                     vector_registers)
-from .direct import channels_last_map, inner_loops, to_hwio, transpose_stage, vectorize_tile
+from .common import (channels_last_map, find, finish_output, new_schedule, parallel_block,
+                     parallel_outer, pick_tile, to_hwio, vector_registers)
+from .direct import inner_loops, transpose_stage, vectorize_tile
 
 
 def schedule_grad_weight(func, target):
@@ -72,17 +72,22 @@ def schedule_grad_weight(func, target):
         o, c, *taps = loops[:nd + 2]
     reduction = loops[nd + 2:]
 
-    # Output-channel vector: within a group when groups are at least a vector wide; across groups
-    # for depthwise (x is then a vector load too); plain otherwise (gathers, but correct).
+    # Output-channel vector: within a group when the vectors tile each group exactly; across
+    # groups otherwise (depthwise: x is then a vector load too; else gathers, but correct). A
+    # vector that ran past its group's last channel would write back (garbage) over the next
+    # group's first channels, which another thread owns: 2 groups of 18 channels with 16-lane
+    # vectors raced (wrong results about one run in three with 2 threads), as direct.py did.
+    def vector_width(channels):
+        m = 2 if channels % (2 * lanes) == 0 and channels >= 2 * lanes else 1
+        return min(channels, m * lanes)
+
     outer = list(chunk)
-    if groups > 1 and kg >= lanes:
+    if groups > 1 and kg >= lanes and kg % vector_width(kg) == 0:
         g, o = sch.split(o, [groups, kg])
         outer.append(g)
-        channels = kg
+        vo = vector_width(kg)
     else:
-        channels = spec.out_channels
-    m = 2 if channels % (2 * lanes) == 0 and channels >= 2 * lanes else 1
-    vo = min(channels, m * lanes)
+        vo = vector_width(spec.out_channels)
     vectors = math.ceil(vo / lanes)
     o_o, o_i = sch.split(o, [None, vo])
     budget = max(1, (regs - vectors - 3) // vectors)
@@ -112,7 +117,7 @@ def schedule_grad_weight(func, target):
 
     write_back = sch.cache_write(block, 0, "local")
     if not cl:
-        sch.transform_layout(block, ("write", 0), _hwio_after(nd, len(chunk)))
+        sch.transform_layout(block, ("write", 0), to_hwio(nd, leading=len(chunk)))
     tile_loop = spatial_outer[-1]
     sch.reverse_compute_at(write_back, tile_loop, preserve_unit_loops=True)
     if final is None:
@@ -168,18 +173,6 @@ def _split_reduction(sch, block, spec, chunks):
     loops = sch.get_loops(partial)  # [*weight axes, chunk, rows in chunk, last axis]
     sch.reorder(loops[nd + 2], *loops[:nd + 2])
     return block, partial
-
-
-def _hwio_after(nd, leading):
-    """to_hwio on a buffer with `leading` extra leading axes (the chunk axis of partial sums)."""
-    if not leading:
-        return to_hwio(nd)
-    base = to_hwio(nd)
-    if nd == 1:
-        return lambda b, o, c, r0: (b, *base(o, c, r0))
-    if nd == 2:
-        return lambda b, o, c, r0, r1: (b, *base(o, c, r0, r1))
-    return lambda b, o, c, r0, r1, r2: (b, *base(o, c, r0, r1, r2))
 
 
 def _schedule_final(sch, final, spec, target):
