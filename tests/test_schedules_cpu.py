@@ -30,6 +30,9 @@ CASES = [
     ("2d_1x1_strided", (1, 20, 9, 9), (40, 20, 1, 1), 2, 0, 1, 1),
     # few output channels (stem-like; grad_input's dx has 3 channels): width vectors in NCHW
     ("2d_stem_like", (1, 3, 21, 19), (20, 3, 7, 7), 2, 3, 1, 1),
+    # ... with an even width: grad_input's phased width-vector variant (zeros folded away)
+    ("2d_stem_even", (2, 3, 20, 22), (5, 3, 7, 7), 2, 3, 1, 1),
+    ("2d_thin_strides_3x2", (1, 3, 9, 10), (4, 3, 3, 3), (3, 2), ((0, 1), (1, 0)), (1, 2), 1),
     # grouped with whole vectors per group, and with fewer channels per group than a vector
     ("2d_groups_wide", (1, 34, 8, 11), (36, 17, 3, 3), 1, 1, 1, 2),
     ("2d_groups_narrow", (2, 12, 9, 10), (18, 4, 3, 3), 2, 1, 1, 3),
@@ -156,6 +159,20 @@ def test_large_layer_variants_on_small_shapes(case_id, layout, monkeypatch):
     for op in OPS:
         got = _run_rule(spec, op, data)
         assert_close(got, reference(spec, op, **data), spec.dtype, f"{op} {spec.key} (forced)")
+
+
+def test_strided_grad_input_skips_the_zeros():
+    """Strided grad_input reads dy through "dy_pad" and folds the zero-insertion test away (the
+    phased variants): no "dy_dilated" stage is left, in both vector families (thin channels-first
+    layers vectorize along the width, the others along the channels)."""
+    from convc.check import check_kernel, operands
+
+    for xs, ws in (((1, 3, 20, 22), (5, 3, 7, 7)), ((1, 20, 9, 10), (24, 20, 3, 3))):
+        spec = make_spec(xs, ws, 2, 3 if ws[-1] == 7 else 1)
+        kernel = convc.compile(spec, "grad_input")
+        assert kernel.how == "hand-written"
+        assert 'T.sblock("dy_pad")' in kernel.tir and 'T.sblock("dy_dilated")' not in kernel.tir
+        assert check_kernel(kernel, operands(spec)) <= 2e-5
 
 
 def test_group_tiles_do_not_race():

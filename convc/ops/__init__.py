@@ -15,7 +15,7 @@ DECLARATIONS = {"forward": forward, "grad_input": grad_input, "grad_weight": gra
 # The reduction stage of each op, by name (schedules and tuning records find blocks by name).
 REDUCTION = {"forward": "conv", "grad_input": "dx", "grad_weight": "dw"}
 # Stages that only rearrange operands; schedules usually inline or compute them per tile.
-OPERAND_STAGES = {"forward": ("pad",), "grad_input": ("dy_dilated", "w_flipped"),
+OPERAND_STAGES = {"forward": ("pad",), "grad_input": ("dy_pad", "dy_dilated", "w_flipped"),
                   "grad_weight": ("pad",)}
 EPILOGUE = "output"
 

@@ -41,19 +41,25 @@ def split_weight_index(channels_last: bool, idx):
     return idx[0], idx[1], list(idx[2:])
 
 
-def dilate_pad(data, channels_last: bool, size, dilation, before, name: str):
+def dilate_pad(data, channels_last: bool, size, dilation, before, name: str, pad_name=None):
     """A zero-filled view of `data` on a larger spatial grid: element j of every spatial axis is
     data[(j - before) / dilation] when that is a whole in-range index, else 0.
 
     With dilation 1 this is plain zero padding (`before` zeros in front, the rest after). The
     gradient w.r.t. the input uses it with dilation = stride and a `before` that may be negative
-    (a crop) when the forward padding exceeds dilation * (kernel - 1).
+    (a crop) when the forward padding exceeds dilation * (kernel - 1). With a dilation > 1 and a
+    `pad_name`, it is two stages: `pad_name` pads `data` (no zeros inserted) so that every index
+    the dilated view reads is in range, and `name` only tests j - before for a multiple of the
+    dilation. A schedule that splits an axis by the dilation then sees that test become a
+    constant per phase (and folds the zero products away) with no bound test left over.
     """
     in_size = [int(v) for v in (data.shape[1:-1] if channels_last else data.shape[2:])]
     if list(size) == in_size and not any(before) and all(d == 1 for d in dilation):
         return data
     channels = data.shape[-1] if channels_last else data.shape[1]
     zero = tvm.tirx.const(0, data.dtype)
+    if pad_name is not None and any(d > 1 for d in dilation):
+        return _dilate_padded(data, channels_last, size, dilation, before, name, pad_name)
 
     def element(*idx):
         n, c, spatial = split_data_index(channels_last, idx)
@@ -71,6 +77,32 @@ def dilate_pad(data, channels_last: bool, size, dilation, before, name: str):
         value = data[data_index(channels_last, n, c, source)]
         if not conditions:
             return value
+        return tirx.if_then_else(tvm.tirx.all(*conditions), value, zero)
+
+    shape = data_index(channels_last, data.shape[0], channels, size)
+    return te.compute(shape, element, name=name)
+
+
+def _dilate_padded(data, channels_last, size, dilation, before, name, pad_name):
+    """dilate_pad as a padding stage and a zero-insertion test (see dilate_pad)."""
+    # Index read on each axis: floor((j - b) / d) + lead for j in [0, span); `lead` makes it >= 0.
+    lead = [max(0, -((-b) // d)) for b, d in zip(before, dilation)]
+    padded_size = [(span - 1 - b) // d + extra + 1
+                   for span, b, d, extra in zip(size, before, dilation, lead)]
+    padded = dilate_pad(data, channels_last, padded_size, (1,) * len(size), lead, name=pad_name)
+    zero = tvm.tirx.const(0, data.dtype)
+    channels = data.shape[-1] if channels_last else data.shape[1]
+
+    def element(*idx):
+        n, c, spatial = split_data_index(channels_last, idx)
+        conditions, source = [], []
+        for j, b, d, extra in zip(spatial, before, dilation, lead):
+            if d == 1:
+                source.append(j - b + extra)
+            else:
+                conditions.append(tirx.floormod(j - b, d) == 0)
+                source.append(tirx.floordiv(j - b, d) + extra)
+        value = padded[data_index(channels_last, n, c, source)]
         return tirx.if_then_else(tvm.tirx.all(*conditions), value, zero)
 
     shape = data_index(channels_last, data.shape[0], channels, size)

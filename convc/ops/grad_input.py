@@ -29,7 +29,8 @@ def grad_input(spec: ConvSpec):
 
     Transform (per spatial axis, k kernel size, s stride, d dilation, p_b padding before):
       * dy is dilated by the stride (s-1 zeros between neighbours) and padded by
-        d*(k-1) - p_b in front (negative = cropped) up to in + d*(k-1) elements: "dy_dilated";
+        d*(k-1) - p_b in front (negative = cropped) up to in + d*(k-1) elements: "dy_dilated"
+        (with s > 1 on some axis: "dy_pad" pads dy and "dy_dilated" inserts the zeros);
       * W is flipped in space and its in/out channels are swapped per group: "w_flipped";
       * dx = correlate(dy_dilated, w_flipped) with stride 1, dilation d, the same groups: "dx".
     Tensors: dy (N, K, *out) / (N, *out, K); w as in forward; dx (N, C, *in) / (N, *in, C).
@@ -39,7 +40,7 @@ def grad_input(spec: ConvSpec):
     w = te.placeholder(spec.weight_shape, spec.dtype, name="w")
     before = [d * (k - 1) - pb for k, d, pb in zip(spec.kernel, spec.dilation, spec.pad_before)]
     size = [i + d * (k - 1) for i, k, d in zip(spec.in_size, spec.kernel, spec.dilation)]
-    dy_dilated = dilate_pad(dy, cl, size, spec.stride, before, name="dy_dilated")
+    dy_dilated = dilate_pad(dy, cl, size, spec.stride, before, name="dy_dilated", pad_name="dy_pad")
     if dy_dilated is dy:  # dilate_pad elides identity views; grad_input keeps the named stage
         dy_dilated = te.compute(dy.shape, lambda *i: dy[i], name="dy_dilated")
     w_flipped = flip_swap(w, spec)

@@ -20,7 +20,8 @@ which is scheduled as a register-blocked micro-kernel, one of two families:
 channels): the register tile is a box of positions that may span rows (box_split), so no tile
 wastes a row end (7x7 -> tiles of 7, 56x56 -> 14). Layers whose weight slice outgrows the caches
 (ResNet c4/c5) take the GEMM-blocked variant (_channel_vector_blocked); strided grad_input takes
-the phased variant that never multiplies the inserted zeros (_channel_vector_phased).
+the phased variants that never multiply the inserted zeros (_channel_vector_phased, and
+_width_vector_phased for thin channels-first layers such as the stem).
 
 Padding ("pad", "dy_dilated") is folded into the reads in channels-last layouts (a bound test per
 row and tap is cheaper than a padded copy written and read again) and stays a separate root stage,
@@ -62,6 +63,8 @@ MAX_UNROLLED_COPIES = 32
 # Phased grad_input unrolls every kernel tap inside the register tile; beyond this many taps the
 # unrolled body (taps x tile, before the zero products fold away) costs LLVM too long.
 MAX_PHASED_TAPS = 27
+# The width-vector phased variant unrolls taps x phases x a few channels of one vector each.
+MAX_PHASED_TAPS_B = 64
 WEIGHT_CHUNK_BYTES = 16 * 1024
 
 
@@ -127,16 +130,24 @@ def schedule_direct(func, target):
     family_a = geo.channels_last or channel_vector_ok(geo, lanes)
     # Operand stages: padding / zero insertion, computed once in parallel at the root or inlined.
     strided_grad = op == "grad_input" and any(s > 1 for s in spec.stride)
-    phased = family_a and strided_grad and math.prod(spec.kernel) <= MAX_PHASED_TAPS
+    phased = strided_grad and (
+        math.prod(spec.kernel) <= MAX_PHASED_TAPS if family_a
+        else spec.in_size[-1] % spec.stride[-1] == 0 and math.prod(spec.kernel) <= MAX_PHASED_TAPS_B)
+    dy_pad = find(sch, "dy_pad")  # strided grad_input: dy padded, zeros inserted by dy_dilated
+    if dy_pad is not None and phased:
+        parallel_block(sch, dy_pad, target)  # read in place of dy; the zero test folds away
+    elif dy_pad is not None:
+        sch.compute_inline(dy_pad)           # one dy_dilated stage, zeros and padding together
     for name in ("pad", "dy_dilated"):
         stage = find(sch, name)
         if stage is not None and name == "dy_dilated" and (phased or is_plain_copy(spec)):
             sch.compute_inline(stage)  # phased: zeros folded away; 1x1 stride 1: dy itself
-        elif stage is not None and geo.channels_last:
+        elif stage is not None and geo.channels_last and not (strided_grad and name == "dy_dilated"):
             # Channels-last: padding folded into the reads (a bound test per row and tap beats
             # writing and re-reading a padded copy: depthwise 3x3 NHWC 32 -> 99 GFLOP/s, c2 3x3
             # 271 -> 292). Channels-first reads strided scalars and keeps the root stage (inlined
-            # there, c4 3x3 NCHW fell from 254 to 117).
+            # there, c4 3x3 NCHW fell from 254 to 117), as do zeros inserted but not folded away
+            # (stem 7x7/2 grad_input NHWC: 13.5 GFLOP/s as a stage, 7 inlined).
             sch.compute_inline(stage)
         elif stage is not None:
             parallel_block(sch, stage, target)
@@ -164,6 +175,8 @@ def schedule_direct(func, target):
             parallel_block(sch, flipped, target)
     if family_a:
         _channel_vector(sch, reduction, geo, target, phased, weights)
+    elif phased:
+        _width_vector_phased(sch, reduction, geo, target)
     else:
         _width_vector(sch, reduction, geo, target)
     return sch
@@ -357,6 +370,65 @@ def _width_vector(sch, block, geo: Geometry, target):
     first_reduction = rk[0] if rk else rc
     _finish(sch, block, outer + [o_o] + mid, w_o, first_reduction, target,
             unroll=[o_i, *rows], vector=w_i)
+
+
+def _width_vector_phased(sch, block, geo: Geometry, target):
+    """Family B for grad_input of a strided convolution (thin channels-first layers: the stem's 3
+    input channels), without the zeros, as _channel_vector_phased does for family A.
+
+    The innermost spatial axis is split by its stride into (w_q, w_p) and the vector runs along
+    w_q: for a fixed phase w_p and tap, dx[.., s*w_q + w_p] reads dy_pad[.., w_q + const], a
+    contiguous vector. The other strided axes are split by their stride too; taps, phases and a
+    few channels are unrolled around the vector, so every (phase, tap) zero test is a constant
+    that the simplifier folds, leaving 1 product in s^2 (stride 2: 4x fewer FMAs than family B).
+    This needs the padding out of the test ("dy_pad" at the root): a bound test that depends on
+    the vector lane made TVM scalarize the whole body (5.5 GFLOP/s on the stem). The accumulator
+    is laid out phase-major ((w mod s, w div s)) so its vectors are registers; the write-back
+    stores each phase with stride s. ResNet stem 7x7/2 grad_input (3 channels, NCHW): 25-32 ->
+    167 GFLOP/s on 2 threads (48% of peak; PyTorch 40)."""
+    lanes = info(target).lanes(geo.acc)
+    regs = vector_registers(target)
+    n, o, sp, rc, rk = _split_loops(sch, block, geo)
+    strides = geo.zero_stride
+    mid, phases = [], []
+    for axis, stride in zip(sp[:-1], strides[:-1]):
+        if stride > 1:
+            axis_o, axis_p = sch.split(axis, [None, stride])
+            mid.append(axis_o)
+            phases.append(axis_p)
+        else:
+            mid.append(axis)
+    sw = strides[-1]
+    w_q, w_p = sch.split(sp[-1], [None, sw])
+    w_qo, w_qi = sch.split(w_q, [None, lanes])
+    budget = max(1, (regs - 4) // math.prod(strides))
+    if geo.groups > 1 and geo.out_per_group > 1:
+        g, o = sch.split(o, [geo.groups, geo.out_per_group])
+        outer = [n, g]
+    else:
+        outer = [n]
+    to = pick_tile(geo.out_per_group if geo.groups > 1 else geo.out_channels, budget)
+    o_o, o_i = sch.split(o, [None, to])
+    sch.reorder(*outer, o_o, *mid, w_qo, rc, *rk, o_i, *phases, w_p, w_qi)
+    write_back = sch.cache_write(block, 0, "local")
+    sch.transform_layout(block, ("write", 0), index_map(
+        lambda *i: (*i[:-1], i[-1] % sw, i[-1] // sw), geo.ndim + 2))
+    sch.reverse_compute_at(write_back, w_qo, preserve_unit_loops=True)
+    finish_output(sch, write_back)
+    parallel_outer(sch, outer + [o_o] + mid, target)
+    for loop in [*rk, o_i, *phases, w_p]:
+        sch.unroll(loop)
+    sch.vectorize(w_qi)
+    # write-back: phase-major like the accumulator (contiguous reads, stores with stride sw)
+    *copy, last = inner_loops(sch, write_back, block)
+    last_q, last_p = sch.split(last, [None, sw])
+    sch.reorder(last_p, last_q)
+    for loop in [*copy, last_p]:
+        if extent(sch, loop, 0) > 1:
+            sch.unroll(loop)
+    sch.vectorize(last_q)
+    init = sch.decompose_reduction(block, rc)
+    vectorize_tile(sch, inner_loops(sch, init, block))
 
 
 def _finish(sch, block, parallel_loops, tile_loop, first_reduction, target, unroll, vector,
