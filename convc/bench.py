@@ -1,7 +1,7 @@
 """Benchmark convc's CPU kernels beside PyTorch (oneDNN) and a NumPy im2col + GEMM baseline.
 
 Every op of every layer is timed side by side in one run: a warm-up call first (excluded), then
-`repeat` timed batches, each long enough (>= ~20 ms) to dwarf the timer; the median batch is the
+`repeat` timed batches, each long enough (>= ~50 ms) to dwarf the timer; the median batch is the
 result. PyTorch runs with the same number of threads as convc's target has cores, in the better
 of NCHW and channels_last; convc runs in the layouts asked for (both by default) and reports the
 better one. ratio = PyTorch time / convc time (> 1: convc is faster), taken inside each round (the
