@@ -23,10 +23,10 @@ wastes a row end (7x7 -> tiles of 7, 56x56 -> 14). Layers whose weight slice out
 the phased variants that never multiply the inserted zeros (_channel_vector_phased, and
 _width_vector_phased for thin channels-first layers such as the stem).
 
-Padding ("pad", "dy_dilated") is folded into the reads in channels-last layouts (a bound test per
-row and tap is cheaper than a padded copy written and read again) and stays a separate root stage,
-computed in parallel, in channels-first ones (there the reads are strided scalars and a test per
-tap doubled the time). Weights the schedule computes anyway (grad_input's flipped filter, the
+Padding ("pad", "dy_dilated") is folded into the reads for channels-last depthwise layers (a bound
+test per row and tap is cheaper than a padded copy written and read again) and stays a separate
+root stage, computed in parallel, everywhere else (inlined, it cost 2-4x on batch-8 and
+channels-first layers). Weights the schedule computes anyway (grad_input's flipped filter, the
 repacked or copied forward filter) are laid out in blocks of the register tile's channels
 (block_weights), so one tile streams one contiguous slab.
 
@@ -142,12 +142,14 @@ def schedule_direct(func, target):
         stage = find(sch, name)
         if stage is not None and name == "dy_dilated" and (phased or is_plain_copy(spec)):
             sch.compute_inline(stage)  # phased: zeros folded away; 1x1 stride 1: dy itself
-        elif stage is not None and geo.channels_last and not (strided_grad and name == "dy_dilated"):
-            # Channels-last: padding folded into the reads (a bound test per row and tap beats
-            # writing and re-reading a padded copy: depthwise 3x3 NHWC 32 -> 99 GFLOP/s, c2 3x3
-            # 271 -> 292). Channels-first reads strided scalars and keeps the root stage (inlined
-            # there, c4 3x3 NCHW fell from 254 to 117), as do zeros inserted but not folded away
-            # (stem 7x7/2 grad_input NHWC: 13.5 GFLOP/s as a stage, 7 inlined).
+        elif (stage is not None and geo.channels_last and geo.in_per_group == 1
+              and geo.out_per_group == 1 and not (strided_grad and name == "dy_dilated")):
+            # Channels-last depthwise: padding folded into the vector reads (a bound test per row
+            # and tap beats writing and re-reading a padded copy: 3x3 NHWC 32 -> 99 GFLOP/s).
+            # Elsewhere the root stage stays: inlined, batch-8 c3 3x3 NHWC fell from ~300 to
+            # ~115 GFLOP/s (forward and grad_input) and batch-1 layers gained nothing measurable;
+            # channels-first c4 3x3 fell from 254 to 117; zeros inserted but not folded away
+            # (stem 7x7/2 grad_input NHWC) from 13.5 to 7.
             sch.compute_inline(stage)
         elif stage is not None:
             parallel_block(sch, stage, target)
