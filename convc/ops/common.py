@@ -56,10 +56,10 @@ def dilate_pad(data, channels_last: bool, size, dilation, before, name: str, pad
     in_size = [int(v) for v in (data.shape[1:-1] if channels_last else data.shape[2:])]
     if list(size) == in_size and not any(before) and all(d == 1 for d in dilation):
         return data
-    channels = data.shape[-1] if channels_last else data.shape[1]
-    zero = tvm.tirx.const(0, data.dtype)
     if pad_name is not None and any(d > 1 for d in dilation):
         return _dilate_padded(data, channels_last, size, dilation, before, name, pad_name)
+    channels = data.shape[-1] if channels_last else data.shape[1]
+    zero = tvm.tirx.const(0, data.dtype)
 
     def element(*idx):
         n, c, spatial = split_data_index(channels_last, idx)

@@ -48,7 +48,8 @@ from convc.ops import spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
-from .common import (box_split, box_tile, channels_last_map, extent, find, finish_output,
+from .common import (box_split, box_tile, channel_vectors, channels_last_map, extent, find,
+                     finish_output,
                      index_map, new_schedule, parallel_block, parallel_outer, pick_tile, to_hwio,
                      vector_registers)
 
@@ -233,20 +234,10 @@ def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=Non
     n, o, sp, rc, rk = _split_loops(sch, block, geo)
     outer = [n]
 
-    def vector_width(channels):
-        m = 2 if channels >= 2 * lanes and channels % (2 * lanes) == 0 else 1
-        return channels if channels < lanes else m * lanes
-
-    vo = vector_width(geo.out_per_group)
-    # A group loop only where the channel vectors tile each group exactly: a vector tile that ran
-    # past its group's last channel would write back (garbage) over the next group's first
-    # channels, which another thread owns (a race, seen with 2 threads: groups=2, 150 channels
-    # per group). Otherwise the channel loop spans the groups and only its last tile is partial.
-    if geo.groups > 1 and geo.out_per_group >= lanes and geo.out_per_group % vo == 0:
+    vo, by_group = channel_vectors(geo.out_channels, geo.out_per_group, geo.groups, lanes)
+    if by_group:
         g, o = sch.split(o, [geo.groups, geo.out_per_group])
         outer.append(g)
-    else:
-        vo = vector_width(geo.out_channels)
     o_o, o_i = sch.split(o, [None, vo])
     vectors = max(1, math.ceil(vo / lanes))
     tw_max = max(1, min(16, (regs - vectors - 2) // vectors))

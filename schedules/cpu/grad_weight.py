@@ -29,8 +29,8 @@ from convc.ops import spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
-from .common import (channels_last_map, find, finish_output, new_schedule, parallel_block,
-                     parallel_outer, pick_tile, to_hwio, vector_registers)
+from .common import (channel_vectors, channels_last_map, find, finish_output, new_schedule,
+                     parallel_block, parallel_outer, pick_tile, to_hwio, vector_registers)
 from .direct import inner_loops, transpose_stage, vectorize_tile
 
 
@@ -76,22 +76,13 @@ def schedule_grad_weight(func, target):
         o, c, *taps = loops[:nd + 2]
     reduction = loops[nd + 2:]
 
-    # Output-channel vector: within a group when the vectors tile each group exactly; across
-    # groups otherwise (depthwise: x is then a vector load too; else gathers, but correct). A
-    # vector that ran past its group's last channel would write back (garbage) over the next
-    # group's first channels, which another thread owns: 2 groups of 18 channels with 16-lane
-    # vectors raced (wrong results about one run in three with 2 threads), as direct.py did.
-    def vector_width(channels):
-        m = 2 if channels % (2 * lanes) == 0 and channels >= 2 * lanes else 1
-        return min(channels, m * lanes)
-
+    # Output-channel vector (channel_vectors): within a group when the vectors tile each group
+    # exactly; across groups otherwise (depthwise: x is then a vector load too; else gathers).
     outer = list(chunk)
-    if groups > 1 and kg >= lanes and kg % vector_width(kg) == 0:
+    vo, by_group = channel_vectors(spec.out_channels, kg, groups, lanes)
+    if by_group:
         g, o = sch.split(o, [groups, kg])
         outer.append(g)
-        vo = vector_width(kg)
-    else:
-        vo = vector_width(spec.out_channels)
     vectors = math.ceil(vo / lanes)
     o_o, o_i = sch.split(o, [None, vo])
     budget = max(1, (regs - vectors - 3) // vectors)
