@@ -196,3 +196,67 @@ def test_group_tiles_do_not_race():
     assert kernel.how == "hand-written"
     for _ in range(12):
         assert check_kernel(kernel, data) <= 2e-5, "grad_weight, 18 channels per group"
+
+
+# The tuner's hand space (convc.tuning.space): every alternative a rule lists for its own choices
+# (channel vectors, tile widths, blocking, position block, weight chunk, reduction chunks) is a
+# schedule a tuning record can select, so each must compute the right thing. The blocked variant
+# is offered from a smaller weight slice here so that its knobs are exercised on small shapes.
+GRID_CASES = ["2d_wide_odd", "2d_gemm_1x1", "2d_groups_wide", "2d_groups_narrow", "2d_depthwise",
+              "1d_odd", "3d_odd"]
+
+
+def _check_grid(case_id, layout, every, monkeypatch):
+    import numpy as np
+    import tvm
+
+    from conftest import assert_close
+    from convc.check import kernel_inputs, operands, reference
+    from convc.schedules.cpu import direct
+    from convc.tuning.space import hand_grid
+
+    monkeypatch.setattr(direct, "WEIGHT_SLICE_BYTES", 4096)
+    spec = _spec(next(c for c in CASES if c[0] == case_id), layout, bias=True)
+    data, target = operands(spec), resolve("llvm")
+    for op in OPS:
+        want = reference(spec, op, **data)
+        grid = hand_grid(declare(spec, op).with_attr("global_symbol", "main"), target)
+        assert grid[0][0] is not None, f"{op}: no hand-written rule took it"
+        for i, (knobs, sch) in enumerate(grid):
+            if i % every:
+                continue
+            out = np.zeros(want.shape, spec.dtype)
+            tvm.compile(sch.mod, target=target)["main"](*kernel_inputs(spec, op, data), out)
+            assert_close(out, want, spec.dtype, f"{op} {spec.key} knobs={knobs}")
+
+
+@pytest.mark.parametrize("layout", ["first", "last"])
+def test_hand_grid_alternatives_compute_the_right_thing(layout, monkeypatch):
+    """Every fourth alternative of the grid on two shapes with remainders (the rest: -m slow)."""
+    for case_id in ("2d_wide_odd", "3d_odd"):
+        _check_grid(case_id, layout, 4, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["first", "last"])
+@pytest.mark.parametrize("case_id", GRID_CASES)
+def test_every_hand_grid_alternative_computes_the_right_thing(case_id, layout, monkeypatch):
+    _check_grid(case_id, layout, 1, monkeypatch)
+
+
+def test_hand_grid_starts_with_the_rules_own_choice():
+    """The first alternative is the schedule the rule makes without knobs (the tuner always
+    measures it), and the alternatives are distinct schedules where the rule has choices."""
+    import tvm_ffi
+
+    from convc.tuning.space import hand_grid
+
+    target = resolve("llvm")
+    for layout in ("first", "last"):
+        spec = _spec(CASES[0], layout)
+        for op in OPS:
+            func = declare(spec, op).with_attr("global_symbol", "main")
+            grid = hand_grid(func, target)
+            own = next(s for s in (rule(func, target) for rule in RULES["cpu"]) if s is not None)
+            assert tvm_ffi.structural_hash(grid[0][1].mod) == tvm_ffi.structural_hash(own.mod)
+            assert len({tvm_ffi.structural_hash(s.mod) for _, s in grid}) > 1, op

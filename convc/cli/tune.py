@@ -3,8 +3,11 @@
     convc tune --op conv2d --input 1,64,56,56 --weight 64,64,3,3 --padding 1 --trials 64
     convc tune --layers all --layout NHWC --trials 200 --log-dir tuning_logs     # bench suite
 
-The kernels of each layer are tuned as one task set; the hand-written schedule is measured in
-the same run and a record is used only where it is faster.  Records go to --log-dir (default
+The kernels of each layer are tuned as one task set. --space hand (default) measures the
+hand-written rule's alternatives (channel vectors, tile widths, blocking, reduction chunks), best
+predicted by the XGBoost cost model first; --space generic runs MetaSchedule's own space under its
+evolutionary search. The hand-written schedule is measured in the same run and a record is used
+only where it is faster.  Records go to --log-dir (default
 $CONVC_TUNING_LOGS or ~/.local/share/convc/tuning_logs), under target/TVM version/workload;
 `convc compile` and the Python API apply them.  Running the same command again continues an
 interrupted run; a larger --trials tunes further.
@@ -51,8 +54,12 @@ def add_parser(subparsers):
     p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT",
                    help="measure on RPC servers registered at this tracker")
     p.add_argument("--rpc-key", default=None, metavar="KEY", help="the servers' key at the tracker")
+    p.add_argument("--space", default="hand", choices=["hand", "generic"],
+                   help="what is searched: the hand-written rule's alternatives (default) or "
+                        "MetaSchedule's generic space")
     p.add_argument("--trials-per-iter", type=int, default=None, metavar="N",
-                   help="candidates measured per search round (default: 32)")
+                   help="candidates measured per search round (default: 8 for the hand space, "
+                        "32 for the generic one)")
     p.add_argument("--keep", type=int, default=None, metavar="N",
                    help="afterwards keep only the N fastest records per kernel (for shipped logs)")
     p.add_argument("--quiet", action="store_true", help="no progress line, only the summary")
@@ -110,7 +117,8 @@ def run(args) -> int:
         reports = tuning.tune(
             specs, kernels, target=target_of(args.target, args.arch), trials=args.trials,
             log_dir=args.log_dir, seed=args.seed, quiet=args.quiet, rpc_tracker=args.rpc_tracker,
-            rpc_key=args.rpc_key, trials_per_iter=args.trials_per_iter, keep=args.keep)
+            rpc_key=args.rpc_key, trials_per_iter=args.trials_per_iter, keep=args.keep,
+            space=args.space)
     except (TuneError, tuning.RecordError) as err:
         print(f"convc tune: error: {err}", file=sys.stderr)
         return 1

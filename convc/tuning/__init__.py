@@ -29,7 +29,7 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
          quiet: bool = False, rpc_tracker: str | None = None, rpc_key: str | None = None,
          trials_per_iter: int | None = None, population: int | None = None,
          builder_workers: int | None = None, build_timeout: float = 60.0,
-         run_timeout: float = 60.0, keep: int | None = None, stream=None):
+         run_timeout: float = 60.0, keep: int | None = None, stream=None, space: str = "hand"):
     """Tune the ``ops`` of each ConvSpec in ``specs`` and store the records under ``log_dir``.
 
     Parameters
@@ -42,7 +42,9 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
         As for :func:`convc.compile`; records are kept per target.
     trials : int
         Measured candidates per kernel.  Records already in the log count: running the same call
-        again continues an interrupted run, and a larger ``trials`` tunes further.
+        again continues an interrupted run, and a larger ``trials`` tunes further.  The hand
+        space has a fixed size (up to a few dozen schedules per kernel); it ends when all of them
+        are measured.
     log_dir : path or None
         Where records go: default ``$CONVC_TUNING_LOGS`` or ``~/.local/share/convc/tuning_logs``,
         which :func:`convc.compile` searches before the shipped ``tuning_logs/``.
@@ -52,9 +54,13 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
         No progress line.
     rpc_tracker, rpc_key : str or None
         Measure on the servers registered under ``rpc_key`` at tracker ``"HOST:PORT"``.
+    space : "hand" or "generic"
+        What is searched (convc.tuning.space): the hand-written rule's alternatives to its own
+        choices, ranked by the XGBoost cost model, or MetaSchedule's generic space under its
+        evolutionary search.
     trials_per_iter, population : int or None
-        Candidates measured per search round (default 32) and the evolutionary search's
-        population (default 256); smaller is faster per round and searches less.
+        Candidates measured per search round (default 8 for the hand space, 32 for the generic
+        one) and the evolutionary search's population (default 256).
     builder_workers, build_timeout, run_timeout
         Build processes (default: one per core) and limits for one build / one measurement.
     keep : int or None
@@ -83,6 +89,9 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
     ops = [check_op(op) for op in dict.fromkeys(ops)]
     if not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials={trials!r}: expected a positive number of trials per kernel")
+    from .space import check_space  # noqa: PLC0415
+
+    check_space(space)
     if keep is not None and (not isinstance(keep, int) or keep < 1):
         raise ValueError(f"keep={keep!r}: expected a positive number of records per kernel")
     target = resolve(target)
@@ -97,8 +106,8 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
             reports.append(driver.tune_workload(
                 kernels, target, workload=spec.key, spec=spec, log_dir=log_dir, session=session,
                 trials=trials, seed=seed, quiet=quiet, stream=stream,
-                trials_per_iter=trials_per_iter or driver.DEFAULT_TRIALS_PER_ITER,
-                population=population or driver.DEFAULT_POPULATION, keep=keep))
+                trials_per_iter=trials_per_iter or driver.DEFAULT_TRIALS_PER_ITER[space],
+                population=population or driver.DEFAULT_POPULATION, keep=keep, space=space))
     _forget_compiled()
     return reports
 

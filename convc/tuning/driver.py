@@ -37,12 +37,18 @@ from .records import (
     target_key,
     tvm_version,
 )
+from .space import measured_hashes, unmeasured
 
-DEFAULT_TRIALS_PER_ITER = 32
+# Per space: small rounds over the hand grid let the cost model, retrained after each round, rank
+# what is left; the generic space's evolutionary search needs larger rounds to pay its search time.
+DEFAULT_TRIALS_PER_ITER = {"hand": 8, "generic": 32}
 # The evolutionary search's population: MetaSchedule's 512 spends ~20 s per batch searching on
 # 2 cores; 256 halves that at no visible cost in final speed on the layers tried (README).
 DEFAULT_POPULATION = 256
-SIDE_BY_SIDE_ROUNDS = 3
+SIDE_BY_SIDE_ROUNDS = 5
+# A record is used only when the side-by-side medians put it this much ahead of the hand-written
+# schedule: closer than that is inside this kind of machine's noise (README, "Auto-tuning").
+VERDICT_MARGIN = 0.03
 
 
 class TuneError(RuntimeError):
@@ -160,9 +166,9 @@ class Kernel:
 
 def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, session: Session,
                   trials: int, spec=None, seed: int | None = None, quiet: bool = False,
-                  trials_per_iter: int = DEFAULT_TRIALS_PER_ITER,
+                  trials_per_iter: int = DEFAULT_TRIALS_PER_ITER["hand"],
                   population: int = DEFAULT_POPULATION, work_dir=None, keep: int | None = None,
-                  stream=None) -> WorkloadReport:
+                  stream=None, space: str = "hand") -> WorkloadReport:
     """Tune ``kernels`` (one workload's ops) as one task set; records go under ``log_dir``.
 
     ``keep``: afterwards prune the database to the ``keep`` best records per kernel."""
@@ -176,8 +182,16 @@ def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, sess
         store.check_records(target)
         database = store.database()
         done = _trials_done(database, mods, store)
+        budgets, known = {}, {}
+        for k in kernels:
+            # hand-grid schedules measured by earlier runs, kept in meta.json across compaction
+            known[k.name] = {int(h, 16) for h in store.kernel(k.name).get("grid_measured", [])
+                             if store.kernel(k.name).get("workload_hash") == _hash(mods[k.name])}
+            left = unmeasured(space, mods[k.name], target, database, known[k.name])
+            # the hand grid: what it holds that was not measured yet; otherwise the trials left
+            budgets[k.name] = max(0, trials - done[k.name]) if left is None else min(trials, left)
         progress = ProgressLine(workload, [
-            KernelProgress(k.name, k.flops, max(0, trials - done[k.name])) for k in kernels],
+            KernelProgress(k.name, k.flops, budgets[k.name]) for k in kernels],
             quiet=quiet, stream=stream)
 
         # 2. the yardstick, measured before the search starts.
@@ -194,7 +208,8 @@ def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, sess
         tuning_started = time.perf_counter()
         if todo:
             _run_search(todo, mods, target, database, session, progress, seed=seed,
-                        trials_per_iter=trials_per_iter, population=population,
+                        trials_per_iter=trials_per_iter, population=population, space=space,
+                        known=known,
                         log_file=_log_file(work_dir, target, workload))
         tuning_s = time.perf_counter() - tuning_started
         progress.finish()
@@ -203,6 +218,9 @@ def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, sess
         reports = {}
         after = _trials_done(database, mods)
         for k in kernels:
+            if space == "hand":
+                grid = known[k.name] | measured_hashes(mods[k.name], database)
+                store.update_kernel(k.name, grid_measured=sorted(f"{h:016x}" for h in grid))
             total = max(after[k.name], done[k.name] + progress.kernels[k.name].trials)
             reports[k.name] = _verdict(k, mods[k.name], hand_mods[k.name], args_info[k.name],
                                        database, session, store, progress, total, target)
@@ -254,21 +272,22 @@ def _log_file(work_dir, target, workload: str) -> Path:
 
 
 def _run_search(kernels, mods, target, database, session, progress, *, seed, trials_per_iter,
-                population, log_file) -> None:
+                population, space, known, log_file) -> None:
     from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
     from tvm.s_tir.meta_schedule.utils import fork_seed  # noqa: PLC0415
 
     from convc.target import host_cores  # noqa: PLC0415
 
     from .intrinsics import load_for  # noqa: PLC0415
+    from .space import search_strategy, space_generator  # noqa: PLC0415
 
     cores = host_cores()  # the search runs here, whatever device measures
     load_for(target)  # before TuneContext imports every backend's intrinsics (see intrinsics.py)
     with _file_logging(log_file) as logger:
         contexts = [
             ms.TuneContext(
-                mod=mods[k.name], target=target, space_generator="post-order-apply",
-                search_strategy=ms.search_strategy.EvolutionarySearch(population_size=population),
+                mod=mods[k.name], target=target, space_generator=space_generator(space, target),
+                search_strategy=search_strategy(space, population, known[k.name]),
                 task_name=k.name, rand_state=rand, num_threads=cores,
                 logger=logger.getChild(k.name),
             ).clone()
@@ -359,7 +378,7 @@ def _verdict(kernel: Kernel, mod, hand_mod, args_info, database, session, store,
         hand_us = _us(state.hand_written_seconds)
     if tuned_us is None:
         verdict = None if best_mod is None else "hand-written"
-    elif hand_us is None or tuned_us < hand_us:
+    elif hand_us is None or tuned_us < hand_us * (1 - VERDICT_MARGIN):
         verdict = "tuned"
     else:
         verdict = "hand-written"

@@ -120,20 +120,41 @@ def channel_vector_ok(geo: Geometry, lanes: int) -> bool:
     return geo.channels_last and geo.in_per_group == 1 and geo.out_per_group == 1
 
 
-def schedule_direct(func, target):
-    spec, op = spec_of(func)
-    if spec is None or op not in ("forward", "grad_input"):
-        return None
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Which variant the rule takes for a spec: family A (channel-vector) or B, phased or not."""
+
+    spec: object
+    op: str
+    geo: Geometry
+    lanes: int
+    family_a: bool
+    strided_grad: bool
+    phased: bool
+
+
+def plan(spec, op, target) -> Plan:
     geo = geometry(spec, op)
-    sch = new_schedule(func)
-    reduction = sch.get_sblock("conv" if op == "forward" else "dx")
     lanes = info(target).lanes(geo.acc)
     family_a = geo.channels_last or channel_vector_ok(geo, lanes)
-    # Operand stages: padding / zero insertion, computed once in parallel at the root or inlined.
     strided_grad = op == "grad_input" and any(s > 1 for s in spec.stride)
     phased = strided_grad and (
         math.prod(spec.kernel) <= MAX_PHASED_TAPS if family_a
         else spec.in_size[-1] % spec.stride[-1] == 0 and math.prod(spec.kernel) <= MAX_PHASED_TAPS_B)
+    return Plan(spec, op, geo, lanes, family_a, strided_grad, phased)
+
+
+def schedule_direct(func, target, knobs=None):
+    """The rule; `knobs` (see direct_knobs) overrides the tile choices the rule makes itself."""
+    spec, op = spec_of(func)
+    if spec is None or op not in ("forward", "grad_input"):
+        return None
+    knobs = knobs or {}
+    p = plan(spec, op, target)
+    geo, family_a, strided_grad, phased = p.geo, p.family_a, p.strided_grad, p.phased
+    sch = new_schedule(func)
+    reduction = sch.get_sblock("conv" if op == "forward" else "dx")
+    # Operand stages: padding / zero insertion, computed once in parallel at the root or inlined.
     dy_pad = find(sch, "dy_pad")  # strided grad_input: dy padded, zeros inserted by dy_dilated
     if dy_pad is not None and phased:
         parallel_block(sch, dy_pad, target)  # read in place of dy; the zero test folds away
@@ -177,12 +198,48 @@ def schedule_direct(func, target):
         else:
             parallel_block(sch, flipped, target)
     if family_a:
-        _channel_vector(sch, reduction, geo, target, phased, weights)
+        _channel_vector(sch, reduction, geo, target, phased, weights, knobs)
     elif phased:
         _width_vector_phased(sch, reduction, geo, target)
     else:
         _width_vector(sch, reduction, geo, target)
     return sch
+
+
+def direct_knobs(func, target) -> list[dict]:
+    """The choices schedule_direct makes from rules of thumb, as a grid of alternatives for the
+    tuner to measure (convc.tuning.space): the rule's own choice first. Family A only (the other
+    variants have no knob worth a trial): one or two channel vectors, the tile width, and for
+    layers with large weight slices the GEMM-style blocking with its position block and weight
+    chunk. Each entry is a complete schedule; see direct_knobs' use in convc.tuning.space."""
+    spec, op = spec_of(func)
+    if spec is None or op not in ("forward", "grad_input"):
+        return []
+    p = plan(spec, op, target)
+    if not p.family_a or p.phased:
+        return [{}]
+    geo, grid = p.geo, []
+    for vectors in (2, 1):
+        vo, _, tw_max = channel_tile(geo, target, vectors)
+        if vectors == 1 and vo == channel_tile(geo, target, 2)[0]:
+            break
+        widths = dict.fromkeys([default_width(geo, tw_max), tw_max,
+                                pick_tile(geo.out_size[-1], tw_max), max(1, tw_max // 2)])
+        blocked = weight_slice_bytes(geo, vo) > WEIGHT_SLICE_BYTES
+        # Blocking is worth a trial from a quarter of the slice threshold up.
+        ways = [blocked, not blocked] if weight_slice_bytes(geo, vo) * 4 > WEIGHT_SLICE_BYTES \
+            else [False]
+        for block in ways:
+            for tw in widths:
+                if not block:
+                    grid.append({"vectors": vectors, "blocked": False, "tw": tw})
+                    continue
+                for position_block in (POSITION_BLOCK, POSITION_BLOCK // 2):
+                    for chunk_bytes in (WEIGHT_CHUNK_BYTES, WEIGHT_CHUNK_BYTES * 2):
+                        grid.append({"vectors": vectors, "blocked": True, "tw": tw,
+                                     "position_block": position_block,
+                                     "chunk_bytes": chunk_bytes})
+    return grid
 
 
 def transpose_stage(sch, block, write_axis, other_axis, target, tile=16):
@@ -228,29 +285,44 @@ def block_weights(sch, weights, geo: Geometry, vo: int, taps_outer: bool) -> Non
     sch.transform_layout(weights, ("write", 0), layout)
 
 
-def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=None):
+def channel_tile(geo: Geometry, target, vectors: int = 2):
+    """Family A's register tile -> (vo output channels, split by group?, tw_max positions)."""
     lanes = info(target).lanes(geo.acc)
-    regs = vector_registers(target)
+    vo, by_group = channel_vectors(geo.out_channels, geo.out_per_group, geo.groups, lanes,
+                                   most=vectors)
+    count = max(1, math.ceil(vo / lanes))
+    return vo, by_group, max(1, min(16, (vector_registers(target) - count - 2) // count))
+
+
+def default_width(geo: Geometry, tw_max: int) -> int:
+    return pick_tile(geo.out_size[-1], tw_max, minimum=max(1, tw_max // 2))
+
+
+def weight_slice_bytes(geo: Geometry, vo: int) -> int:
+    return geo.in_per_group * math.prod(geo.kernel) * vo * (8 if geo.acc == "float64" else 4)
+
+
+def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=None, knobs=None):
+    knobs = knobs or {}
     n, o, sp, rc, rk = _split_loops(sch, block, geo)
     outer = [n]
 
-    vo, by_group = channel_vectors(geo.out_channels, geo.out_per_group, geo.groups, lanes)
+    vo, by_group, tw_max = channel_tile(geo, target, knobs.get("vectors", 2))
     if by_group:
         g, o = sch.split(o, [geo.groups, geo.out_per_group])
         outer.append(g)
     o_o, o_i = sch.split(o, [None, vo])
-    vectors = max(1, math.ceil(vo / lanes))
-    tw_max = max(1, min(16, (regs - vectors - 2) // vectors))
+    vectors = max(1, math.ceil(vo / info(target).lanes(geo.acc)))
     block_weights(sch, weights, geo, vo, taps_outer=not phased)
     if phased:
         _channel_vector_phased(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vectors)
         return
-    itemsize = 8 if geo.acc == "float64" else 4
-    weight_slice = geo.in_per_group * math.prod(geo.kernel) * vo * itemsize
-    if weight_slice > WEIGHT_SLICE_BYTES:
-        _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vo, tw_max)
+    if knobs.get("blocked", weight_slice_bytes(geo, vo) > WEIGHT_SLICE_BYTES):
+        _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vo, tw_max,
+                                knobs)
         return
-    tw = pick_tile(geo.out_size[-1], tw_max, minimum=max(1, tw_max // 2))
+    tw_max = min(tw_max, knobs.get("tw", tw_max))
+    tw = knobs.get("tw", default_width(geo, tw_max))
     if geo.is_gemm and len(sp) > 1 and box_tile(geo.out_size, tw_max) >= tw:
         # GEMM: the register tile is a box of positions that may span rows (7x7 -> 7, 56x56 -> 14)
         sp, w_i, tw = box_split(sch, sp, geo.out_size, tw_max)
@@ -280,7 +352,8 @@ def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=Non
             unroll=unroll, vector=o_i, channels_innermost=not geo.channels_last, ndim=geo.ndim)
 
 
-def _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vo, tw_max):
+def _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vo, tw_max,
+                            knobs):
     """Family A for layers whose weights outgrow the caches (many channels, small images: ResNet
     c4/c5): GEMM-style blocking. A block of up to POSITION_BLOCK output positions keeps its
     accumulators in L1 (a local buffer) while the reduction runs outside the register tiles, in
@@ -289,10 +362,13 @@ def _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk
     Measured on c5 (7x7, 512->512): 60 -> 80-105 GFLOP/s; c4 (14x14, 256): 100 -> 145 GFLOP/s
     (min of 40 runs, one thread, i.e. ~50-85% of one core's 173 GFLOP/s)."""
     itemsize = 8 if geo.acc == "float64" else 4
-    blocks, p, block_extent = box_split(sch, sp, geo.out_size, POSITION_BLOCK)
-    tw = pick_tile(block_extent, tw_max, minimum=max(1, tw_max // 2))
+    blocks, p, block_extent = box_split(sch, sp, geo.out_size,
+                                        knobs.get("position_block", POSITION_BLOCK))
+    tw = min(knobs.get("tw", pick_tile(block_extent, tw_max, minimum=max(1, tw_max // 2))),
+             block_extent)
     p_o, p_i = sch.split(p, [None, tw])
-    kc = pick_tile(geo.in_per_group, max(1, WEIGHT_CHUNK_BYTES // (vo * itemsize)))
+    chunk_bytes = knobs.get("chunk_bytes", WEIGHT_CHUNK_BYTES)
+    kc = pick_tile(geo.in_per_group, max(1, chunk_bytes // (vo * itemsize)))
     rc_o, rc_i = sch.split(rc, [None, kc])
     sch.reorder(*outer, o_o, *blocks, *rk, rc_o, p_o, rc_i, p_i, o_i)
     first_reduction = rk[0] if rk else rc_o

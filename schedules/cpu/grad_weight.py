@@ -34,10 +34,12 @@ from .common import (channel_vectors, channels_last_map, find, finish_output, ne
 from .direct import inner_loops, transpose_stage, vectorize_tile
 
 
-def schedule_grad_weight(func, target):
+def schedule_grad_weight(func, target, knobs=None):
+    """The rule; `knobs` (see grad_weight_knobs) overrides the choices it makes itself."""
     spec, op = spec_of(func)
     if spec is None or op != "grad_weight":
         return None
+    knobs = knobs or {}
     sch = new_schedule(func)
     nd, cl = spec.ndim, spec.channels_last
     groups = spec.groups
@@ -63,7 +65,7 @@ def schedule_grad_weight(func, target):
     elif pad is not None:
         parallel_block(sch, pad, target)
 
-    chunks = reduction_chunks(spec, target)
+    chunks = knobs.get("chunks", reduction_chunks(spec, target))
     final = None
     if chunks > 1:
         final, block = _split_reduction(sch, block, spec, chunks)
@@ -79,7 +81,7 @@ def schedule_grad_weight(func, target):
     # Output-channel vector (channel_vectors): within a group when the vectors tile each group
     # exactly; across groups otherwise (depthwise: x is then a vector load too; else gathers).
     outer = list(chunk)
-    vo, by_group = channel_vectors(spec.out_channels, kg, groups, lanes)
+    vo, by_group = channel_vectors(spec.out_channels, kg, groups, lanes, knobs.get("vectors", 2))
     if by_group:
         g, o = sch.split(o, [groups, kg])
         outer.append(g)
@@ -89,7 +91,7 @@ def schedule_grad_weight(func, target):
 
     # Register tile: input channels first, then the kernel taps from the innermost out.
     tile_loops, tiled = [], 1
-    c_tile = pick_tile(cg, budget) if cg > 1 else 1
+    c_tile = min(knobs.get("c_tile", pick_tile(cg, budget)), cg, budget) if cg > 1 else 1
     c_o, c_i = sch.split(c, [None, c_tile])
     tiled *= c_tile
     free_taps = []
@@ -127,6 +129,35 @@ def schedule_grad_weight(func, target):
     if final is not None:
         _schedule_final(sch, final, spec, target)
     return sch
+
+
+def grad_weight_knobs(func, target) -> list[dict]:
+    """The rule's choices as a grid of alternatives for the tuner (convc.tuning.space), its own
+    choice first: one or two output-channel vectors, the input-channel tile, and how many pieces
+    the reduction is cut into."""
+    spec, op = spec_of(func)
+    if spec is None or op != "grad_weight":
+        return []
+    lanes = info(target).lanes(acc_dtype(spec.dtype))
+    cg, kg = spec.in_channels // spec.groups, spec.out_channels // spec.groups
+    rows = spec.batch * math.prod(spec.out_size[:-1])
+    cores = info(target).num_cores
+    default = reduction_chunks(spec, target)
+    chunk_counts = [c for c in dict.fromkeys([default, 1, 2 * cores, 4 * cores, 2 * default])
+                    if 1 <= c <= min(rows, MAX_CHUNKS)]
+    grid = []
+    for vectors in (2, 1):
+        vo, _ = channel_vectors(spec.out_channels, kg, spec.groups, lanes, vectors)
+        if vectors == 1 and vo == channel_vectors(spec.out_channels, kg, spec.groups, lanes)[0]:
+            break
+        count = math.ceil(vo / lanes)
+        budget = max(1, (vector_registers(target) - count - 3) // count)
+        tiles = dict.fromkeys([pick_tile(cg, budget), pick_tile(cg, max(1, budget // 2))]) \
+            if cg > 1 else [1]
+        for c_tile in tiles:
+            for chunks in chunk_counts:
+                grid.append({"vectors": vectors, "c_tile": c_tile, "chunks": chunks})
+    return grid
 
 
 # Bytes of x and dy rows that one reduction chunk streams: small enough to stay in L2 while every
