@@ -57,6 +57,9 @@ def add_parser(subparsers):
     p.add_argument("--space", default="hand", choices=["hand", "generic"],
                    help="what is searched: the hand-written rule's alternatives (default) or "
                         "MetaSchedule's generic space")
+    p.add_argument("--peer", default=None, choices=["topi"],
+                   help="tune TVM's own topi convolution for the same layers instead (the "
+                        "benchmark's second peer; generic space; records beside convc's)")
     p.add_argument("--trials-per-iter", type=int, default=None, metavar="N",
                    help="candidates measured per search round (default: 8 for the hand space, "
                         "32 for the generic one)")
@@ -114,11 +117,18 @@ def run(args) -> int:
     specs = specs_of(args)
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
     try:
-        reports = tuning.tune(
-            specs, kernels, target=target_of(args.target, args.arch), trials=args.trials,
-            log_dir=args.log_dir, seed=args.seed, quiet=args.quiet, rpc_tracker=args.rpc_tracker,
-            rpc_key=args.rpc_key, trials_per_iter=args.trials_per_iter, keep=args.keep,
-            space=args.space)
+        if args.peer == "topi":
+            from convc import topi_peer
+
+            reports = topi_peer.tune(specs, kernels, trials=args.trials, log_dir=args.log_dir,
+                                     target=target_of(args.target, args.arch), quiet=args.quiet,
+                                     seed=args.seed, keep=args.keep)
+        else:
+            reports = tuning.tune(
+                specs, kernels, target=target_of(args.target, args.arch), trials=args.trials,
+                log_dir=args.log_dir, seed=args.seed, quiet=args.quiet,
+                rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+                trials_per_iter=args.trials_per_iter, keep=args.keep, space=args.space)
     except (TuneError, tuning.RecordError) as err:
         print(f"convc tune: error: {err}", file=sys.stderr)
         return 1

@@ -129,6 +129,8 @@ class Session:
         from tvm.s_tir.meta_schedule.builder import BuilderInput  # noqa: PLC0415
         from tvm.s_tir.meta_schedule.runner import RunnerInput  # noqa: PLC0415
 
+        if not mods:
+            return []
         builds = self.builder.build([BuilderInput(mod, self.target) for mod in mods])
         times: list[list[float | None]] = [[None] * repeat for _ in mods]
         try:
@@ -161,7 +163,7 @@ class Kernel:
     name: str
     func: object
     flops: int
-    hand_written: object          # callable(func, target) -> tvm.s_tir.Schedule
+    hand_written: object          # callable(func, target) -> tvm.s_tir.Schedule; None: no yardstick
 
 
 def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, session: Session,
@@ -194,11 +196,14 @@ def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, sess
             KernelProgress(k.name, k.flops, budgets[k.name]) for k in kernels],
             quiet=quiet, stream=stream)
 
-        # 2. the yardstick, measured before the search starts.
-        hand_mods = {k.name: _scheduled(k.hand_written, k.func, target) for k in kernels}
-        measured = session.measure([hand_mods[k.name] for k in kernels],
-                                   [args_info[k.name] for k in kernels])
-        for k, (seconds,) in zip(kernels, measured):
+        # 2. the yardstick, measured before the search starts (none for a peer's kernels).
+        hand_mods = {k.name: _scheduled(k.hand_written, k.func, target) for k in kernels
+                     if k.hand_written is not None}
+        measured = session.measure(list(hand_mods.values()),
+                                   [args_info[name] for name in hand_mods])
+        seconds_of = {name: seconds for name, (seconds,) in zip(hand_mods, measured)}
+        for k in kernels:
+            seconds = seconds_of.get(k.name)
             progress.kernels[k.name].hand_written_seconds = seconds
             store.update_kernel(k.name, hand_written_us=_us(seconds), verdict=None,
                                 flops=k.flops, workload_hash=_hash(mods[k.name]))
@@ -222,7 +227,7 @@ def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, sess
                 grid = known[k.name] | measured_hashes(mods[k.name], database)
                 store.update_kernel(k.name, grid_measured=sorted(f"{h:016x}" for h in grid))
             total = max(after[k.name], done[k.name] + progress.kernels[k.name].trials)
-            reports[k.name] = _verdict(k, mods[k.name], hand_mods[k.name], args_info[k.name],
+            reports[k.name] = _verdict(k, mods[k.name], hand_mods.get(k.name), args_info[k.name],
                                        database, session, store, progress, total, target)
         if keep is not None:
             store.compact(keep)
@@ -370,7 +375,10 @@ def _verdict(kernel: Kernel, mod, hand_mod, args_info, database, session, store,
             top[0].trace.apply_to_schedule(sch, remove_postproc=False)
             best_mod = sch.mod
     hand_us = tuned_us = None
-    if best_mod is not None:
+    if best_mod is not None and hand_mod is None:   # a peer's kernel: nothing to compare with
+        (tuned,) = session.measure([best_mod], [args_info], repeat=SIDE_BY_SIDE_ROUNDS)
+        tuned_us = _us(_median(tuned))
+    elif best_mod is not None:
         hand, tuned = session.measure([hand_mod, best_mod], [args_info, args_info],
                                       repeat=SIDE_BY_SIDE_ROUNDS)
         hand_us, tuned_us = _us(_median(hand)), _us(_median(tuned))
