@@ -65,10 +65,9 @@ def declare(spec, op):
         x_t = topi.transpose(x, (1, 0, 2, 3))      # (C, N, H, W): batch as the channels
         dy_t = topi.transpose(dy, (1, 0, 2, 3))    # (K, N, OH, OW): the "filter"
         full = topi.nn.conv2d_nchw(x_t, dy_t, dilation, pad, stride, spec.dtype)  # (C, K, *, *)
-        r, s = spec.kernel
-        out = te.compute(spec.weight_shape, lambda k, c, i, j: full[c, k, i, j], name="dw")
-        if any(int(e) < kk for e, kk in zip(full.shape[2:], (r, s))):
+        if any(int(e) < k for e, k in zip(full.shape[2:], spec.kernel)):
             return None
+        out = te.compute(spec.weight_shape, lambda k, c, i, j: full[c, k, i, j], name="dw")
         return te.create_prim_func([x, dy, out])
     raise ValueError(f"op={op!r}: expected forward, grad_input or grad_weight")
 
@@ -101,10 +100,16 @@ def best_module(spec, op, target=None, log_dir=None):
     """(the tuned topi module, trials behind it) from the first log directory holding records
     for it, or (None, 0)."""
     import tvm  # noqa: PLC0415
-    from tvm.s_tir import Schedule  # noqa: PLC0415
 
     from .target import resolve  # noqa: PLC0415
-    from .tuning.records import RecordStore, canonical_module, layer_path, search_roots  # noqa
+    from .tuning.records import (  # noqa: PLC0415
+        RecordStore,
+        best_record,
+        canonical_module,
+        layer_path,
+        replay,
+        search_roots,
+    )
 
     func = declare(spec, op)
     if func is None:
@@ -116,15 +121,10 @@ def best_module(spec, op, target=None, log_dir=None):
         if not path.exists():
             continue
         store = RecordStore(path)
-        database = store.database()
-        if not database.has_workload(mod):
-            continue
-        top = database.get_top_k(database.commit_workload(mod), 1)
-        if top:
-            sch = Schedule(mod)
-            top[0].trace.apply_to_schedule(sch, remove_postproc=False)
+        record = best_record(store.database(), mod)
+        if record is not None:
             trials = int(store.kernel(op).get("trials") or 0)
-            return tvm.compile(sch.mod, target=target), trials
+            return tvm.compile(replay(mod, record).mod, target=target), trials
     return None, 0
 
 

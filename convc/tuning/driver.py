@@ -33,7 +33,9 @@ from .progress import INVALID_SECONDS, KernelProgress, ProgressCallback, Progres
 from .records import (
     RecordError,
     RecordStore,
+    best_record,
     canonical_module,
+    replay,
     target_key,
     tvm_version,
 )
@@ -163,7 +165,7 @@ class Kernel:
     name: str
     func: object
     flops: int
-    hand_written: object          # callable(func, target) -> tvm.s_tir.Schedule; None: no yardstick
+    hand_written: object          # callable(func, target) -> Schedule; None: no yardstick
 
 
 def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, session: Session,
@@ -364,16 +366,9 @@ class _file_logging:  # noqa: N801 (used as a context manager, reads as one)
 def _verdict(kernel: Kernel, mod, hand_mod, args_info, database, session, store, progress,
              trials_total: int, target) -> KernelReport:
     """Time the best record and the hand-written schedule alternately; keep the faster."""
-    from tvm.s_tir import Schedule  # noqa: PLC0415
-
     state = progress.kernels[kernel.name]
-    best_mod = None
-    if database.has_workload(mod):
-        top = database.get_top_k(database.commit_workload(mod), 1)
-        if top:
-            sch = Schedule(mod)
-            top[0].trace.apply_to_schedule(sch, remove_postproc=False)
-            best_mod = sch.mod
+    best = best_record(database, mod)
+    best_mod = None if best is None else replay(mod, best).mod
     hand_us = tuned_us = None
     if best_mod is not None and hand_mod is None:   # a peer's kernel: nothing to compare with
         (tuned,) = session.measure([best_mod], [args_info], repeat=SIDE_BY_SIDE_ROUNDS)

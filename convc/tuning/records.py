@@ -474,11 +474,25 @@ def _from_store(store: RecordStore, func, target, kernel: str) -> Lookup | None:
     if baseline is not None and seconds * 1e6 >= float(baseline):
         return Lookup(None, store.path, f"{kernel}: best record ({seconds * 1e6:.1f} us) is not "
                       f"faster than the hand-written schedule ({baseline} us)", seconds)
+    return Lookup(replay(mod, record), store.path, f"{kernel}: tuned record from {store.path}",
+                  seconds)
+
+
+def best_record(database, mod):
+    """The fastest valid record of ``mod`` in ``database``, or None."""
+    if not database.has_workload(mod):
+        return None
+    top = database.get_top_k(database.commit_workload(mod), 1)
+    return top[0] if top else None
+
+
+def replay(mod, record):
+    """``record``'s schedule of ``mod``: its trace replayed as measured (postprocessing kept)."""
     from tvm.s_tir import Schedule  # noqa: PLC0415
 
     sch = Schedule(mod)
     record.trace.apply_to_schedule(sch, remove_postproc=False)
-    return Lookup(sch, store.path, f"{kernel}: tuned record from {store.path}", seconds)
+    return sch
 
 
 def _database(store: RecordStore, target):

@@ -133,7 +133,7 @@ def _grid_search_class():
                 order.insert(0, 0)
                 self.first = False
             chosen = order[:take]
-            self.pending = [sch for i, sch in enumerate(self.pending) if i not in set(chosen)]
+            self.pending = [sch for i, sch in enumerate(self.pending) if i not in chosen]
             self.left -= take
             return [candidates[i] for i in chosen]
 
@@ -160,7 +160,8 @@ _GRID_SEARCH = None
 def measured_hashes(mod, database) -> set:
     """Structural hashes of the scheduled modules the database holds records of for ``mod``."""
     import tvm_ffi  # noqa: PLC0415
-    from tvm.s_tir import Schedule  # noqa: PLC0415
+
+    from .records import replay  # noqa: PLC0415
 
     hashes = set()
     if not database.has_workload(mod):
@@ -169,12 +170,10 @@ def measured_hashes(mod, database) -> set:
     for record in database.get_all_tuning_records():
         if not record.workload.same_as(workload):
             continue
-        sch = Schedule(mod)
         try:
-            record.trace.apply_to_schedule(sch, remove_postproc=False)
+            hashes.add(tvm_ffi.structural_hash(replay(mod, record).mod))
         except Exception:  # noqa: BLE001 - a record of another space that no longer replays
             continue
-        hashes.add(tvm_ffi.structural_hash(sch.mod))
     return hashes
 
 

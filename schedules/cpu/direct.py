@@ -124,10 +124,7 @@ def channel_vector_ok(geo: Geometry, lanes: int) -> bool:
 class Plan:
     """Which variant the rule takes for a spec: family A (channel-vector) or B, phased or not."""
 
-    spec: object
-    op: str
     geo: Geometry
-    lanes: int
     family_a: bool
     strided_grad: bool
     phased: bool
@@ -141,7 +138,7 @@ def plan(spec, op, target) -> Plan:
     phased = strided_grad and (
         math.prod(spec.kernel) <= MAX_PHASED_TAPS if family_a
         else spec.in_size[-1] % spec.stride[-1] == 0 and math.prod(spec.kernel) <= MAX_PHASED_TAPS_B)
-    return Plan(spec, op, geo, lanes, family_a, strided_grad, phased)
+    return Plan(geo, family_a, strided_grad, phased)
 
 
 def schedule_direct(func, target, knobs=None):
