@@ -1,4 +1,4 @@
-"""Benchmark convc's CPU kernels beside PyTorch (oneDNN) and a NumPy im2col + GEMM baseline.
+"""Benchmark convc's CPU kernels beside PyTorch (oneDNN), TVM's own topi tuned, and NumPy im2col.
 
 Every op of every layer is timed side by side in one run: a warm-up call first (excluded), then
 `repeat` timed batches, each long enough (>= ~50 ms) to dwarf the timer; the median batch is the
@@ -7,6 +7,10 @@ of NCHW and channels_last; convc runs in the layouts asked for (both by default)
 better one. ratio = PyTorch time / convc time (> 1: convc is faster), taken inside each round (the
 best format of each in that round) and then the median over rounds. "% peak" is convc's GFLOP/s
 over the FMA peak measured on this machine by a TVM microbenchmark (measure_peak).
+
+The second peer is TVM's own convolution (topi) with the best record `convc tune --peer topi`
+left for it (convc/topi_peer.py; 2-D NCHW only, "-" where it has no record or no such op);
+"vs topi" = topi time / convc time, paired by round like the PyTorch ratio.
 
 PyTorch and matplotlib are optional: imported lazily, only here.
 """
@@ -53,6 +57,9 @@ class Row:
     torch: float | None = None
     torch_format: str = ""
     numpy: float | None = None
+    topi: float | None = None            # seconds, TVM topi with its tuned record
+    topi_trials: int = 0
+    topi_ratio: float | None = None      # topi time / convc time, paired by round
     compile_seconds: float | None = None
     how: str = ""
     ratio: float | None = None          # PyTorch time / convc time, paired by round (paired_ratio)
@@ -181,6 +188,19 @@ def convc_calls(layer, op, layouts, target=None) -> dict:
     return calls, info
 
 
+def topi_calls(layer, op, target=None) -> dict:
+    """{("topi", "NCHW"): callable} when a tuned topi record exists for the layer; and its trials."""
+    from . import topi_peer
+    from .check import operands
+
+    spec = layer_spec(layer, "NCHW")
+    library, trials = topi_peer.best_module(spec, op, target)
+    if library is None:
+        return {}, 0
+    fn, _ = topi_peer.call(spec, op, library, operands(spec))
+    return {("topi", "NCHW"): fn}, trials
+
+
 def torch_calls(layer, op, threads) -> dict:
     """{("torch", format): callable} for NCHW and channels_last; {} without PyTorch."""
     try:
@@ -274,7 +294,7 @@ STATS = {"median": statistics.median, "min": min}
 
 
 def run(layers=None, ops=OPS, layouts=LAYOUTS, repeat=10, target=None, numpy_baseline=True,
-        progress=None, threads=None, stat="median"):
+        progress=None, threads=None, stat="median", topi=True):
     """Time every (layer, op), all contenders side by side; -> list of Row.
 
     threads: PyTorch's thread count; convc's is set by TVM_NUM_THREADS before its first kernel
@@ -289,12 +309,18 @@ def run(layers=None, ops=OPS, layouts=LAYOUTS, repeat=10, target=None, numpy_bas
             row = Row(layer, op, layer_spec(layer).flops)
             calls, built = convc_calls(layer, op, layouts, target)
             calls.update(torch_calls(layer, op, threads))
+            if topi:
+                peer, row.topi_trials = topi_calls(layer, op, target)
+                calls.update(peer)
             if numpy_baseline:
                 calls.update(numpy_call(layer, op))
             batches = time_side_by_side(calls, repeat)
             times = {name: STATS[stat](samples) for name, samples in batches.items()}
-            row.ratio = paired_ratio(batches, [k for k in calls if k[0] == "torch"],
-                                     [k for k in calls if k[0] == "convc"], STATS[stat])
+            ours = [k for k in calls if k[0] == "convc"]
+            row.ratio = paired_ratio(batches, [k for k in calls if k[0] == "torch"], ours,
+                                     STATS[stat])
+            row.topi_ratio = paired_ratio(batches, [k for k in calls if k[0] == "topi"], ours,
+                                          STATS[stat])
             for (who, layout), seconds in sorted(times.items(), key=lambda item: item[1]):
                 if who == "convc" and row.convc is None:
                     row.convc, row.convc_layout = seconds, layout
@@ -303,6 +329,8 @@ def run(layers=None, ops=OPS, layouts=LAYOUTS, repeat=10, target=None, numpy_bas
                     row.torch, row.torch_format = seconds, layout
                 elif who == "numpy":
                     row.numpy = seconds
+                elif who == "topi":
+                    row.topi = seconds
             rows.append(row)
             if progress:
                 progress(row)
@@ -319,36 +347,57 @@ def _fmt(value, spec="{:.1f}"):
 
 
 def table(rows, peak: float) -> str:
-    head = (f"| layer | op | convc GFLOP/s | layout | PyTorch GFLOP/s | format | NumPy im2col "
-            f"GFLOP/s | ratio | % peak | compile s |\n|{'---|' * 10}")
-    lines = [head]
+    cols = ["layer", "op", "convc GFLOP/s", "layout", "schedule", "PyTorch GFLOP/s", "format",
+            "ratio", "topi GFLOP/s", "vs topi", "NumPy im2col GFLOP/s", "% peak", "compile s"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         convc = r.gflops(r.convc)
-        lines.append(
-            f"| {r.layer} | {r.op} | {_fmt(convc)} | {r.convc_layout} | {_fmt(r.gflops(r.torch))} | "
-            f"{r.torch_format if r.torch else '-'} | {_fmt(r.gflops(r.numpy))} | "
-            f"{_fmt(r.ratio, '{:.2f}')} | {_fmt(convc and 100 * convc / peak, '{:.0f}%')} | "
-            f"{_fmt(r.compile_seconds, '{:.2f}')} |")
+        cells = [r.layer, r.op, _fmt(convc), r.convc_layout, r.how or "-", _fmt(r.gflops(r.torch)),
+                 r.torch_format if r.torch else "-", _fmt(r.ratio, "{:.2f}"),
+                 _fmt(r.gflops(r.topi)), _fmt(r.topi_ratio, "{:.2f}"), _fmt(r.gflops(r.numpy)),
+                 _fmt(convc and 100 * convc / peak, "{:.0f}%"), _fmt(r.compile_seconds, "{:.2f}")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def summary(rows) -> str:
-    """The issue's targets, checked on these rows."""
+def _verdict(ok: bool) -> str:
+    return "reached" if ok else "NOT reached"
+
+
+def summary(rows, peak: float | None = None) -> str:
+    """The issues' targets, checked on these rows: the hand-written schedules' (issue 3) and the
+    tuned kernels' (issue 5: with the shipped records, against PyTorch and against topi tuned)."""
     lines = []
     for op in OPS:
-        ratios = [r.ratio for r in rows if r.op == op and r.ratio]
-        if not ratios:
+        rated = [r for r in rows if r.op == op and r.ratio]
+        if not rated:
             continue
-        g, low = geomean(ratios), min(ratios)
-        worst = min((r for r in rows if r.op == op and r.ratio), key=lambda r: r.ratio)
-        lines.append(f"{op:12s} geo-mean ratio {g:.2f} ({'reached' if g >= 0.8 else 'NOT reached'}"
-                     f" >= 0.8); lowest {low:.2f} on {worst.layer} "
-                     f"({'reached' if low >= 0.4 else 'NOT reached'} >= 0.4)")
+        g = geomean([r.ratio for r in rated])
+        worst = min(rated, key=lambda r: r.ratio)
+        lines.append(f"{op:12s} vs PyTorch: geo-mean {g:.2f} ({_verdict(g >= 1.3)} >= 1.3 tuned, "
+                     f"{_verdict(g >= 0.8)} >= 0.8 hand-written); lowest {worst.ratio:.2f} on "
+                     f"{worst.layer} ({_verdict(worst.ratio >= 0.9)} >= 0.9, "
+                     f"{_verdict(worst.ratio >= 0.4)} >= 0.4)")
     for layer, op in (("mbv2_dw", None), ("c4_3x3", "grad_weight"), ("c5_3x3", "grad_weight")):
         for r in rows:
             if r.layer == layer and (op is None or r.op == op) and r.ratio:
-                lines.append(f"{layer} {r.op}: ratio {r.ratio:.2f} "
-                             f"({'reached' if r.ratio >= 1.0 else 'NOT reached'} >= 1.0)")
+                lines.append(f"{layer} {r.op}: ratio {r.ratio:.2f} ({_verdict(r.ratio >= 1.0)} "
+                             f">= 1.0)")
+    if peak:
+        timed = [r for r in rows if r.convc]
+        if timed:
+            best = max(timed, key=lambda r: r.gflops(r.convc))
+            share = best.gflops(best.convc) / peak
+            over = sum(r.gflops(r.convc) / peak > 0.7 for r in timed)
+            lines.append(f"best layer {best.layer} {best.op}: {100 * share:.0f}% of peak "
+                         f"({_verdict(share > 0.7)} > 70%; {over} of {len(timed)} kernels above)")
+    peered = [r for r in rows if r.topi_ratio]
+    if peered:
+        behind = [f"{r.layer} {r.op} {r.topi_ratio:.2f}" for r in peered if r.topi_ratio < 1.0]
+        lines.append(f"vs topi tuned: {len(peered) - len(behind)} of {len(peered)} kernels at or "
+                     f"above ({_verdict(not behind)} >= 1.0 on every kernel); geo-mean "
+                     f"{geomean([r.topi_ratio for r in peered]):.2f}"
+                     + (f"; behind: {', '.join(behind)}" if behind else ""))
     return "\n".join(lines)
 
 
@@ -365,10 +414,11 @@ def plot(rows, path: str, peak: float) -> None:
         xs = np.arange(len(sel))
         series = [("convc", [r.gflops(r.convc) or 0 for r in sel]),
                   ("PyTorch", [r.gflops(r.torch) or 0 for r in sel]),
+                  ("topi tuned", [r.gflops(r.topi) or 0 for r in sel]),
                   ("NumPy im2col", [r.gflops(r.numpy) or 0 for r in sel])]
-        width = 0.27
+        width = 0.8 / len(series)
         for i, (name, values) in enumerate(series):
-            ax.bar(xs + (i - 1) * width, values, width, label=name)
+            ax.bar(xs + (i - (len(series) - 1) / 2) * width, values, width, label=name)
         ax.axhline(peak, color="gray", linestyle="--", linewidth=0.8, label=f"peak {peak:.0f}")
         ax.set_xticks(xs, [r.layer for r in sel], fontsize=8)
         ax.set_ylabel("GFLOP/s")

@@ -45,3 +45,31 @@ def test_geomean():
     assert bench.geomean([1.0, 4.0]) == pytest.approx(2.0)
     assert bench.geomean([None, 2.0]) == pytest.approx(2.0)
     assert bench.geomean([]) is None
+
+
+def _row(layer, op, convc, torch=None, topi=None):
+    """A Row timed at `convc` / `torch` / `topi` seconds for 1 GFLOP, ratios from those times."""
+    row = bench.Row(layer, op, 10**9, convc=convc, torch=torch, topi=topi, how="tuned")
+    row.ratio = torch / convc if torch else None
+    row.topi_ratio = topi / convc if topi else None
+    return row
+
+
+def test_summary_checks_the_tuned_targets():
+    rows = [_row("c2_3x3", "forward", 0.01, torch=0.02, topi=0.03),      # 100 GFLOP/s, 2x, 3x
+            _row("c3_3x3", "forward", 0.01, torch=0.0085, topi=0.005),   # 0.85x PyTorch, topi ahead
+            _row("1x1", "forward", 0.02)]                                 # no peer at all
+    text = bench.summary(rows, peak=125.0)
+    forward = next(line for line in text.splitlines() if line.startswith("forward"))
+    assert "geo-mean 1.30 (reached >= 1.3" in forward
+    assert "lowest 0.85 on c3_3x3 (NOT reached >= 0.9" in forward
+    assert "80% of peak (reached > 70%; 2 of 3 kernels above)" in text
+    assert "1 of 2 kernels at or above (NOT reached" in text and "c3_3x3 forward 0.50" in text
+    assert "grad_input" not in text                                      # ops not run: no line
+
+
+def test_table_marks_missing_peers():
+    line = bench.table([_row("1x1", "grad_weight", 0.02)], peak=100.0).splitlines()[-1]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:5] == ["1x1", "grad_weight", "50.0", "", "tuned"]
+    assert cells[5:11] == ["-", "-", "-", "-", "-", "-"] and cells[11] == "50%"

@@ -1,9 +1,10 @@
 """`convc bench`: convc's CPU kernels beside PyTorch (oneDNN) and NumPy im2col on the layer suite.
 
-Prints one row per (layer, op): GFLOP/s of convc (best layout), PyTorch (best of NCHW and
-channels_last, same thread count, when torch is installed) and NumPy im2col + GEMM, the ratio
-PyTorch time / convc time, and convc's share of the measured FMA peak; then the issue's targets
-checked on the run.
+Prints one row per (layer, op): GFLOP/s of convc (best layout; "tuned" where a record beat the
+hand-written schedule), PyTorch (best of NCHW and channels_last, same thread count, when torch is
+installed), TVM's topi with its tuned record (`convc tune --peer topi`) and NumPy im2col + GEMM;
+the ratios PyTorch time / convc time and topi time / convc time, and convc's share of the
+measured FMA peak; then the issues' targets checked on the run.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def add_parser(subparsers):
     p.add_argument("--peak", type=float, default=None,
                    help="fp32 peak in GFLOP/s for '%% peak' (default: measured here)")
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy im2col baseline")
+    p.add_argument("--no-topi", action="store_true",
+                   help="skip TVM's topi peer (run only where `convc tune --peer topi` left records)")
     p.add_argument("--plot", default=None, metavar="PNG", help="bar chart per op (needs matplotlib)")
     p.add_argument("--target", default=None, help="llvm target (default: this CPU)")
     return p
@@ -80,11 +83,11 @@ def run(args) -> int:
           f"{threads} thread(s) each; {args.stat} of {args.repeat} batches")
     rows = bench.run(layers, ops, layouts, args.repeat, target, not args.no_numpy,
                      progress=lambda r: print(f"  {r.layer:11s} {r.op:11s} done", flush=True),
-                     threads=threads, stat=args.stat)
+                     threads=threads, stat=args.stat, topi=not args.no_topi)
     print()
     print(bench.table(rows, peak))
     print()
-    print(bench.summary(rows))
+    print(bench.summary(rows, peak))
     if args.plot:
         bench.plot(rows, args.plot, peak)
         print(f"plot: {args.plot}")
