@@ -40,6 +40,8 @@ CASES = [
     ("2d_depthwise", (2, 21, 11, 13), (21, 1, 3, 3), 1, 1, 1, 21),
     ("2d_depthwise_s2", (1, 19, 12, 9), (19, 1, 3, 3), 2, (1, 0), 1, 19),
     ("2d_depth_multiplier", (1, 5, 9, 9), (10, 1, 3, 3), 1, 1, 1, 5),
+    # channels-first depthwise rows that take 4- and 8-lane vectors (28, 40 wide) and whole rows
+    ("2d_depthwise_rows", (1, 18, 5, 40), (18, 1, 3, 3), 1, ((1, 1), (7, 5)), 1, 18),
     # 1-D and 3-D
     ("1d_odd", (3, 18, 29), (21, 18, 5), 2, 2, 3, 1),
     ("1d_depthwise", (2, 17, 23), (17, 1, 4), 1, ((1, 2),), 1, 17),
@@ -79,6 +81,14 @@ def test_rules_other_dtypes(case_id, layout, dtype):
     case = next(c for c in CASES if c[0] == case_id)
     spec = _spec(case, layout, dtype=dtype, bias=True)
     _assert_hand_written(check_spec(spec, ops=OPS))
+
+
+def test_row_vector_divides_the_row():
+    from convc.schedules.cpu.direct import row_vector
+
+    assert [row_vector(w, 16) for w in (112, 64, 56, 40, 28, 14, 7, 37, 8)] == \
+        [16, 32, 8, 8, 4, 14, 7, 16, 8]
+    assert all(w % row_vector(w, 16) == 0 for w in range(1, 129) if w % 4 == 0 or w <= 16)
 
 
 def test_batch_larger_than_one_and_bias():
