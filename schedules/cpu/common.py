@@ -41,13 +41,13 @@ def channels_last_map(ndim: int):
 def channel_vectors(channels: int, per_group: int, groups: int, lanes: int, most: int = 2):
     """The output-channel vector of a register tile -> (width, split into groups?).
 
-    One or two vectors (two where they divide the channels and `most` allows), within a group when
+    Up to `most` vectors (as many as divide the channels), within a group when
     the vectors tile every group exactly, else across the whole channel axis (only its last tile
     is partial). A vector that ran past its group's last channel would write back (garbage) over
     the next group's first channels, which another thread owns: a race, seen with 2 threads in
     forward (150 channels per group) and grad_weight (18 per group with 16 lanes)."""
     def width(count):
-        m = 2 if most >= 2 and count >= 2 * lanes and count % (2 * lanes) == 0 else 1
+        m = max(m for m in range(1, max(1, most) + 1) if m == 1 or count % (m * lanes) == 0)
         return count if count < lanes else m * lanes
 
     if groups > 1 and per_group >= lanes and per_group % width(per_group) == 0:
