@@ -208,7 +208,8 @@ def schedule_direct(func, target, knobs=None):
 def direct_knobs(func, target) -> list[dict]:
     """The choices schedule_direct makes from rules of thumb, as a grid of alternatives for the
     tuner to measure (convc.tuning.space): the rule's own choice first. Family A only (the other
-    variants have no knob worth a trial): one or two channel vectors, the tile width, and for
+    variants have no knob worth a trial): one, two or four channel vectors (four: 1x1 NHWC
+    forward 1.09x, c2 3x3 0.56x, so left to the tuner), the tile width, and for
     layers with large weight slices the GEMM-style blocking with its position block and weight
     chunk. Each entry is a complete schedule; see direct_knobs' use in convc.tuning.space."""
     spec, op = spec_of(func)
@@ -217,11 +218,12 @@ def direct_knobs(func, target) -> list[dict]:
     p = plan(spec, op, target)
     if not p.family_a or p.phased:
         return [{}]
-    geo, grid = p.geo, []
-    for vectors in (2, 1):
+    geo, grid, seen = p.geo, [], set()
+    for vectors in (2, 4, 1):
         vo, _, tw_max = channel_tile(geo, target, vectors)
-        if vectors == 1 and vo == channel_tile(geo, target, 2)[0]:
-            break
+        if vo in seen:
+            continue
+        seen.add(vo)
         widths = dict.fromkeys([default_width(geo, tw_max), tw_max,
                                 pick_tile(geo.out_size[-1], tw_max), max(1, tw_max // 2)])
         blocked = weight_slice_bytes(geo, vo) > WEIGHT_SLICE_BYTES
