@@ -4,8 +4,9 @@ Every op of every layer is timed side by side in one run: a warm-up call first (
 `repeat` timed batches, each long enough (>= ~50 ms) to dwarf the timer; the median batch is the
 result. PyTorch runs with the same number of threads as convc's target has cores, in the better
 of NCHW and channels_last; convc runs in the layouts asked for (both by default) and reports the
-better one. ratio = PyTorch time / convc time (> 1: convc is faster), taken inside each round (the
-best format of each in that round) and then the median over rounds. "% peak" is convc's GFLOP/s
+better one, on operands aligned to 64 bytes like PyTorch's. ratio = PyTorch time / convc time
+(> 1: convc is faster), taken inside each round (the best format of each in that round) and then
+the median over rounds. "% peak" is convc's GFLOP/s
 over the FMA peak measured on this machine by a TVM microbenchmark (measure_peak).
 
 The second peer is TVM's own convolution (topi) with the best record `convc tune --peer topi`
@@ -175,6 +176,7 @@ def convc_calls(layer, op, layouts, target=None) -> dict:
     """{("convc", layout): callable}, plus compile seconds and how each kernel was scheduled."""
     from .build import compile as compile_kernel
     from .check import kernel_inputs, operands
+    from .kernel import aligned_copy, aligned_empty
 
     calls, info = {}, {}
     for layout in layouts:
@@ -182,8 +184,10 @@ def convc_calls(layer, op, layouts, target=None) -> dict:
         start = time.perf_counter()
         kernel = compile_kernel(spec, op, target)
         info[layout] = (time.perf_counter() - start, kernel.how)
-        args = kernel_inputs(spec, op, operands(spec))
-        out = np.empty(kernel.arg_shapes[-1], spec.dtype)
+        # 64-byte aligned, as PyTorch's allocator aligns its tensors (NumPy's 16 bytes cost
+        # convc up to 30 % on depthwise layers: see convc.kernel.ALIGNMENT).
+        args = [aligned_copy(a) for a in kernel_inputs(spec, op, operands(spec))]
+        out = aligned_empty(kernel.arg_shapes[-1], spec.dtype)
         calls[("convc", layout)] = functools.partial(kernel, *args, out=out)
     return calls, info
 

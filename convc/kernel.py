@@ -38,6 +38,28 @@ def safe(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+# Vector loads and stores that straddle cache lines cost: MobileNetV2's 3x3 depthwise NHWC forward
+# ran 65 us per call on NumPy's 16-byte-aligned arrays and 46 us on 64-byte-aligned ones (AMD EPYC
+# Zen 4, 2 threads). Outputs convc allocates are aligned to a cache line; so are PyTorch's tensors.
+ALIGNMENT = 64
+
+
+def aligned_empty(shape, dtype, alignment: int = ALIGNMENT) -> np.ndarray:
+    """np.empty whose data starts on an `alignment`-byte boundary (NumPy only promises 16)."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = np.empty(count * dtype.itemsize + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def aligned_copy(array: np.ndarray, alignment: int = ALIGNMENT) -> np.ndarray:
+    """A C-contiguous copy of `array` on an `alignment`-byte boundary."""
+    out = aligned_empty(array.shape, array.dtype, alignment)
+    out[...] = array
+    return out
+
+
 class Kernel:
     """One compiled op. Call it with the op's inputs (in parameter order, batched, in the spec's
     layout); it returns the output, written into `out` when given.
@@ -91,7 +113,7 @@ class Kernel:
             result.fill(0)
             return result
         target = result if result.flags.c_contiguous and result.ctypes.data % result.itemsize == 0 \
-            else np.empty(result.shape, result.dtype)
+            else aligned_empty(result.shape, result.dtype)
         self._function(*[safe(a) for a in arrays], target)
         if target is not result:
             result[...] = target
@@ -128,7 +150,7 @@ class Kernel:
     def _destination(self, out) -> np.ndarray:
         name, shape = self.arg_names[-1], self.arg_shapes[-1]
         if out is None:
-            return np.empty(shape, self.spec.dtype)
+            return aligned_empty(shape, self.spec.dtype)
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
         checked = self._check(out, f"out ({name})", shape)

@@ -10,6 +10,7 @@ import pytest
 import convc
 from conftest import assert_close, make_spec, operands, references, torch_or_skip
 from convc import reference as ref
+from convc.kernel import ALIGNMENT, aligned_copy, aligned_empty
 
 FUNCS = {1: (convc.conv1d, convc.conv1d_grad_input, convc.conv1d_grad_weight),
          2: (convc.conv2d, convc.conv2d_grad_input, convc.conv2d_grad_weight),
@@ -108,6 +109,31 @@ def test_kernel_out_argument_including_awkward_destinations():
         kernel(x, w, out=np.empty((1, 4, 8, 9), "float32"))
     with pytest.raises(TypeError, match="dtype"):
         kernel(x, w, out=np.empty(spec.output_shape, "float64"))
+
+
+@pytest.mark.parametrize("shape,dtype", [((3, 5, 7), "float32"), ((1,), "float64"), ((2, 0, 4), "float16"),
+                                         ((), "float32")])
+def test_aligned_empty(shape, dtype):
+    for _ in range(8):    # NumPy's own allocations land on varying 16-byte offsets
+        array = aligned_empty(shape, dtype)
+        assert array.shape == shape and array.dtype == np.dtype(dtype)
+        assert array.flags.c_contiguous
+        assert array.size == 0 or array.ctypes.data % ALIGNMENT == 0
+        array[...] = 1
+        source = np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)
+        copy = aligned_copy(source)
+        assert copy.size == 0 or copy.ctypes.data % ALIGNMENT == 0
+        np.testing.assert_array_equal(copy, source)
+
+
+def test_outputs_convc_allocates_are_cache_line_aligned():
+    spec = make_spec((1, 3, 8, 8), (4, 3, 3, 3), 1, 1)
+    x, w, _, dy = operands(spec)
+    y_ref, *_ = references(spec, x, w, None, dy)
+    for _ in range(8):
+        y = convc.compile(spec, "forward")(x, w)
+        assert y.ctypes.data % ALIGNMENT == 0
+        assert_close(y, y_ref, "float32", "aligned output")
 
 
 def test_empty_batch():
