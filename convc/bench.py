@@ -6,8 +6,8 @@ result. PyTorch runs with the same number of threads as convc's target has cores
 of NCHW and channels_last; convc runs in the layouts asked for (both by default) and reports the
 better one, on operands aligned to 64 bytes like PyTorch's. ratio = PyTorch time / convc time
 (> 1: convc is faster), taken inside each round (the best format of each in that round) and then
-the median over rounds. "% peak" is convc's GFLOP/s
-over the FMA peak measured on this machine by a TVM microbenchmark (measure_peak).
+the median over rounds. "% peak" is convc's GFLOP/s over the FMA peak measured on this machine by
+a TVM microbenchmark (measure_peak).
 
 The second peer is TVM's own convolution (topi) with the best record `convc tune --peer topi`
 left for it (convc/topi_peer.py; 2-D NCHW only, "-" where it has no record or no such op);
