@@ -33,10 +33,13 @@ repacked or copied forward filter) are laid out in blocks of the register tile's
 Evidence (Intel Xeon, LLVM mcpu "emeraldrapids", AVX-512, 2 cores shared with three other jobs;
 fp32 peak measured 173 GFLOP/s per core (64 FLOP/cycle at ~2.7 GHz), 346 on both; min of 40 calls):
 ResNet c2 3x3 forward NHWC 160 GFLOP/s on one thread = 93% of one core's peak; 200 on two
-threads while other jobs held part of the second core. The tile fits the register file: 14
-positions x 2 vectors = 28 accumulators + 2 weight vectors + 1 broadcast = 31 of 32 zmm; each
-step's 16 loads stay under the 2-3 load ports while its 28 FMAs fill the 2 FMA ports. Full table:
-README "Performance (CPU)".
+threads while other jobs held part of the second core. AMD EPYC Zen 4 (mcpu "znver4", 2 cores,
+512-bit FMAs issued as two 256-bit halves: 32 FLOP/cycle, 118 GFLOP/s per core measured, 236 on
+both; `convc bench`, median of 10, 2026-11-29): c2 3x3 forward NHWC 194 GFLOP/s = 82% of peak,
+c3 197 (84%), batch-8 c3 206 (87%), grad_input 186-199 (79-84%). The tile fits the register
+file: 14 positions x 2 vectors = 28 accumulators + 2 weight vectors + 1 broadcast = 31 of 32
+zmm; each step's 16 loads stay under the 2-3 load ports while its 28 FMAs fill the 2 FMA ports.
+Full table: README "Performance (CPU)".
 """
 
 from __future__ import annotations
