@@ -178,14 +178,17 @@ def schedule_direct(func, target, knobs=None):
         elif stage is not None:
             parallel_block(sch, stage, target)
     # The weight stage in HWIO order, which block_weights lays out in channel blocks. Channels-last
-    # forward reads w as given unless it is copied: the copy (weight-sized, once per call) pays
-    # (ResNet c4 3x3 NHWC 162 -> 259 GFLOP/s, 1x1 213 -> 238, c5 161 -> 183; none slower).
+    # forward reads w as given unless it is copied: on the Xeon the copy (weight-sized, once per
+    # call) paid (ResNet c4 3x3 NHWC 162 -> 259 GFLOP/s, 1x1 213 -> 238, c5 161 -> 183; none
+    # slower); on Zen 4 it cost c5 (9.4 MB of weights) 152 -> 133 GFLOP/s (median of 18 runs), so
+    # the tuner's grid has both (knob copy_weights).
     weights = None
     if op == "forward" and not geo.channels_last and family_a:
         weights = sch.cache_read(reduction, "w", "global")
         sch.transform_layout(weights, ("write", 0), to_hwio(geo.ndim))
         transpose_stage(sch, weights, write_axis=0, other_axis=1, target=target)
-    elif op == "forward" and geo.channels_last and geo.in_per_group > 1:
+    elif (op == "forward" and geo.channels_last and geo.in_per_group > 1
+          and knobs.get("copy_weights", True)):
         weights = sch.cache_read(reduction, "w", "global")
         parallel_block(sch, weights, target)
     if op == "grad_input":
@@ -212,9 +215,9 @@ def direct_knobs(func, target) -> list[dict]:
     """The choices schedule_direct makes from rules of thumb, as a grid of alternatives for the
     tuner to measure (convc.tuning.space): the rule's own choice first. Family A only (the other
     variants have no knob worth a trial): one, two or four channel vectors (four: 1x1 NHWC
-    forward 1.09x, c2 3x3 0.56x, so left to the tuner), the tile width, and for
-    layers with large weight slices the GEMM-style blocking with its position block and weight
-    chunk. Each entry is a complete schedule; see direct_knobs' use in convc.tuning.space."""
+    forward 1.09x, c2 3x3 0.56x, so left to the tuner), the tile width, for layers with large
+    weight slices the GEMM-style blocking with its position block and weight chunk, and for
+    channels-last forward whether the weights are copied per call. Each entry is a complete schedule; see direct_knobs' use in convc.tuning.space."""
     spec, op = spec_of(func)
     if spec is None or op not in ("forward", "grad_input"):
         return []
@@ -222,6 +225,8 @@ def direct_knobs(func, target) -> list[dict]:
     if not p.family_a or p.phased:
         return [{}]
     geo, grid, seen = p.geo, [], set()
+    copies = (True, False) if op == "forward" and geo.channels_last and geo.in_per_group > 1 \
+        else (True,)
     for vectors in (2, 4, 1):
         vo, _, tw_max = channel_tile(geo, target, vectors)
         if vo in seen:
@@ -243,7 +248,9 @@ def direct_knobs(func, target) -> list[dict]:
                         grid.append({"vectors": vectors, "blocked": True, "tw": tw,
                                      "position_block": position_block,
                                      "chunk_bytes": chunk_bytes})
-    return grid
+    # Channels-last forward: each alternative also without the per-call weight copy.
+    return [dict(knobs, copy_weights=False) if not copy else knobs
+            for copy in copies for knobs in grid]
 
 
 def transpose_stage(sch, block, write_axis, other_axis, target, tile=16):
