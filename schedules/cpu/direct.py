@@ -217,7 +217,8 @@ def direct_knobs(func, target) -> list[dict]:
     variants have no knob worth a trial): one, two or four channel vectors (four: 1x1 NHWC
     forward 1.09x, c2 3x3 0.56x, so left to the tuner), the tile width, for layers with large
     weight slices the GEMM-style blocking with its position block and weight chunk, and for
-    channels-last forward whether the weights are copied per call. Each entry is a complete schedule; see direct_knobs' use in convc.tuning.space."""
+    channels-last forward whether the weights are copied per call. Each entry is a complete
+    schedule; see direct_knobs' use in convc.tuning.space."""
     spec, op = spec_of(func)
     if spec is None or op not in ("forward", "grad_input"):
         return []

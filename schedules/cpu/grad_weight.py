@@ -163,8 +163,8 @@ def default_vectors(cg: int) -> int:
 
 def grad_weight_knobs(func, target) -> list[dict]:
     """The rule's choices as a grid of alternatives for the tuner (convc.tuning.space), its own
-    choice first: one, two or four output-channel vectors, the input-channel tile, and how many pieces
-    the reduction is cut into."""
+    choice first: one, two or four output-channel vectors, the input-channel tile, and how many
+    pieces the reduction is cut into."""
     spec, op = spec_of(func)
     if spec is None or op != "grad_weight":
         return []
