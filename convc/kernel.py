@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .ops import arguments, shapes
@@ -33,7 +35,7 @@ def safe(array: np.ndarray) -> np.ndarray:
     Kernels are declared without any alignment assumption beyond the element size, so an array
     one element off a 64-byte boundary is used in place; only a byte-misaligned buffer is copied.
     """
-    if array.ctypes.data % array.itemsize:
+    if not array.flags.aligned:  # NumPy's flag: data and strides multiples of the element size
         return array.copy(order="C")
     return np.ascontiguousarray(array)
 
@@ -47,10 +49,10 @@ ALIGNMENT = 64
 def aligned_empty(shape, dtype, alignment: int = ALIGNMENT) -> np.ndarray:
     """np.empty whose data starts on an `alignment`-byte boundary (NumPy only promises 16)."""
     dtype = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
-    raw = np.empty(count * dtype.itemsize + alignment, np.uint8)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + alignment, np.uint8)
     start = -raw.ctypes.data % alignment
-    return raw[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def aligned_copy(array: np.ndarray, alignment: int = ALIGNMENT) -> np.ndarray:
@@ -112,7 +114,7 @@ class Kernel:
         if self._function is None:  # empty batch
             result.fill(0)
             return result
-        target = result if result.flags.c_contiguous and result.ctypes.data % result.itemsize == 0 \
+        target = result if result.flags.c_contiguous and result.flags.aligned \
             else aligned_empty(result.shape, result.dtype)
         self._function(*[safe(a) for a in arrays], target)
         if target is not result:
