@@ -111,8 +111,8 @@ def test_kernel_out_argument_including_awkward_destinations():
         kernel(x, w, out=np.empty(spec.output_shape, "float64"))
 
 
-@pytest.mark.parametrize("shape,dtype", [((3, 5, 7), "float32"), ((1,), "float64"), ((2, 0, 4), "float16"),
-                                         ((), "float32")])
+@pytest.mark.parametrize("shape,dtype", [((3, 5, 7), "float32"), ((1,), "float64"),
+                                         ((2, 0, 4), "float16"), ((), "float32")])
 def test_aligned_empty(shape, dtype):
     for _ in range(8):    # NumPy's own allocations land on varying 16-byte offsets
         array = aligned_empty(shape, dtype)

@@ -187,8 +187,7 @@ def schedule_direct(func, target, knobs=None):
         weights = sch.cache_read(reduction, "w", "global")
         sch.transform_layout(weights, ("write", 0), to_hwio(geo.ndim))
         transpose_stage(sch, weights, write_axis=0, other_axis=1, target=target)
-    elif (op == "forward" and geo.channels_last and geo.in_per_group > 1
-          and knobs.get("copy_weights", True)):
+    elif may_copy_weights(op, geo) and knobs.get("copy_weights", True):
         weights = sch.cache_read(reduction, "w", "global")
         parallel_block(sch, weights, target)
     if op == "grad_input":
@@ -211,6 +210,11 @@ def schedule_direct(func, target, knobs=None):
     return sch
 
 
+def may_copy_weights(op, geo: Geometry) -> bool:
+    """Channels-last forward reads w as declared (HWIO) and may copy it into channel blocks."""
+    return op == "forward" and geo.channels_last and geo.in_per_group > 1
+
+
 def direct_knobs(func, target) -> list[dict]:
     """The choices schedule_direct makes from rules of thumb, as a grid of alternatives for the
     tuner to measure (convc.tuning.space): the rule's own choice first. Family A only (the other
@@ -226,8 +230,7 @@ def direct_knobs(func, target) -> list[dict]:
     if not p.family_a or p.phased:
         return [{}]
     geo, grid, seen = p.geo, [], set()
-    copies = (True, False) if op == "forward" and geo.channels_last and geo.in_per_group > 1 \
-        else (True,)
+    copies = (True, False) if may_copy_weights(op, geo) else (True,)
     for vectors in (2, 4, 1):
         vo, _, tw_max = channel_tile(geo, target, vectors)
         if vo in seen:
