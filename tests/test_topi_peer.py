@@ -1,4 +1,4 @@
-"""The benchmark's second peer (convc/topi_peer.py): TVM's own topi ops standing for convc's three
+"""The benchmark's second peer (convc/bench/topi_peer.py): TVM's own topi ops standing for convc's three
 kernels must compute the same thing as the NumPy references, or the comparison means nothing.
 Built unscheduled (the records only change the schedule, not the computation)."""
 
@@ -8,7 +8,7 @@ import pytest
 import tvm
 
 import convc
-from convc import topi_peer
+from convc.bench import topi_peer
 from convc.check import operands, reference, relative_error
 from convc.target import resolve
 

@@ -118,7 +118,7 @@ def run(args) -> int:
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
     try:
         if args.peer == "topi":
-            from convc import topi_peer
+            from convc.bench import topi_peer
 
             reports = topi_peer.tune(specs, kernels, trials=args.trials, log_dir=args.log_dir,
                                      target=target_of(args.target, args.arch), quiet=args.quiet,

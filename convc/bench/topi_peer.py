@@ -75,9 +75,9 @@ def declare(spec, op):
 def tune(specs, ops, *, trials: int, log_dir=None, target=None, quiet=False, seed=None,
          keep=None, stream=None):
     """Tune topi's kernels for ``specs`` (MetaSchedule's generic space, evolutionary search)."""
-    from . import tuning  # noqa: PLC0415
-    from .target import resolve  # noqa: PLC0415
-    from .tuning import driver  # noqa: PLC0415
+    from .. import tuning  # noqa: PLC0415
+    from ..target import resolve  # noqa: PLC0415
+    from ..tuning import driver  # noqa: PLC0415
 
     target = resolve(target)
     log_dir = log_dir if log_dir is not None else tuning.user_log_dir()
@@ -101,8 +101,8 @@ def best_module(spec, op, target=None, log_dir=None):
     for it, or (None, 0)."""
     import tvm  # noqa: PLC0415
 
-    from .target import resolve  # noqa: PLC0415
-    from .tuning.records import (  # noqa: PLC0415
+    from ..target import resolve  # noqa: PLC0415
+    from ..tuning.records import (  # noqa: PLC0415
         RecordStore,
         best_record,
         canonical_module,

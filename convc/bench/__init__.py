@@ -10,7 +10,7 @@ the median over rounds. "% peak" is convc's GFLOP/s over the FMA peak measured o
 a TVM microbenchmark (measure_peak).
 
 The second peer is TVM's own convolution (topi) with the best record `convc tune --peer topi`
-left for it (convc/topi_peer.py; 2-D NCHW only, "-" where it has no record or no such op);
+left for it (convc/bench/topi_peer.py; 2-D NCHW only, "-" where it has no record or no such op);
 "vs topi" = topi time / convc time, paired by round like the PyTorch ratio.
 
 PyTorch and matplotlib are optional: imported lazily, only here.
@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from .spec import ConvSpec
+from ..spec import ConvSpec
 
 # name -> (N, C, H, W, K, kernel, stride, pad, groups): the layer suite of issue 3.
 LAYERS = {
@@ -138,7 +138,7 @@ def measure_peak(target=None, tries: int = 7) -> float:
     import tvm
     from tvm.script import tirx as T
 
-    from .target import info, resolve
+    from ..target import info, resolve
 
     target = resolve(target)
     lanes, chains, steps = info(target).lanes("float32"), 24, 200_000
@@ -174,9 +174,9 @@ def measure_peak(target=None, tries: int = 7) -> float:
 
 def convc_calls(layer, op, layouts, target=None) -> dict:
     """{("convc", layout): callable}, plus compile seconds and how each kernel was scheduled."""
-    from .build import compile as compile_kernel
-    from .check import kernel_inputs, operands
-    from .kernel import aligned_copy, aligned_empty
+    from ..build import compile as compile_kernel
+    from ..check import kernel_inputs, operands
+    from ..kernel import aligned_copy, aligned_empty
 
     calls, info = {}, {}
     for layout in layouts:
@@ -195,7 +195,7 @@ def convc_calls(layer, op, layouts, target=None) -> dict:
 def topi_calls(layer, op, target=None) -> dict:
     """{("topi", "NCHW"): callable} when a tuned topi record exists for the layer; and its trials."""
     from . import topi_peer
-    from .check import operands
+    from ..check import operands
 
     spec = layer_spec(layer, "NCHW")
     library, trials = topi_peer.best_module(spec, op, target)
@@ -303,7 +303,7 @@ def run(layers=None, ops=OPS, layouts=LAYOUTS, repeat=10, target=None, numpy_bas
 
     threads: PyTorch's thread count; convc's is set by TVM_NUM_THREADS before its first kernel
     runs (the CLI does that), default the target's cores."""
-    from .target import info, resolve
+    from ..target import info, resolve
 
     target = resolve(target)
     threads = threads or info(target).num_cores
