@@ -41,18 +41,48 @@ def channels_last_map(ndim: int):
 def channel_vectors(channels: int, per_group: int, groups: int, lanes: int, most: int = 2):
     """The output-channel vector of a register tile -> (width, split into groups?).
 
-    Up to `most` vectors (as many as divide the channels), within a group when
-    the vectors tile every group exactly, else across the whole channel axis (only its last tile
-    is partial). A vector that ran past its group's last channel would write back (garbage) over
-    the next group's first channels, which another thread owns: a race, seen with 2 threads in
-    forward (150 channels per group) and grad_weight (18 per group with 16 lanes)."""
-    def width(count):
-        m = max(m for m in range(1, max(1, most) + 1) if m == 1 or count % (m * lanes) == 0)
-        return count if count < lanes else m * lanes
+    Grouped layers (more than one output channel per group) tile every group exactly: up to `most`
+    whole vectors where they divide the group, else half or quarter a register (ResNeXt's and
+    RegNet's 4-16 channels per group; the input is then one broadcast per group, where a vector
+    across groups would gather it lane by lane: 8-13 GFLOP/s). A vector that ran past its group's
+    last channel would write back (garbage) over the next group's first channels, which another
+    thread owns: a race, seen with 2 threads in forward (150 channels per group) and grad_weight
+    (18 per group with 16 lanes). Ungrouped and depthwise layers, and groups no vector divides,
+    take vectors across the whole channel axis: up to `most` that divide it, else one, and the
+    last tile is partial (see channel_tail)."""
+    def whole(count):
+        return lanes * max(m for m in range(1, max(1, most) + 1) if m == 1 or count % (m * lanes) == 0)
 
-    if groups > 1 and per_group >= lanes and per_group % width(per_group) == 0:
-        return width(per_group), True
-    return width(channels), False
+    if groups > 1 and per_group > 1:
+        if per_group % lanes == 0:
+            return whole(per_group), True
+        for part in (lanes // 2, lanes // 4):
+            if part >= 4 and per_group % part == 0:
+                return part, True
+    return (channels if channels < lanes else whole(channels)), False
+
+
+def channel_tail(span: int, vo: int, operands_fixed: bool):
+    """How the last tile of a channel axis of `span` channels in vectors of `vo` is computed.
+
+    None: the vectors divide the axis. "pad": every operand indexed by the vector's channel is a
+    stage the schedule lays out itself (a repacked weight, padded with zeros to whole vectors), so
+    the last tile computes whole vectors and only its write-back is cut to the real channels.
+    "partition": an operand is read as given (channels-last depthwise reads x along the channels),
+    so the last tile runs vectors of the remainder's width. Either way the channel-tile loop is
+    partitioned (full tiles, then the last one: `partition_hint`), so the full tiles keep whole
+    vectors and register accumulators: a lane predicate left inside them made TVM scalarize
+    every tile's write-back and keep the accumulators in memory (37 -> 47 channels 3x3 NHWC
+    forward, 2 threads: 4.7 GFLOP/s, ~200 with the partition)."""
+    if span % vo == 0:
+        return None
+    return "pad" if operands_fixed else "partition"
+
+
+def partition_hint(sch: s_tir.Schedule, loop) -> None:
+    """Ask TVM's LoopPartition pass to split `loop` where its body's conditions change (the full
+    tiles of a channel axis and its last tile)."""
+    sch.annotate(loop, "pragma_loop_partition_hint", 1)
 
 
 def new_schedule(func) -> s_tir.Schedule:

@@ -51,10 +51,9 @@ from convc.ops import spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
-from .common import (box_split, box_tile, channel_vectors, channels_last_map, extent, find,
-                     finish_output,
-                     index_map, new_schedule, parallel_block, parallel_outer, pick_tile, to_hwio,
-                     vector_registers)
+from .common import (box_split, box_tile, channel_tail, channel_vectors, channels_last_map, extent,
+                     find, finish_output, index_map, new_schedule, parallel_block, parallel_outer,
+                     partition_hint, pick_tile, to_hwio, vector_registers)
 
 
 # Weight bytes of one output-channel slice (all reduction channels and taps x vo) above which the
@@ -289,7 +288,7 @@ def block_weights(sch, weights, geo: Geometry, vo: int, taps_outer: bool) -> Non
     (o // vo, c, *r, o % vo) otherwise. One register tile then streams one contiguous slab
     instead of taps x channels vectors strided by whole HWIO planes (9 streams 256 KiB apart
     for a 3x3 layer with 256 channels), which the prefetchers follow and L1 holds."""
-    if weights is None or geo.out_channels % vo:
+    if weights is None:
         return
     if taps_outer:
         layout = index_map(lambda *r_c_o: (r_c_o[-1] // vo, *r_c_o[:-1], r_c_o[-1] % vo),
@@ -297,7 +296,9 @@ def block_weights(sch, weights, geo: Geometry, vo: int, taps_outer: bool) -> Non
     else:
         layout = index_map(lambda *r_c_o: (r_c_o[-1] // vo, r_c_o[-2], *r_c_o[:-2], r_c_o[-1] % vo),
                            geo.ndim + 2)
-    sch.transform_layout(weights, ("write", 0), layout)
+    # A partial last block is padded with zeros (channel_tail "pad" computes it whole).
+    pad = 0.0 if geo.out_channels % vo else None
+    sch.transform_layout(weights, ("write", 0), layout, pad_value=pad)
 
 
 def channel_tile(geo: Geometry, target, vectors: int = 2):
@@ -319,22 +320,27 @@ def weight_slice_bytes(geo: Geometry, vo: int) -> int:
 
 def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=None, knobs=None):
     knobs = knobs or {}
+    vo, by_group, tw_max = channel_tile(geo, target, knobs.get("vectors", 2))
+    # A partial last channel tile: the accumulator's write-back is made before the split, so that
+    # its domain stays the real channels (made after, it would cover the padded lanes too).
+    tail = channel_tail(geo.out_per_group if by_group else geo.out_channels, vo,
+                        weights is not None and geo.groups == 1)
+    write_back = sch.cache_write(block, 0, "local") if tail else None
     n, o, sp, rc, rk = _split_loops(sch, block, geo)
     outer = [n]
-
-    vo, by_group, tw_max = channel_tile(geo, target, knobs.get("vectors", 2))
     if by_group:
         g, o = sch.split(o, [geo.groups, geo.out_per_group])
         outer.append(g)
-    o_o, o_i = sch.split(o, [None, vo])
+    o_o, o_i = sch.split(o, [None, vo], disable_predication=tail == "pad")
     vectors = max(1, math.ceil(vo / info(target).lanes(geo.acc)))
     block_weights(sch, weights, geo, vo, taps_outer=not phased)
     if phased:
-        _channel_vector_phased(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vectors)
+        _channel_vector_phased(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vectors,
+                               write_back, tail)
         return
     if knobs.get("blocked", weight_slice_bytes(geo, vo) > WEIGHT_SLICE_BYTES):
         _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vo, tw_max,
-                                knobs)
+                                knobs, write_back)
         return
     tw_max = min(tw_max, knobs.get("tw", tw_max))
     tw = knobs.get("tw", default_width(geo, tw_max))
@@ -355,20 +361,34 @@ def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=Non
         unroll = [rk[-1], w_i]
     else:
         reduction = [*rk, rc]
-    if geo.in_per_group == 1 and geo.channels_last:
+    if tail:
+        # The channel tiles run inside one position tile (serial, so LoopPartition can split the
+        # last one off); the position tiles go parallel.
+        parallel_loops, tile_loop = outer + list(sp), o_o
+    elif geo.in_per_group == 1 and geo.channels_last:
         # Depthwise reads no weight slab worth keeping cached: walk rows outermost, all channel
         # slabs of a row together, so the input rows stream contiguously.
-        parallel_loops = outer + list(sp[:-1]) + [o_o]
+        parallel_loops, tile_loop = outer + list(sp[:-1]) + [o_o], w_o
     else:
-        parallel_loops = outer + [o_o] + list(sp[:-1])
-    sch.reorder(*parallel_loops, w_o, *reduction, w_i, o_i)
-    first_reduction = reduction[0]
-    _finish(sch, block, parallel_loops, w_o, first_reduction, target,
-            unroll=unroll, vector=o_i, channels_innermost=not geo.channels_last, ndim=geo.ndim)
+        parallel_loops, tile_loop = outer + [o_o] + list(sp[:-1]), w_o
+    sch.reorder(*parallel_loops, tile_loop, *reduction, w_i, o_i)
+    partition_tail(sch, tail, o_o, o_i)
+    _finish(sch, block, parallel_loops, tile_loop, reduction[0], target, unroll=unroll, vector=o_i,
+            channels_innermost=not geo.channels_last, ndim=geo.ndim, write_back=write_back,
+            tail=tail)
+
+
+def partition_tail(sch, tail, o_o, o_i) -> None:
+    """Split the last of the channel tiles off (LoopPartition), and for "partition" tails its
+    vector loop down to the remainder's width (see channel_tail)."""
+    if tail:
+        partition_hint(sch, o_o)
+    if tail == "partition":
+        partition_hint(sch, o_i)
 
 
 def _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vo, tw_max,
-                            knobs):
+                            knobs, write_back=None):
     """Family A for layers whose weights outgrow the caches (many channels, small images: ResNet
     c4/c5): GEMM-style blocking. A block of up to POSITION_BLOCK output positions keeps its
     accumulators in L1 (a local buffer) while the reduction runs outside the register tiles, in
@@ -391,11 +411,16 @@ def _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk
     # region over-covers (3-D boxes whose rows do not fill a plane), its write-back stores
     # positions of the next box, which must then run after it on the same thread (with position
     # blocks in parallel this raced: wrong results with 2 threads).
+    # (A partial last channel tile stays in the parallel loop, unpartitioned: its lane predicate
+    # scalarizes the write-back of a 256-position block, which is small beside the > 2048
+    # multiply-adds per accumulator of a layer this variant takes.)
     _finish(sch, block, outer + [o_o], ([o_o] + blocks)[-1], first_reduction, target,
-            unroll=[p_i], vector=o_i, channels_innermost=not geo.channels_last, ndim=geo.ndim)
+            unroll=[p_i], vector=o_i, channels_innermost=not geo.channels_last, ndim=geo.ndim,
+            write_back=write_back)
 
 
-def _channel_vector_phased(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vectors):
+def _channel_vector_phased(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vectors,
+                           write_back=None, tail=None):
     """Family A for grad_input of a strided convolution, without the zeros.
 
     dy_dilated holds s-1 zeros between neighbours on every strided axis, so a plain schedule
@@ -421,9 +446,15 @@ def _channel_vector_phased(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk,
     tw = strides[-1] * max(1, budget // (phase_count * strides[-1]))
     tw = min(tw, strides[-1] * math.ceil(geo.out_size[-1] / strides[-1]))
     w_o, w_i = sch.split(sp[-1], [None, tw])
-    sch.reorder(*outer, o_o, *mid, w_o, rc, *rk, *phases, w_i, o_i)
-    _finish(sch, block, outer + [o_o] + mid, w_o, rc, target, unroll=[*rk, *phases, w_i],
-            vector=o_i, channels_innermost=not geo.channels_last, ndim=geo.ndim)
+    if write_back is not None:  # a partial last channel tile: channel tiles serial, partitioned
+        parallel_loops, tile_loop = outer + mid + [w_o], o_o
+    else:
+        parallel_loops, tile_loop = outer + [o_o] + mid, w_o
+    sch.reorder(*parallel_loops, tile_loop, rc, *rk, *phases, w_i, o_i)
+    partition_tail(sch, tail, o_o, o_i)
+    _finish(sch, block, parallel_loops, tile_loop, rc, target, unroll=[*rk, *phases, w_i],
+            vector=o_i, channels_innermost=not geo.channels_last, ndim=geo.ndim,
+            write_back=write_back, tail=tail)
 
 
 def _width_vector(sch, block, geo: Geometry, target):
@@ -532,11 +563,13 @@ def _width_vector_phased(sch, block, geo: Geometry, target):
 
 
 def _finish(sch, block, parallel_loops, tile_loop, first_reduction, target, unroll, vector,
-            channels_innermost=False, ndim=2):
+            channels_innermost=False, ndim=2, write_back=None, tail=None):
     """Local accumulator at the tile, init before the reduction, epilogue folded into the write-back,
     outer loops parallel, micro-kernel unrolled and vectorized. `channels_innermost`: lay the
-    accumulator of a channels-first op out channels-last, so that its vectors are registers."""
-    write_back = sch.cache_write(block, 0, "local")
+    accumulator of a channels-first op out channels-last, so that its vectors are registers.
+    `write_back`: the accumulator's write-back when the caller made it (a partial channel tile);
+    with `tail` (the tiles' loop partitioned, see partition_tail) its channel loop is too."""
+    write_back = write_back or sch.cache_write(block, 0, "local")
     if channels_innermost:
         sch.transform_layout(block, ("write", 0), channels_last_map(ndim))
     sch.reverse_compute_at(write_back, tile_loop, preserve_unit_loops=True)
@@ -545,7 +578,10 @@ def _finish(sch, block, parallel_loops, tile_loop, first_reduction, target, unro
     for loop in unroll:
         sch.unroll(loop)
     sch.vectorize(vector)
-    vectorize_tile(sch, inner_loops(sch, write_back, block))
+    copy = inner_loops(sch, write_back, block)
+    vectorize_tile(sch, copy)
+    if tail and copy and not channels_innermost:  # channels-last: the vector loop
+        partition_hint(sch, copy[-1])
     init = sch.decompose_reduction(block, first_reduction)
     vectorize_tile(sch, inner_loops(sch, init, block))
 
