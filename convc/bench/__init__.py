@@ -69,15 +69,47 @@ class Row:
         return None if not seconds else self.flops / seconds / 1e9
 
 
-def layer_spec(layer, layout="NCHW", dtype="float32") -> ConvSpec:
+@dataclasses.dataclass(frozen=True)
+class Conv2d:
+    """One 2-D convolution layer to time: the input (N, C, H, W), K output channels and PyTorch's
+    per-axis arguments."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    kernel: tuple
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+
+    def spec(self, layout="NCHW", dtype="float32") -> ConvSpec:
+        args = (self.stride, self.padding, self.dilation, self.groups)
+        if layout == "NCHW":
+            return ConvSpec.from_shapes((self.n, self.c, self.h, self.w),
+                                        (self.k, self.c // self.groups, *self.kernel), *args,
+                                        dtype=dtype)
+        return ConvSpec.from_shapes((self.n, self.h, self.w, self.c),
+                                    (*self.kernel, self.c // self.groups, self.k), *args,
+                                    layout=layout, dtype=dtype)
+
+
+def as_layer(layer) -> Conv2d:
+    """A suite name, a suite tuple (N, C, H, W, K, kernel, stride, pad, groups) or a Conv2d."""
+    if isinstance(layer, Conv2d):
+        return layer
     n, c, h, w, k, r, s, p, g = LAYERS[layer] if isinstance(layer, str) else layer
-    if layout == "NCHW":
-        return ConvSpec.from_shapes((n, c, h, w), (k, c // g, r, r), s, p, 1, g, dtype=dtype)
-    return ConvSpec.from_shapes((n, h, w, c), (r, r, c // g, k), s, p, 1, g, layout=layout,
-                                dtype=dtype)
+    return Conv2d(n, c, h, w, k, (r, r), (s, s), (p, p), (1, 1), g)
 
 
-def time_side_by_side(fns: dict, repeat: int) -> dict:
+def layer_spec(layer, layout="NCHW", dtype="float32") -> ConvSpec:
+    return as_layer(layer).spec(layout, dtype)
+
+
+def time_side_by_side(fns: dict, repeat: int, min_batch: float | None = None,
+                      settle: float | None = None) -> dict:
     """{name: callable} -> {name: [seconds per call in each round]} (`repeat` rounds).
 
     Every callable is warmed up (not counted); then each of `repeat` rounds times one batch of
@@ -88,15 +120,18 @@ def time_side_by_side(fns: dict, repeat: int) -> dict:
     Each batch starts with one untimed call: after the pause every library's threads sleep, and
     on a virtual machine the first call wakes an idle vCPU (seen here: PyTorch's first calls after
     a pause at half speed, so 20 ms batches put it at 36-80 GFLOP/s where it runs 200-300). The
-    steady state is what a training loop sees."""
+    steady state is what a training loop sees. `min_batch` / `settle` override MIN_BATCH_SECONDS /
+    SETTLE_SECONDS (the zoo's hundreds of layers use shorter ones)."""
+    min_batch = MIN_BATCH_SECONDS if min_batch is None else min_batch
+    settle = SETTLE_SECONDS if settle is None else settle
     numbers = {}
     for name, fn in fns.items():
         fn()
         start = time.perf_counter()
         fn()
         once = time.perf_counter() - start
-        numbers[name] = max(1, math.ceil(MIN_BATCH_SECONDS / max(once, 1e-6)))
-        time.sleep(SETTLE_SECONDS)
+        numbers[name] = max(1, math.ceil(min_batch / max(once, 1e-6)))
+        time.sleep(settle)
     batches = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
@@ -105,7 +140,7 @@ def time_side_by_side(fns: dict, repeat: int) -> dict:
             for _ in range(numbers[name]):
                 fn()
             batches[name].append((time.perf_counter() - start) / numbers[name])
-            time.sleep(SETTLE_SECONDS)
+            time.sleep(settle)
     return batches
 
 
@@ -172,8 +207,9 @@ def measure_peak(target=None, tries: int = 7) -> float:
 
 # --- convc -----------------------------------------------------------------------------------
 
-def convc_calls(layer, op, layouts, target=None) -> dict:
-    """{("convc", layout): callable}, plus compile seconds and how each kernel was scheduled."""
+def convc_calls(layer, op, layouts, target=None, describe=None) -> dict:
+    """{("convc", layout): callable}, plus {layout: (compile seconds, how the kernel was
+    scheduled)}; `describe(kernel)` names the schedule (default: kernel.how)."""
     from ..build import compile as compile_kernel
     from ..check import kernel_inputs, operands
     from ..kernel import aligned_copy, aligned_empty
@@ -183,7 +219,8 @@ def convc_calls(layer, op, layouts, target=None) -> dict:
         spec = layer_spec(layer, layout)
         start = time.perf_counter()
         kernel = compile_kernel(spec, op, target)
-        info[layout] = (time.perf_counter() - start, kernel.how)
+        info[layout] = (time.perf_counter() - start,
+                        describe(kernel) if describe else kernel.how)
         # 64-byte aligned, as PyTorch's allocator aligns its tensors (NumPy's 16 bytes cost
         # convc up to 30 % on depthwise layers: see convc.kernel.ALIGNMENT).
         args = [aligned_copy(a) for a in kernel_inputs(spec, op, operands(spec))]
@@ -212,15 +249,16 @@ def torch_calls(layer, op, threads) -> dict:
     except ImportError:
         return {}
     torch.set_num_threads(threads)
-    n, c, h, w, k, r, s, p, g = LAYERS[layer]
-    spec = layer_spec(layer)
+    layer = as_layer(layer)
+    spec = layer.spec()
     gen = torch.Generator().manual_seed(0)
     calls = {}
     for name, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        x = torch.rand((n, c, h, w), generator=gen).to(memory_format=fmt)
-        wt = torch.rand((k, c // g, r, r), generator=gen).to(memory_format=fmt)
-        dy = torch.rand((n, k, *spec.out_size), generator=gen).to(memory_format=fmt)
-        calls[("torch", name)] = _no_grad(torch, _torch_op(torch, op, x, wt, dy, s, p, g))
+        x = torch.rand((layer.n, layer.c, layer.h, layer.w), generator=gen).to(memory_format=fmt)
+        wt = torch.rand((layer.k, layer.c // layer.groups, *layer.kernel),
+                        generator=gen).to(memory_format=fmt)
+        dy = torch.rand((layer.n, layer.k, *spec.out_size), generator=gen).to(memory_format=fmt)
+        calls[("torch", name)] = _no_grad(torch, _torch_op(torch, op, x, wt, dy, layer))
     return calls
 
 
@@ -231,13 +269,14 @@ def _no_grad(torch, fn):
     return call
 
 
-def _torch_op(torch, op, x, w, dy, stride, pad, groups):
+def _torch_op(torch, op, x, w, dy, layer: Conv2d):
     """The aten kernel autograd itself calls (oneDNN on x86), one gradient at a time."""
+    stride, pad, dilation = list(layer.stride), list(layer.padding), list(layer.dilation)
     if op == "forward":
-        return lambda: torch.nn.functional.conv2d(x, w, None, stride, pad, 1, groups)
+        return lambda: torch.nn.functional.conv2d(x, w, None, stride, pad, dilation, layer.groups)
     mask = [op == "grad_input", op == "grad_weight", False]
     return lambda: torch.ops.aten.convolution_backward(
-        dy, x, w, None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], groups, mask)
+        dy, x, w, None, stride, pad, dilation, False, [0, 0], layer.groups, mask)
 
 
 # --- NumPy im2col + GEMM ---------------------------------------------------------------------

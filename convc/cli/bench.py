@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import time
 
 
 def add_parser(subparsers):
@@ -36,6 +37,16 @@ def add_parser(subparsers):
                    help="skip TVM's topi peer (run only where `convc tune --peer topi` left records)")
     p.add_argument("--plot", default=None, metavar="PNG", help="bar chart per op (needs matplotlib)")
     p.add_argument("--target", default=None, help="llvm target (default: this CPU)")
+    zoo = p.add_argument_group("zoo", "--zoo: every distinct convolution of torchvision's "
+                               "classification models (convc/bench/zoo.json), convc in NCHW and "
+                               "NHWC beside PyTorch contiguous and channels_last")
+    zoo.add_argument("--zoo", action="store_true", help="time the model-zoo corpus, not the suite")
+    zoo.add_argument("--models", default=None,
+                     help="comma list of zoo models (default: all in the table)")
+    zoo.add_argument("--max-layers", type=int, default=None,
+                     help="time only the first N distinct layers (after --models)")
+    zoo.add_argument("--worst", type=int, default=30,
+                     help="rows of the worst-first table to print (default: %(default)s; 0 = all)")
     return p
 
 
@@ -56,6 +67,8 @@ def run(args) -> int:
     from convc.target import info, resolve
 
     target = resolve(args.target)
+    if args.zoo:
+        return run_zoo(args, target)
     # TVM's thread pool reads TVM_NUM_THREADS when the first kernel runs (none has yet). Without
     # it, TVM 0.27 takes half the logical CPUs on x86 ("ignore hyper-threading"): 1 thread on a
     # 2-vCPU machine, where PyTorch would get 2.
@@ -103,3 +116,65 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.machine()
+
+
+def run_zoo(args, target) -> int:
+    import os
+
+    from convc import bench
+    from convc.bench import zoo
+    from convc.target import info
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads={args.threads} must be at least 1")
+    threads = args.threads or info(target).num_cores
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    if info(target).is_gpu:
+        raise ValueError(f"--target={args.target!r}: convc bench times CPU kernels only")
+    ops = _list(args.ops, bench.OPS, "ops")
+    if args.repeat < 1:
+        raise ValueError(f"--repeat={args.repeat} must be at least 1")
+    if args.max_layers is not None and args.max_layers < 1:
+        raise ValueError(f"--max-layers={args.max_layers} must be at least 1")
+    models = None if args.models is None else [m.strip() for m in args.models.split(",")
+                                               if m.strip()]
+    layers, sizes = zoo.load(models)
+    layers = layers[:args.max_layers]
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("convc bench --zoo times convc beside PyTorch: pip install -e '.[torch]'")
+    print(zoo.header(target, threads) + f"; PyTorch {torch.__version__}; {args.stat} of "
+          f"{args.repeat} paired rounds")
+    print(f"corpus: {len(layers)} distinct layers of {len(sizes)} models "
+          f"({', '.join(f'{m} {s}x{s}' for m, s in sizes.items())}), batch 1")
+    total = len(layers) * len(ops)
+    start = time.time()
+
+    def progress(row):
+        done = len(rows_done) + 1
+        rows_done.append(row)
+        eta = (time.time() - start) / done * (total - done)
+        print(f"  [{done}/{total}] {row.layer.name:28s} {row.op:11s} ratio "
+              f"{row.ratio or 0:5.2f} ({row.schedule.get(row.convc_layout, '-')}), "
+              f"ETA {eta / 60:.1f} min", flush=True)
+
+    rows_done = []
+    rows = zoo.run(layers, ops, args.repeat, target, threads, args.stat, progress)
+    print()
+    print(f"worst first ({'all' if not args.worst else args.worst} of {len(rows)} kernels):")
+    print(zoo.table(rows, args.worst or None))
+    print()
+    for op in ops:
+        print(f"{op} ratios, best format:   " + zoo.distribution(
+            [r.ratio for r in rows if r.op == op]))
+        print(f"{op} ratios, NCHW vs NCHW:  " + zoo.distribution(
+            [r.ratio_nchw for r in rows if r.op == op]))
+    print()
+    print(zoo.model_table(zoo.per_model(rows, list(sizes))))
+    print()
+    print(zoo.summary(rows, list(sizes)))
+    if args.plot:
+        zoo.plot(rows, list(sizes), args.plot)
+        print(f"plot: {args.plot}")
+    return 0

@@ -85,6 +85,12 @@ def partition_hint(sch: s_tir.Schedule, loop) -> None:
     sch.annotate(loop, "pragma_loop_partition_hint", 1)
 
 
+def label(sch: s_tir.Schedule, block, name: str) -> None:
+    """Name the variant a rule took on its reduction block (the `convc.schedule` annotation), so
+    that reports can say which schedule a kernel got (convc.bench.zoo.schedule_name)."""
+    sch.annotate(block, "convc.schedule", name)
+
+
 def new_schedule(func) -> s_tir.Schedule:
     return s_tir.Schedule(tvm.IRModule({"main": func}))
 

@@ -52,7 +52,7 @@ from convc.ops.common import acc_dtype
 from convc.target import info
 
 from .common import (box_split, box_tile, channel_tail, channel_vectors, channels_last_map, extent,
-                     find, finish_output, index_map, new_schedule, parallel_block, parallel_outer,
+                     find, finish_output, index_map, label, new_schedule, parallel_block, parallel_outer,
                      partition_hint, pick_tile, to_hwio, vector_registers)
 
 
@@ -203,8 +203,10 @@ def schedule_direct(func, target, knobs=None):
     if family_a:
         _channel_vector(sch, reduction, geo, target, phased, weights, knobs)
     elif phased:
+        label(sch, reduction, "width-vector phased")
         _width_vector_phased(sch, reduction, geo, target)
     else:
+        label(sch, reduction, "width-vector")
         _width_vector(sch, reduction, geo, target)
     return sch
 
@@ -334,11 +336,14 @@ def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=Non
     o_o, o_i = sch.split(o, [None, vo], disable_predication=tail == "pad")
     vectors = max(1, math.ceil(vo / info(target).lanes(geo.acc)))
     block_weights(sch, weights, geo, vo, taps_outer=not phased)
+    blocked = knobs.get("blocked", weight_slice_bytes(geo, vo) > WEIGHT_SLICE_BYTES)
+    variant = "phased" if phased else "blocked" if blocked else "gemm" if geo.is_gemm else "direct"
+    label(sch, block, f"channel-vector {variant} v{vo}" + (f" tail:{tail}" if tail else ""))
     if phased:
         _channel_vector_phased(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vectors,
                                write_back, tail)
         return
-    if knobs.get("blocked", weight_slice_bytes(geo, vo) > WEIGHT_SLICE_BYTES):
+    if blocked:
         _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk, vo, tw_max,
                                 knobs, write_back)
         return

@@ -34,8 +34,9 @@ from convc.ops import spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
-from .common import (channel_vectors, channels_last_map, find, finish_output, new_schedule,
-                     parallel_block, parallel_outer, pick_tile, to_hwio, vector_registers)
+from .common import (channel_tail, channel_vectors, channels_last_map, find, finish_output, label,
+                     new_schedule, parallel_block, parallel_outer, partition_hint, pick_tile,
+                     to_hwio, vector_registers)
 from .direct import inner_loops, transpose_stage, vectorize_tile
 
 
@@ -92,6 +93,13 @@ def schedule_grad_weight(func, target, knobs=None):
         g, o = sch.split(o, [groups, kg])
         outer.append(g)
     vectors = math.ceil(vo / lanes)
+    # A partial last channel tile runs vectors of the remainder's width (dy is read as given in
+    # channels-last layouts); its write-back is made before the split, so that its domain stays
+    # the real channels (see channel_tail).
+    tail = channel_tail(kg if by_group else spec.out_channels, vo, operands_fixed=False)
+    write_back = sch.cache_write(block, 0, "local") if tail else None
+    label(sch, block, f"grad-weight tile v{vo}" + (f" split{chunks}" if chunks > 1 else "")
+          + (f" tail:{tail}" if tail else ""))
     o_o, o_i = sch.split(o, [None, vo])
     budget = max(1, (regs - vectors - 3) // vectors)
 
@@ -115,21 +123,31 @@ def schedule_grad_weight(func, target, knobs=None):
         last_o, last_i = sch.split(reduction[-1], [None, POSITION_UNROLL])
         reduction = reduction[:-1] + [last_o]
         position_unroll = [last_i]
-    sch.reorder(*outer, o_o, c_o, *free_taps, *reduction, *position_unroll, *tile_loops, c_i, o_i)
-    spatial_outer = outer + [o_o, c_o] + free_taps
+    if tail:
+        # The channel tiles innermost of the output tiles and serial, so that LoopPartition can
+        # split the last one off (in a fused parallel loop it could not).
+        spatial_outer = outer + [c_o] + free_taps + [o_o]
+        partition_hint(sch, o_o)
+        partition_hint(sch, o_i)
+    else:
+        spatial_outer = outer + [o_o, c_o] + free_taps
+    sch.reorder(*spatial_outer, *reduction, *position_unroll, *tile_loops, c_i, o_i)
 
-    write_back = sch.cache_write(block, 0, "local")
+    write_back = write_back or sch.cache_write(block, 0, "local")
     if not cl:
         sch.transform_layout(block, ("write", 0), to_hwio(nd, leading=len(chunk)))
     tile_loop = spatial_outer[-1]
     sch.reverse_compute_at(write_back, tile_loop, preserve_unit_loops=True)
     if final is None:
         finish_output(sch, write_back)
-    parallel_outer(sch, spatial_outer, target)
+    parallel_outer(sch, spatial_outer[:-1] if tail else spatial_outer, target)
     for loop in position_unroll + tile_loops + [c_i]:
         sch.unroll(loop)
     sch.vectorize(o_i)
-    vectorize_tile(sch, inner_loops(sch, write_back, block))
+    copy = inner_loops(sch, write_back, block)
+    vectorize_tile(sch, copy)
+    if tail and cl and copy:  # channels-last dW: the copy's vector loop is the channel loop
+        partition_hint(sch, copy[-1])
     init = sch.decompose_reduction(block, reduction[0])
     vectorize_tile(sch, inner_loops(sch, init, block))
     if final is not None:
