@@ -323,6 +323,17 @@ def plot(rows, models, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def save(rows, path: str) -> None:
+    """The rows as JSON (one object per kernel), for later analysis or plots."""
+    out = [{"layer": r.layer.name, "models": dict(r.layer.models), "op": r.op, "flops": r.flops,
+            "convc": r.convc, "convc_layout": r.convc_layout, "convc_nchw": r.convc_nchw,
+            "torch": r.torch, "torch_format": r.torch_format, "torch_nchw": r.torch_nchw,
+            "ratio": r.ratio, "ratio_nchw": r.ratio_nchw, "schedule": r.schedule,
+            "compile_seconds": r.compile_seconds, "conv": dataclasses.asdict(r.layer.layer)}
+           for r in rows]
+    Path(path).write_text(json.dumps(out, indent=1) + "\n")
+
+
 def header(target, threads) -> str:
     from ..target import info
 

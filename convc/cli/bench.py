@@ -45,6 +45,8 @@ def add_parser(subparsers):
                      help="comma list of zoo models (default: all in the table)")
     zoo.add_argument("--max-layers", type=int, default=None,
                      help="time only the first N distinct layers (after --models)")
+    zoo.add_argument("--save", default=None, metavar="JSON",
+                     help="also write every row (kernel) to this JSON file")
     zoo.add_argument("--worst", type=int, default=30,
                      help="rows of the worst-first table to print (default: %(default)s; 0 = all)")
     return p
@@ -174,6 +176,9 @@ def run_zoo(args, target) -> int:
     print(zoo.model_table(zoo.per_model(rows, list(sizes))))
     print()
     print(zoo.summary(rows, list(sizes)))
+    if args.save:
+        zoo.save(rows, args.save)
+        print(f"rows: {args.save}")
     if args.plot:
         zoo.plot(rows, list(sizes), args.plot)
         print(f"plot: {args.plot}")

@@ -181,14 +181,37 @@ def parallel_outer(sch: s_tir.Schedule, loops, target, min_chunks: int | None = 
     return fused
 
 
+def vector_split(sch: s_tir.Schedule, loop, lanes: int):
+    """Vectorize the innermost loop of a copy-like stage -> (the loop outside the vector, or None
+    when the whole loop is one vector; whether that loop is partitioned and must stay unfused).
+
+    The vector is the widest of `lanes`, a half or a quarter of it that divides the loop; a loop
+    shorter than `lanes` is one vector. Where none divides, vectors of `lanes` with the last one
+    cut to the remainder (LoopPartition): a remainder test inside the vector loop made TVM
+    scalarize the whole stage (104-channel NHWC padding: ~5x slower than the conv it fed)."""
+    size = extent(sch, loop, 0)
+    if 0 < size <= lanes:
+        sch.vectorize(loop)
+        return None, False
+    for width in (lanes, lanes // 2, lanes // 4):
+        if width >= 4 and size % width == 0:
+            outer, inner = sch.split(loop, [None, width])
+            sch.vectorize(inner)
+            return outer, False
+    outer, inner = sch.split(loop, [None, lanes])
+    partition_hint(sch, outer)
+    partition_hint(sch, inner)
+    sch.vectorize(inner)
+    return outer, True
+
+
 def parallel_block(sch: s_tir.Schedule, block, target, lanes: int = 16) -> None:
     """A root-level elementwise stage (padding, packing): outer loops parallel, the innermost loop
-    vectorized by `lanes` when it is long enough to matter."""
+    vectorized (vector_split)."""
     loops = sch.get_loops(block)
-    if len(loops) > 1 and extent(sch, loops[-1], 0) >= lanes:
-        rest, inner = sch.split(loops[-1], [None, lanes])
-        sch.vectorize(inner)
-        loops = loops[:-1] + [rest]
+    if len(loops) > 1:
+        rest, partitioned = vector_split(sch, loops[-1], lanes)
+        loops = loops[:-1] + ([rest] if rest is not None and not partitioned else [])
     parallel_outer(sch, loops, target)
 
 

@@ -261,16 +261,30 @@ def direct_knobs(func, target) -> list[dict]:
 def transpose_stage(sch, block, write_axis, other_axis, target, tile=16):
     """A weight repacking stage that swaps two channel axes (flip/swap for grad_input, OIHW ->
     HWIO): 16 x 16 channel tiles innermost, so that both the strided reads and the contiguous,
-    vectorized writes (along `write_axis`) stay within a few cache lines; tiles in parallel."""
+    vectorized writes (along `write_axis`) stay within a few cache lines; tiles in parallel.
+    The vector along `write_axis` divides it where a half or quarter tile does (see
+    vector_split); else its last tile is partitioned off, and then runs serially inside the
+    parallel tiles of the other axis."""
     loops = sch.get_loops(block)
     a, b = loops[write_axis], loops[other_axis]
     taps = [lp for lp in loops if not sch.get(lp).same_as(sch.get(a))
             and not sch.get(lp).same_as(sch.get(b))]
-    a_o, a_i = sch.split(a, [None, min(tile, extent(sch, a))])
+    size = extent(sch, a)
+    width = next((w for w in (tile, tile // 2, tile // 4) if w >= 4 and size % w == 0),
+                 min(tile, size))
+    partitioned = size % width != 0
+    a_o, a_i = sch.split(a, [None, width])
     b_o, b_i = sch.split(b, [None, min(tile, extent(sch, b))])
-    sch.reorder(b_o, a_o, *taps, b_i, a_i)
+    if partitioned:
+        sch.reorder(b_o, *taps, a_o, b_i, a_i)
+        partition_hint(sch, a_o)
+        partition_hint(sch, a_i)
+        parallel = [b_o, *taps]
+    else:
+        sch.reorder(b_o, a_o, *taps, b_i, a_i)
+        parallel = [b_o, a_o]
     sch.vectorize(a_i)
-    parallel_outer(sch, [b_o, a_o], target)
+    parallel_outer(sch, parallel, target)
 
 
 def _split_loops(sch, block, geo):
