@@ -67,13 +67,13 @@ def channel_tail(span: int, vo: int, operands_fixed: bool):
 
     None: the vectors divide the axis. "pad": every operand indexed by the vector's channel is a
     stage the schedule lays out itself (a repacked weight, padded with zeros to whole vectors), so
-    the last tile computes whole vectors and only its write-back is cut to the real channels.
-    "partition": an operand is read as given (channels-last depthwise reads x along the channels),
-    so the last tile runs vectors of the remainder's width. Either way the channel-tile loop is
-    partitioned (full tiles, then the last one: `partition_hint`), so the full tiles keep whole
-    vectors and register accumulators: a lane predicate left inside them made TVM scalarize
-    every tile's write-back and keep the accumulators in memory (37 -> 47 channels 3x3 NHWC
-    forward, 2 threads: 4.7 GFLOP/s, ~200 with the partition)."""
+    the last tile computes whole vectors and only its write-back is cut to the real channels,
+    lane by lane. "partition": an operand is read as given (channels-last depthwise reads x along
+    the channels; grad_weight reads dy), so the last tile is split off (LoopPartition, see
+    partition_hint) and runs vectors of the remainder's width. Either way the full tiles keep
+    whole vectors and register accumulators: left to TVM, the lane test of a partial tile made
+    it scalarize every tile's write-back and keep the accumulators in memory (37 -> 47 channels
+    3x3 NHWC forward, 2 threads: 3.4 GFLOP/s; 250 with a "pad" tail)."""
     if span % vo == 0:
         return None
     return "pad" if operands_fixed else "partition"

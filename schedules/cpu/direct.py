@@ -58,7 +58,11 @@ from .common import (box_split, box_tile, channel_tail, channel_vectors, channel
 
 # Weight bytes of one output-channel slice (all reduction channels and taps x vo) above which the
 # blocked variant pays: beyond ~L2/4 the slice no longer stays cached across the tiles that reuse it.
-WEIGHT_SLICE_BYTES = 128 * 1024
+# 128 KiB on the Xeon and Zen 4 (measured there); on Zen 5 (1 MiB L2) slices of 147 KiB ran 1.1-1.8x
+# faster unblocked (VGG 128->128 3x3 112x112 NHWC forward 423 -> 458 GFLOP/s, DenseNet 128->32 3x3
+# 56x56 226 -> 423, paired rounds, 2 threads), c4 (295 KiB) at par, c5 (590 KiB) 1.18x; the
+# tuner's grid has both ways.
+WEIGHT_SLICE_BYTES = 256 * 1024
 # Blocked variant: output positions per accumulator block (256 x 32 fp32 = 32 KiB, ~L1) and bytes
 # of one weight chunk (kc channels x vo), meant to stay in L1 while every tile of the block uses it.
 POSITION_BLOCK = 256
@@ -179,14 +183,16 @@ def schedule_direct(func, target, knobs=None):
     # The weight stage in HWIO order, which block_weights lays out in channel blocks. Channels-last
     # forward reads w as given unless it is copied: on the Xeon the copy (weight-sized, once per
     # call) paid (ResNet c4 3x3 NHWC 162 -> 259 GFLOP/s, 1x1 213 -> 238, c5 161 -> 183; none
-    # slower); on Zen 4 it cost c5 (9.4 MB of weights) 152 -> 133 GFLOP/s (median of 18 runs), so
-    # the tuner's grid has both (knob copy_weights).
+    # slower); on Zen 4 it cost c5 (9.4 MB of weights) 152 -> 133 GFLOP/s (median of 18 runs), and
+    # on Zen 5 (2 threads, paired rounds) every layer tried ran faster without it: c5 208 -> 380,
+    # c4 1.13x, 960->240 1x1 7x7 1.5x, 480->120 1x1 on 1x1 (SE) 18.4 -> 4.9 us. So by default the
+    # weights are read as given; the tuner's grid has both (knob copy_weights).
     weights = None
     if op == "forward" and not geo.channels_last and family_a:
         weights = sch.cache_read(reduction, "w", "global")
         sch.transform_layout(weights, ("write", 0), to_hwio(geo.ndim))
         transpose_stage(sch, weights, write_axis=0, other_axis=1, target=target)
-    elif may_copy_weights(op, geo) and knobs.get("copy_weights", True):
+    elif may_copy_weights(op, geo) and knobs.get("copy_weights", False):
         weights = sch.cache_read(reduction, "w", "global")
         parallel_block(sch, weights, target)
     if op == "grad_input":
@@ -231,7 +237,7 @@ def direct_knobs(func, target) -> list[dict]:
     if not p.family_a or p.phased:
         return [{}]
     geo, grid, seen = p.geo, [], set()
-    copies = (True, False) if may_copy_weights(op, geo) else (True,)
+    copies = (False, True) if may_copy_weights(op, geo) else (False,)
     for vectors in (2, 4, 1):
         vo, _, tw_max = channel_tile(geo, target, vectors)
         if vo in seen:
@@ -253,8 +259,8 @@ def direct_knobs(func, target) -> list[dict]:
                         grid.append({"vectors": vectors, "blocked": True, "tw": tw,
                                      "position_block": position_block,
                                      "chunk_bytes": chunk_bytes})
-    # Channels-last forward: each alternative also without the per-call weight copy.
-    return [dict(knobs, copy_weights=False) if not copy else knobs
+    # Channels-last forward: each alternative also with the per-call weight copy.
+    return [dict(knobs, copy_weights=True) if copy else knobs
             for copy in copies for knobs in grid]
 
 
@@ -367,10 +373,10 @@ def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=Non
         # GEMM: the register tile is a box of positions that may span rows (7x7 -> 7, 56x56 -> 14)
         sp, w_i, tw = box_split(sch, sp, geo.out_size, tw_max)
         sp = sp or [sch.add_unit_loop(w_i)]
-        w_o = sp[-1]
+        w_o, ragged = sp[-1], False
     else:
         w_o, w_i = sch.split(sp[-1], [None, tw])
-        sp = [*sp[:-1], w_o]
+        sp, ragged = [*sp[:-1], w_o], geo.out_size[-1] % tw != 0
     unroll = [w_i]
     if geo.in_per_group == 1 and rk and geo.stride[-1] == 1:
         # Depthwise: the input is a vector load per position and tap. With the innermost taps
@@ -380,7 +386,7 @@ def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=Non
         unroll = [rk[-1], w_i]
     else:
         reduction = [*rk, rc]
-    if tail:
+    if tail == "partition":
         # The channel tiles run inside one position tile (serial, so LoopPartition can split the
         # last one off); the position tiles go parallel.
         parallel_loops, tile_loop = outer + list(sp), o_o
@@ -392,17 +398,21 @@ def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=Non
         parallel_loops, tile_loop = outer + [o_o] + list(sp[:-1]), w_o
     sch.reorder(*parallel_loops, tile_loop, *reduction, w_i, o_i)
     partition_tail(sch, tail, o_o, o_i)
+    if ragged and tile_loop is w_o:
+        # A row the position tiles do not divide: the last tile split off, so the others test no
+        # position (Inception's 80->192 3x3 on 73x73, 71 wide in tiles of 12: NHWC forward
+        # 149 -> 395 GFLOP/s with the weights read in place).
+        partition_hint(sch, w_o)
     _finish(sch, block, parallel_loops, tile_loop, reduction[0], target, unroll=unroll, vector=o_i,
             channels_innermost=not geo.channels_last, ndim=geo.ndim, write_back=write_back,
             tail=tail)
 
 
 def partition_tail(sch, tail, o_o, o_i) -> None:
-    """Split the last of the channel tiles off (LoopPartition), and for "partition" tails its
-    vector loop down to the remainder's width (see channel_tail)."""
-    if tail:
-        partition_hint(sch, o_o)
+    """A "partition" tail (channel_tail): the last channel tile split off (LoopPartition) and
+    its vector loop cut to the remainder's width."""
     if tail == "partition":
+        partition_hint(sch, o_o)
         partition_hint(sch, o_i)
 
 
@@ -426,14 +436,17 @@ def _channel_vector_blocked(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk
     rc_o, rc_i = sch.split(rc, [None, kc])
     sch.reorder(*outer, o_o, *blocks, *rk, rc_o, p_o, rc_i, p_i, o_i)
     first_reduction = rk[0] if rk else rc_o
-    # Parallel over channel blocks only, never over position blocks: where a box's accumulator
-    # region over-covers (3-D boxes whose rows do not fill a plane), its write-back stores
-    # positions of the next box, which must then run after it on the same thread (with position
-    # blocks in parallel this raced: wrong results with 2 threads).
+    # Parallel over channel blocks, and in 1-D and 2-D over position blocks too (with one channel
+    # block, DenseNet's 128->32 3x3 ran on one thread). Never over 3-D position blocks: where a
+    # box's accumulator region over-covers (3-D boxes whose rows do not fill a plane), its
+    # write-back stores positions of the next box, which must then run after it on the same
+    # thread (with 3-D position blocks in parallel this raced: wrong results with 2 threads);
+    # 1-D and 2-D boxes are whole rows or parts of one row, exact.
     # (A partial last channel tile stays in the parallel loop, unpartitioned: its lane predicate
     # scalarizes the write-back of a 256-position block, which is small beside the > 2048
     # multiply-adds per accumulator of a layer this variant takes.)
-    _finish(sch, block, outer + [o_o], ([o_o] + blocks)[-1], first_reduction, target,
+    parallel = outer + [o_o] + (list(blocks) if geo.ndim <= 2 else [])
+    _finish(sch, block, parallel, ([o_o] + blocks)[-1], first_reduction, target,
             unroll=[p_i], vector=o_i, channels_innermost=not geo.channels_last, ndim=geo.ndim,
             write_back=write_back)
 
@@ -465,7 +478,7 @@ def _channel_vector_phased(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk,
     tw = strides[-1] * max(1, budget // (phase_count * strides[-1]))
     tw = min(tw, strides[-1] * math.ceil(geo.out_size[-1] / strides[-1]))
     w_o, w_i = sch.split(sp[-1], [None, tw])
-    if write_back is not None:  # a partial last channel tile: channel tiles serial, partitioned
+    if tail == "partition":  # a partial last channel tile: channel tiles serial, partitioned
         parallel_loops, tile_loop = outer + mid + [w_o], o_o
     else:
         parallel_loops, tile_loop = outer + [o_o] + mid, w_o
@@ -586,8 +599,8 @@ def _finish(sch, block, parallel_loops, tile_loop, first_reduction, target, unro
     """Local accumulator at the tile, init before the reduction, epilogue folded into the write-back,
     outer loops parallel, micro-kernel unrolled and vectorized. `channels_innermost`: lay the
     accumulator of a channels-first op out channels-last, so that its vectors are registers.
-    `write_back`: the accumulator's write-back when the caller made it (a partial channel tile);
-    with `tail` (the tiles' loop partitioned, see partition_tail) its channel loop is too."""
+    `write_back`: the accumulator's write-back when the caller made it (a partial channel tile,
+    whose kind is `tail`: see channel_tail)."""
     write_back = write_back or sch.cache_write(block, 0, "local")
     if channels_innermost:
         sch.transform_layout(block, ("write", 0), channels_last_map(ndim))
@@ -598,8 +611,18 @@ def _finish(sch, block, parallel_loops, tile_loop, first_reduction, target, unro
         sch.unroll(loop)
     sch.vectorize(vector)
     copy = inner_loops(sch, write_back, block)
-    vectorize_tile(sch, copy)
-    if tail and copy and not channels_innermost:  # channels-last: the vector loop
+    if tail == "pad" and not channels_innermost:
+        # Channels-last write-back of a tile whose last lanes lie past the channels: every lane
+        # stored on its own, unrolled. Vectorized, the lane test made TVM scalarize it into a
+        # loop indexing the accumulator, which then stayed in memory instead of registers;
+        # unrolled, each lane is an extract from a register (480->120 1x1 on 1x1 NHWC forward
+        # 20.6 -> 10.7 us, 37->47 3x3 1.12x; the partitioned loop order instead was 0.76-0.9x).
+        for loop in copy:
+            if extent(sch, loop, 0) > 1:
+                sch.unroll(loop)
+    else:
+        vectorize_tile(sch, copy)
+    if tail == "partition" and copy and not channels_innermost:  # the copy's channel vector
         partition_hint(sch, copy[-1])
     init = sch.decompose_reduction(block, first_reduction)
     vectorize_tile(sch, inner_loops(sch, init, block))
