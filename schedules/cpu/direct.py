@@ -515,8 +515,15 @@ def _width_vector(sch, block, geo: Geometry, target):
         mid = []
     sch.reorder(*outer, o_o, *mid, w_o, *rk, rc, o_i, *rows, w_i)
     first_reduction = rk[0] if rk else rc
+    ragged = geo.out_size[-1] % vw != 0
+    if ragged:
+        # A row the vectors do not divide (odd widths: 299, 147): the last vector split off and cut
+        # to the remainder; a lane test left in the vector loop made TVM scalarize the whole
+        # kernel (Inception's 3->32 3x3/2 grad_input NCHW, 299 wide: 2 GFLOP/s).
+        partition_hint(sch, w_o)
+        partition_hint(sch, w_i)
     _finish(sch, block, outer + [o_o] + mid, w_o, first_reduction, target,
-            unroll=[o_i, *rows], vector=w_i)
+            unroll=[o_i, *rows], vector=w_i, partition_copy=ragged)
 
 
 def row_vector(width: int, lanes: int) -> int:
@@ -595,12 +602,13 @@ def _width_vector_phased(sch, block, geo: Geometry, target):
 
 
 def _finish(sch, block, parallel_loops, tile_loop, first_reduction, target, unroll, vector,
-            channels_innermost=False, ndim=2, write_back=None, tail=None):
+            channels_innermost=False, ndim=2, write_back=None, tail=None, partition_copy=False):
     """Local accumulator at the tile, init before the reduction, epilogue folded into the write-back,
     outer loops parallel, micro-kernel unrolled and vectorized. `channels_innermost`: lay the
     accumulator of a channels-first op out channels-last, so that its vectors are registers.
     `write_back`: the accumulator's write-back when the caller made it (a partial channel tile,
-    whose kind is `tail`: see channel_tail)."""
+    whose kind is `tail`: see channel_tail). `partition_copy`: the write-back's vector loop is cut
+    like a partitioned tile's."""
     write_back = write_back or sch.cache_write(block, 0, "local")
     if channels_innermost:
         sch.transform_layout(block, ("write", 0), channels_last_map(ndim))
@@ -622,8 +630,8 @@ def _finish(sch, block, parallel_loops, tile_loop, first_reduction, target, unro
                 sch.unroll(loop)
     else:
         vectorize_tile(sch, copy)
-    if tail == "partition" and copy and not channels_innermost:  # the copy's channel vector
-        partition_hint(sch, copy[-1])
+    if copy and (partition_copy or tail == "partition" and not channels_innermost):
+        partition_hint(sch, copy[-1])  # the copy's vector loop (channels-last: the channels)
     init = sch.decompose_reduction(block, first_reduction)
     vectorize_tile(sch, inner_loops(sch, init, block))
 
