@@ -138,9 +138,9 @@ def measure_peak(target=None, tries: int = 7) -> float:
     import tvm
     from tvm.script import tirx as T
 
-    from ..target import info, resolve
+    from ..target import info, resolved
 
-    target = resolve(target)
+    target = resolved(target)
     lanes, chains, steps = info(target).lanes("float32"), 24, 200_000
     width = chains * lanes
 
@@ -174,7 +174,7 @@ def measure_peak(target=None, tries: int = 7) -> float:
 
 def convc_calls(layer, op, layouts, target=None) -> dict:
     """{("convc", layout): callable}, plus compile seconds and how each kernel was scheduled."""
-    from ..build import compile as compile_kernel
+    from ..kernel import compile as compile_kernel
     from ..check import kernel_inputs, operands
     from ..kernel import aligned_copy, aligned_empty
 
@@ -303,9 +303,9 @@ def run(layers=None, ops=OPS, layouts=LAYOUTS, repeat=10, target=None, numpy_bas
 
     threads: PyTorch's thread count; convc's is set by TVM_NUM_THREADS before its first kernel
     runs (the CLI does that), default the target's cores."""
-    from ..target import info, resolve
+    from ..target import info, resolved
 
-    target = resolve(target)
+    target = resolved(target)
     threads = threads or info(target).num_cores
     rows = []
     for layer in layers or list(LAYERS):
