@@ -107,6 +107,39 @@ def _check_grad_output(spec: ConvSpec, grad_output: np.ndarray, where: str) -> N
         )
 
 
+def _cached(key_of, arrays, *args):
+    """(the call's memo key, or None where no key can hold its arguments; the result of the plan
+    kept under that key, or None: no plan, or the plan declined these arrays)."""
+    try:
+        key = key_of(*args)
+        plan = _PLANS.get(key)
+    except (TypeError, AttributeError):  # not arrays, or arguments no key holds (plans.plain)
+        return None, None
+    return key, (None if plan is None else plan(*arrays))
+
+
+# What each op's calls are keyed by: everything the full path checks, as given.
+
+def _forward_key(ndim, input, weight, bias, stride, padding, dilation, groups, layout, target):
+    return ("forward", ndim, type(input), input.shape, input.dtype, weight.shape,
+            None if bias is None else bias.shape, plain(stride), plain(padding), plain(dilation),
+            plain(groups), layout, given_key(target))
+
+
+def _grad_input_key(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
+                    layout, target):
+    return ("grad_input", ndim, type(grad_output), plain(input_size), weight.shape,
+            grad_output.shape, grad_output.dtype, plain(stride), plain(padding), plain(dilation),
+            plain(groups), layout, given_key(target))
+
+
+def _grad_weight_key(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
+                     layout, target):
+    return ("grad_weight", ndim, type(input), input.shape, input.dtype, plain(weight_size),
+            grad_output.shape, plain(stride), plain(padding), plain(dilation), plain(groups),
+            layout, given_key(target))
+
+
 def _remember(key, kernel, template, expand, drop: bool) -> None:
     """After a full-path call: the plan for calls with the same key."""
     if key is None:
@@ -119,18 +152,11 @@ def _remember(key, kernel, template, expand, drop: bool) -> None:
 
 
 def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, layout, target):
-    try:
-        key = ("forward", ndim, type(input), input.shape, input.dtype, weight.shape,
-               None if bias is None else bias.shape, plain(stride), plain(padding),
-               plain(dilation), plain(groups), layout, given_key(target))
-        plan = _PLANS.get(key)
-    except (TypeError, AttributeError):  # not arrays, or arguments no key can hold
-        key = plan = None
     arrays = (input, weight) if bias is None else (input, weight, bias)
-    if plan is not None:
-        result = plan(*arrays)
-        if result is not None:
-            return result
+    key, result = _cached(_forward_key, arrays, ndim, input, weight, bias, stride, padding,
+                          dilation, groups, layout, target)
+    if result is not None:
+        return result
     layout = _layout(layout, ndim)
     x = _float_array(input, "input")
     w = _weight(_float_array(weight, "weight"), "weight", ndim, layout)
@@ -153,17 +179,10 @@ def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, layou
 
 def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups, layout,
                 target):
-    try:
-        key = ("grad_input", ndim, type(grad_output), plain(input_size), weight.shape,
-               grad_output.shape, grad_output.dtype, plain(stride), plain(padding),
-               plain(dilation), plain(groups), layout, given_key(target))
-        plan = _PLANS.get(key)
-    except (TypeError, AttributeError):
-        key = plan = None
-    if plan is not None:
-        result = plan(grad_output, weight)
-        if result is not None:
-            return result
+    key, result = _cached(_grad_input_key, (grad_output, weight), ndim, input_size, weight,
+                          grad_output, stride, padding, dilation, groups, layout, target)
+    if result is not None:
+        return result
     layout = _layout(layout, ndim)
     size, unbatched = _batched_size(input_size, "input_size", ndim, layout)
     w = _weight(_float_array(weight, "weight"), "weight", ndim, layout)
@@ -184,17 +203,10 @@ def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation
 
 def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups, layout,
                  target):
-    try:
-        key = ("grad_weight", ndim, type(input), input.shape, input.dtype, plain(weight_size),
-               grad_output.shape, plain(stride), plain(padding), plain(dilation), plain(groups),
-               layout, given_key(target))
-        plan = _PLANS.get(key)
-    except (TypeError, AttributeError):
-        key = plan = None
-    if plan is not None:
-        result = plan(input, grad_output)
-        if result is not None:
-            return result
+    key, result = _cached(_grad_weight_key, (input, grad_output), ndim, input, weight_size,
+                          grad_output, stride, padding, dilation, groups, layout, target)
+    if result is not None:
+        return result
     layout = _layout(layout, ndim)
     x = _float_array(input, "input")
     size = _shape(weight_size, "weight_size")

@@ -113,7 +113,8 @@ _DESCRIBED: dict = {}   # tvm.target.Target (hashed by its handle) -> TargetInfo
 def given_key(target):
     """A hashable key for a target as the user gave it (memo keys): the value itself for None, a
     string or a tvm.target.Target; a dict by its JSON text. TypeError for anything else."""
-    if target is None or type(target) is str or isinstance(target, tvm.target.Target):
+    kind = type(target)
+    if target is None or kind is str or kind is Target or isinstance(target, tvm.target.Target):
         return target
     if isinstance(target, dict):
         try:

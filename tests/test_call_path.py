@@ -69,7 +69,8 @@ def test_a_cached_functional_call_resolves_nothing_and_builds_no_spec():
     x, w, b, dy = operands(spec)
     calls = {
         "forward": lambda: convc.conv2d(x, w, b, stride=2, padding=1, groups=2),
-        "grad_input": lambda: convc.conv2d_grad_input(x.shape, w, dy, stride=2, padding=1, groups=2),
+        "grad_input": lambda: convc.conv2d_grad_input(x.shape, w, dy, stride=2, padding=1,
+                                                      groups=2),
         "grad_weight": lambda: convc.conv2d_grad_weight(x, w.shape, dy, stride=2, padding=1,
                                                         groups=2),
         "forward, torch": lambda: convc.conv2d(torch.from_numpy(x), torch.from_numpy(w),

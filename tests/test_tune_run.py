@@ -153,7 +153,8 @@ def test_kill_9_keeps_every_finished_record(tmp_path):
     deadline = time.monotonic() + 400
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            path = records.layer_path(log_dir, convc.target.resolve(None), spec.key) / records.RECORDS
+            here = convc.target.resolve(None)
+            path = records.layer_path(log_dir, here, spec.key) / records.RECORDS
             if path.exists() and path.read_bytes().count(b"\n") >= 3:
                 break
             time.sleep(0.2)

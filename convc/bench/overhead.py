@@ -11,10 +11,11 @@ not (MobileNetV2's 3x3 depthwise layer), each forward call is timed the ways a u
     conv2d torch  convc.conv2d on torch tensors, torch tensor out
     F.conv2d      PyTorch's own call on the same tensors (no_grad), beside
 
-Side by side in one process, alternating rounds (convc.bench.time_side_by_side); "over" is the
-median over rounds of the difference to the direct call in the same round. The targets (issue
-14): Kernel at most 3 us over direct, conv2d at most 5 us over direct, with NumPy arrays and with
-torch tensors. PyTorch is optional: its columns show "-" without it.
+Side by side in one process, alternating rounds (convc.bench.time_side_by_side); each column is
+the median (or, with stat="min", the least) time per call over the rounds, and "over" its
+difference to the direct call. The targets (issue 14): Kernel at most 3 us over direct, conv2d
+at most 5 us over direct, with NumPy arrays and with torch tensors. PyTorch is optional: its
+columns show "-" without it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ LAYERS = {
     "tiny 3x3 4->4 8x8": ((1, 4, 8, 8), (4, 4, 3, 3), {"padding": 1}),
     "SE reduce 1x1 240->64 1x1": ((1, 240, 1, 1), (64, 240, 1, 1), {}),
     "SE expand 1x1 64->240 1x1": ((1, 64, 1, 1), (240, 64, 1, 1), {}),
-    "MobileNetV2 dw 3x3 144 56x56": ((1, 144, 56, 56), (144, 1, 3, 3), {"padding": 1, "groups": 144}),
+    "MobileNetV2 dw 3x3 144 56x56": ((1, 144, 56, 56), (144, 1, 3, 3),
+                                     {"padding": 1, "groups": 144}),
 }
 COLUMNS = ("direct", "Kernel", "conv2d", "direct torch", "conv2d torch", "F.conv2d")
 # What each call is measured against, and the most it may cost over it (seconds).
@@ -42,7 +44,7 @@ TARGETS = {"Kernel": ("direct", 3e-6), "conv2d": ("direct", 5e-6),
 class Row:
     layer: str
     seconds: dict      # column -> median seconds per call
-    over: dict         # column of TARGETS -> median seconds over its reference, paired by round
+    over: dict         # column of TARGETS -> seconds over its reference column
 
 
 def calls(layer: str, target) -> dict:
@@ -83,8 +85,10 @@ def calls(layer: str, target) -> dict:
     return found
 
 
-def run(target, repeat: int = 10, threads: int | None = None, layers=None, progress=None) -> list:
-    """Time every layer's calls side by side; -> [Row]."""
+def run(target, repeat: int = 10, threads: int | None = None, layers=None, progress=None,
+        stat: str = "median") -> list:
+    """Time every layer's calls side by side; -> [Row]. stat: "median" or "min" over rounds."""
+    statistic = {"median": statistics.median, "min": min}[stat]
     try:
         import torch
 
@@ -95,9 +99,9 @@ def run(target, repeat: int = 10, threads: int | None = None, layers=None, progr
     rows = []
     for layer in layers or LAYERS:
         batches = time_side_by_side(calls(layer, target), repeat)
-        seconds = {name: statistics.median(times) for name, times in batches.items()}
-        over = {name: statistics.median(a - b for a, b in zip(batches[name], batches[base]))
-                for name, (base, _) in TARGETS.items() if name in batches and base in batches}
+        seconds = {name: statistic(times) for name, times in batches.items()}
+        over = {name: seconds[name] - seconds[base] for name, (base, _) in TARGETS.items()
+                if name in seconds and base in seconds}
         rows.append(Row(layer, seconds, over))
         if progress:
             progress(rows[-1])

@@ -122,7 +122,8 @@ def store(key: str, write_library, metadata: dict) -> Path | None:
 
 
 def _check(library: Path, meta: Path):
-    """-> None when there is no entry, else (metadata, None) or (metadata or None, what is wrong)."""
+    """-> None when there is no entry, else (metadata, None) or (metadata or None, the
+    problem)."""
     if not meta.exists():
         return None
     try:

@@ -73,7 +73,7 @@ def run(args) -> int:
         raise ValueError(f"--repeat={args.repeat} must be at least 1")
     threads = args.threads or info(target).num_cores
     if args.overhead:
-        return _overhead(target, args.repeat, threads)
+        return _overhead(target, args.repeat, threads, args.stat)
     peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
     try:
         import torch
@@ -100,14 +100,14 @@ def run(args) -> int:
     return 0
 
 
-def _overhead(target, repeat: int, threads: int) -> int:
+def _overhead(target, repeat: int, threads: int, stat: str) -> int:
     from convc.bench import overhead
 
     tinfo = target.info
     print(f"convc bench --overhead  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"machine: {_cpu_name()}, LLVM mcpu {tinfo.arch}, {tinfo.num_cores} cores; "
-          f"{threads} thread(s); median of {repeat} rounds, side by side")
-    rows = overhead.run(target, repeat, threads,
+          f"{threads} thread(s); {stat} of {repeat} rounds, side by side")
+    rows = overhead.run(target, repeat, threads, stat=stat,
                         progress=lambda r: print(f"  {r.layer} done", flush=True))
     print()
     print(overhead.table(rows))

@@ -54,12 +54,23 @@ def safe(array: np.ndarray) -> np.ndarray:
     return np.array(array, order="C", copy=True)
 
 
+def aligned_allocator(shape, dtype, alignment: int = ALIGNMENT):
+    """A function of no arguments returning a new aligned_empty(shape, dtype): what a kernel
+    calls for every output it allocates, with the sizes worked out once."""
+    dtype, shape = np.dtype(dtype), tuple(shape)
+    size = math.prod(shape) * dtype.itemsize + alignment
+    empty, uint8, ndarray, address = np.empty, np.uint8, np.ndarray, ctypes.addressof
+
+    def allocate() -> np.ndarray:
+        raw = empty(size, uint8)
+        return ndarray(shape, dtype, raw, -address(_CHAR_AT(raw)) % alignment)
+
+    return allocate
+
+
 def aligned_empty(shape, dtype, alignment: int = ALIGNMENT) -> np.ndarray:
     """np.empty whose data starts on an `alignment`-byte boundary (NumPy only promises 16)."""
-    dtype = np.dtype(dtype)
-    raw = np.empty(math.prod(shape) * dtype.itemsize + alignment, np.uint8)
-    start = -ctypes.addressof(_CHAR_AT(raw)) % alignment
-    return np.ndarray(shape, dtype, raw, start)
+    return aligned_allocator(shape, dtype, alignment)()
 
 
 def aligned_copy(array: np.ndarray, alignment: int = ALIGNMENT) -> np.ndarray:

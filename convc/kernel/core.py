@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time as _time
 
 import numpy as np
@@ -10,7 +9,7 @@ import numpy as np
 from ..build import llvm
 from ..ops import arguments, shapes
 from ..spec import ConvSpec
-from .arrays import aligned_empty, as_array, ready, safe
+from .arrays import aligned_allocator, as_array, ready, safe
 
 
 def _fill_zeros(*arrays) -> None:
@@ -38,7 +37,7 @@ class Kernel:
         self.function = module[op] if module is not None else _fill_zeros
         self.dtype = np.dtype(spec.dtype)
         self._input_shapes = self.arg_shapes[:-1]
-        self._empty = functools.partial(aligned_empty, self.arg_shapes[-1], self.dtype)
+        self._empty = aligned_allocator(self.arg_shapes[-1], self.dtype)
 
     def __repr__(self) -> str:
         return f"<convc.Kernel {self.op} {self.spec.key} on {self.target.kind.name} ({self.how})>"

@@ -1,10 +1,10 @@
 """The CUDA backend (NVIDIA GPUs): kernels whose device code nvcc compiled ahead of time.
 
-    kernel = convc.compile(spec, "forward", target="cuda")      # or {"kind": "cuda", "arch": "sm_80"}
-    kernel.library        # .so embedding a fatbin (SASS + PTX); loads with tvm_ffi.load_module
-    kernel.stats          # per __global__ kernel: threads, registers, spills, shared memory (ptxas)
-    kernel(x, w)          # on a GPU machine: NumPy in/out (copied) or CUDA DLPack tensors (in place)
-    convc.build.cuda.export_cuda_library([k1, k2, k3], "lib.so")    # several kernels, one library
+    kernel = convc.compile(spec, "forward", target="cuda")   # or {"kind": "cuda", "arch": "sm_80"}
+    kernel.library     # .so embedding a fatbin (SASS + PTX); loads with tvm_ffi.load_module
+    kernel.stats       # per __global__ kernel: threads, registers, spills, shared memory (ptxas)
+    kernel(x, w)       # on a GPU machine: NumPy in/out (copied) or CUDA DLPack tensors (in place)
+    convc.build.cuda.export_cuda_library([k1, k2, k3], "lib.so")   # several kernels, one library
 
 Without a GPU everything up to the library works (nvcc is the only requirement); what the kernels
 compute is checked on the CPU through convc.build.cuda.serialize.
