@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import platform
+import threading
 
 import numpy as np
 import tvm
@@ -108,6 +109,7 @@ def host_target_config() -> str:
 _RESOLVED: dict = {}    # given_key(what the user passed) -> Target
 _CANONICAL: dict = {}   # Target.json -> Target: one object per distinct target
 _DESCRIBED: dict = {}   # tvm.target.Target (hashed by its handle) -> TargetInfo
+_LOCK = threading.Lock()
 
 
 def given_key(target):
@@ -175,13 +177,14 @@ def _canonical(config: dict, given) -> Target:
     except Exception as err:  # TVM raises ValueError/TVMError with its own text
         raise ValueError(f"target={given!r} is not valid: {err}") from None
     text = str(target)
-    found = _CANONICAL.get(text)
-    if found is not None:
-        return found
-    target.json = text
-    target.info = _describe(target)
-    _CANONICAL[text] = target
-    _DESCRIBED[target] = target.info
+    with _LOCK:
+        found = _CANONICAL.get(text)
+        if found is not None:
+            return found
+        target.json = text
+        target.info = _describe(target)
+        _CANONICAL[text] = target
+        _DESCRIBED[target] = target.info
     return target
 
 
