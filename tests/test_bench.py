@@ -105,3 +105,13 @@ def test_overhead_table_and_targets():
     assert "Kernel over direct: at most 2.0 us (tiny); target <= 3 us reached" in text
     assert "conv2d over direct: at most 6.0 us (tiny); target <= 5 us NOT reached" in text
     assert "conv2d torch: not measured" in text
+
+
+def test_overhead_targets_skip_kernel_bound_layers():
+    from convc.bench import overhead
+
+    big = overhead.Row("dw", {"direct": 1e-4, "Kernel": 1.2e-4}, {"Kernel": 2e-5})
+    small = overhead.Row("se", {"direct": 4e-6, "Kernel": 6e-6}, {"Kernel": 2e-6})
+    text = overhead.summary([small, big])
+    assert "at most 2.0 us (se); target <= 3 us reached" in text
+    assert "not judged (direct call over 20 us" in text and text.endswith(": dw")
