@@ -15,6 +15,8 @@ GPU kernels have no plan: they copy NumPy arrays to the device on every call any
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -68,14 +70,15 @@ def _torch_plan(kernel, expand, drop: bool):
 
     dtype = getattr(torch, kernel.spec.dtype)
     function, shape = kernel.function, kernel.arg_shapes[-1]
-    families, strided, empty = (torch.Tensor, torch.nn.Parameter), torch.strided, torch.empty
+    strides = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))   # C order
+    families, strided, empty = (torch.Tensor, torch.nn.Parameter), torch.strided, torch.empty_strided
 
     def plan(*arrays):
         for a in arrays:
             if (type(a) not in families or a.dtype is not dtype or not a.is_cpu
                     or a.layout is not strided or not a.is_contiguous()):
                 return None
-        out = empty(shape, dtype=dtype)  # PyTorch's allocator aligns to 64 bytes
+        out = empty(shape, strides, dtype=dtype)  # PyTorch's allocator aligns to 64 bytes
         function(*(_batched(arrays, expand) if expand else arrays), out)
         return out[0] if drop else out
 
