@@ -9,9 +9,9 @@
     kernel = convc.compile(spec, "grad_weight")       # a Kernel: callable, .tir, .source, .how
 """
 
-__version__ = "0.1.0"
-
 import os as _os
+
+from .version import __version__
 
 # TVM 0.27 sizes its thread pool to half the logical CPUs on x86 (one thread on a 2-vCPU machine)
 # and reads the size once, when the first parallel kernel runs: ask for every core we may use.
@@ -28,9 +28,8 @@ _os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "10000")
 
 from .api import (conv1d, conv1d_grad_input, conv1d_grad_weight, conv2d, conv2d_grad_input,
                   conv2d_grad_weight, conv3d, conv3d_grad_input, conv3d_grad_weight)
-from .build import compile
 from .export import export_library, load
-from .kernel import Kernel
+from .kernel import Kernel, compile
 from .spec import ConvSpec
 from .tuning import tune
 

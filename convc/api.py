@@ -9,15 +9,28 @@ NumPy arrays in, NumPy arrays out; other CPU DLPack tensors (e.g. torch) are rea
 the result comes back as the same kind of tensor. Unbatched inputs (C, *spatial) work as in PyTorch.
 layout: channels-first (NCW/NCHW/NCDHW, default; weight O,I/g,*k as PyTorch) or channels-last
 (NWC/NHWC/NDHWC; weight *k,I/g,O).
+
+Two paths. The first call with given arguments takes the full one: every argument checked (errors
+name the parameter, the value and what was expected), the target resolved, the ConvSpec built,
+the kernel compiled or found. It leaves a call plan (convc.plans) in a memo keyed by what the call
+passed: the array type, every shape, the dtype, the other arguments exactly as given, the layout
+and the target as given. A later call with the same key has passed every one of those checks
+already; its plan checks only what a key cannot hold (each array's type, dtype and memory) and
+hands the arrays to the compiled function, or declines and the call takes the full path.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .build import compile as compile_kernel
-from .kernel import as_array
-from .spec import DTYPES, LAYOUTS, ConvSpec, check_layout, default_layout, _shape
+from .kernel import as_array, memo
+from .kernel import compile as compile_kernel
+from .plans import plain, plan_for
+from .spec import DTYPES, LAYOUTS, WEIGHT_LAYOUTS, ConvSpec, _shape, check_layout, default_layout
+from .target import given_key, resolve
+
+_PLANS = memo()      # call key -> plan(*arrays) -> result, or None to take the full path
+PLAN_LIMIT = 4096    # more distinct calls than this: start the memo again
 
 
 def _layout(layout, ndim):
@@ -65,15 +78,9 @@ def _weight(array: np.ndarray, name: str, ndim: int, layout: str):
     if array.ndim != ndim + 2:
         raise ValueError(
             f"{name} has shape {tuple(array.shape)}: expected a {ndim + 2}-D weight "
-            f"({_weight_layout(layout)})"
+            f"({WEIGHT_LAYOUTS[layout]})"
         )
     return array
-
-
-def _weight_layout(layout: str) -> str:
-    from .spec import WEIGHT_LAYOUTS
-
-    return WEIGHT_LAYOUTS[layout]
 
 
 def _like(template, result: np.ndarray):
@@ -82,7 +89,7 @@ def _like(template, result: np.ndarray):
         return result
     module = type(template).__module__.split(".")[0]
     if module == "torch":
-        import torch
+        import torch  # optional: only when the caller passed torch tensors
 
         return torch.from_dlpack(result)
     return result
@@ -100,7 +107,56 @@ def _check_grad_output(spec: ConvSpec, grad_output: np.ndarray, where: str) -> N
         )
 
 
+def _cached(key_of, arrays, *args):
+    """(the call's memo key, or None where no key can hold its arguments; the result of the plan
+    kept under that key, or None: no plan, or the plan declined these arrays)."""
+    try:
+        key = key_of(*args)
+        plan = _PLANS.get(key)
+    except (TypeError, AttributeError):  # not arrays, or arguments no key holds (plans.plain)
+        return None, None
+    return key, (None if plan is None else plan(*arrays))
+
+
+# What each op's calls are keyed by: everything the full path checks, as given.
+
+def _forward_key(ndim, input, weight, bias, stride, padding, dilation, groups, layout, target):
+    return ("forward", ndim, type(input), input.shape, input.dtype, weight.shape,
+            None if bias is None else bias.shape, plain(stride), plain(padding), plain(dilation),
+            plain(groups), layout, given_key(target))
+
+
+def _grad_input_key(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
+                    layout, target):
+    return ("grad_input", ndim, type(grad_output), plain(input_size), weight.shape,
+            grad_output.shape, grad_output.dtype, plain(stride), plain(padding), plain(dilation),
+            plain(groups), layout, given_key(target))
+
+
+def _grad_weight_key(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
+                     layout, target):
+    return ("grad_weight", ndim, type(input), input.shape, input.dtype, plain(weight_size),
+            grad_output.shape, plain(stride), plain(padding), plain(dilation), plain(groups),
+            layout, given_key(target))
+
+
+def _remember(key, kernel, template, expand, drop: bool) -> None:
+    """After a full-path call: the plan for calls with the same key."""
+    if key is None:
+        return
+    plan = plan_for(kernel, template, expand, drop)
+    if plan is not None:
+        if len(_PLANS) >= PLAN_LIMIT:
+            _PLANS.clear()
+        _PLANS[key] = plan
+
+
 def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, layout, target):
+    arrays = (input, weight) if bias is None else (input, weight, bias)
+    key, result = _cached(_forward_key, arrays, ndim, input, weight, bias, stride, padding,
+                          dilation, groups, layout, target)
+    if result is not None:
+        return result
     layout = _layout(layout, ndim)
     x = _float_array(input, "input")
     w = _weight(_float_array(weight, "weight"), "weight", ndim, layout)
@@ -115,12 +171,18 @@ def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, layou
     if b is not None and tuple(b.shape) != spec.bias_shape:
         raise ValueError(f"bias has shape {tuple(b.shape)}: expected {spec.bias_shape} "
                          "(one entry per output channel)")
-    kernel = compile_kernel(spec, "forward", target)
-    result = kernel(x, w, b) if b is not None else kernel(x, w)
+    kernel = compile_kernel(spec, "forward", resolve(target))
+    result = kernel.run([x, w] if b is None else [x, w, b])
+    _remember(key, kernel, input, (unbatched, False, False)[:len(arrays)], unbatched)
     return _like(input, _unbatch(result, unbatched))
 
 
-def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups, layout, target):
+def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups, layout,
+                target):
+    key, result = _cached(_grad_input_key, (grad_output, weight), ndim, input_size, weight,
+                          grad_output, stride, padding, dilation, groups, layout, target)
+    if result is not None:
+        return result
     layout = _layout(layout, ndim)
     size, unbatched = _batched_size(input_size, "input_size", ndim, layout)
     w = _weight(_float_array(weight, "weight"), "weight", ndim, layout)
@@ -133,17 +195,24 @@ def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation
     spec = ConvSpec.from_shapes(size, w.shape, stride, padding, dilation, groups,
                                 layout=layout, dtype=str(w.dtype))
     _check_grad_output(spec, dy, f"input_size={tuple(input_size)}, weight {tuple(w.shape)}")
-    result = compile_kernel(spec, "grad_input", target)(dy, w)
+    kernel = compile_kernel(spec, "grad_input", resolve(target))
+    result = kernel.run([dy, w])
+    _remember(key, kernel, grad_output, (unbatched, False), unbatched)
     return _like(grad_output, _unbatch(result, unbatched))
 
 
-def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups, layout, target):
+def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups, layout,
+                 target):
+    key, result = _cached(_grad_weight_key, (input, grad_output), ndim, input, weight_size,
+                          grad_output, stride, padding, dilation, groups, layout, target)
+    if result is not None:
+        return result
     layout = _layout(layout, ndim)
     x = _float_array(input, "input")
     size = _shape(weight_size, "weight_size")
     if len(size) != ndim + 2:
         raise ValueError(f"weight_size={size} has {len(size)} entries: expected {ndim + 2} "
-                         f"({_weight_layout(layout)})")
+                         f"({WEIGHT_LAYOUTS[layout]})")
     dy = _float_array(grad_output, "grad_output")
     _same_dtype(x, "input", dy, "grad_output")
     x, unbatched = _batched(x, "input", ndim, layout)
@@ -154,7 +223,9 @@ def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilatio
     spec = ConvSpec.from_shapes(x.shape, size, stride, padding, dilation, groups,
                                 layout=layout, dtype=str(x.dtype))
     _check_grad_output(spec, dy, f"input {tuple(x.shape)}, weight_size={size}")
-    result = compile_kernel(spec, "grad_weight", target)(x, dy)
+    kernel = compile_kernel(spec, "grad_weight", resolve(target))
+    result = kernel.run([x, dy])
+    _remember(key, kernel, input, (unbatched, unbatched), False)
     return _like(input, result)
 
 

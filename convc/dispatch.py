@@ -3,6 +3,8 @@
     1. a tuning record for this workload on this target (tuning_logs/ or the user's log dir),
     2. the first hand-written rule for the target's kind that accepts the function,
     3. the default schedule (correct everywhere, fast nowhere).
+
+`target` is a resolved convc.target.Target (a tvm.target.Target, as the rules take it).
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 from convc.schedules import RULES
 from convc.schedules.default import default
 
-from .target import info, resolve
-from .tuning.records import find_record
+from .target import info
+from .records import find_record
 
 
 def choose(func, target, log_dir=None):
@@ -19,19 +21,21 @@ def choose(func, target, log_dir=None):
 
     log_dir: a directory of tuning records searched before the user's and the shipped ones.
     """
-    target = resolve(target)
     sch = find_record(func, target, log_dir)
     if sch is not None:
         return sch, "tuned"
     return untuned(func, target)
 
 
+def rules(target) -> list:
+    """The hand-written rules for `target`'s kind, in the order they are tried."""
+    return RULES["cuda" if info(target).is_gpu else "cpu"]
+
+
 def untuned(func, target):
     """No tuning record: the first hand-written rule that accepts, else the default (convc.tune
     measures this as the yardstick a record must beat)."""
-    target = resolve(target)
-    kind = "cuda" if info(target).is_gpu else "cpu"
-    for rule in RULES[kind]:
+    for rule in rules(target):
         sch = rule(func, target)
         if sch is not None:
             return sch, "hand-written"

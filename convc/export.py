@@ -24,7 +24,6 @@ Manifest (lib.json beside lib.so), format FORMAT:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -36,11 +35,19 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import __version__
+import tvm
+import tvm_ffi
+from tvm.support import cc as tvm_cc
+
+from . import export_runtime
+from .build import cuda, schedule
 from .export_runtime import LINK_OPTIONS
-from .kernel import Kernel
+from .files import sha256, write_text_atomic
+from .kernel import CudaKernel, Kernel
 from .ops import arguments, shapes
 from .spec import OPS, ConvSpec, check_op
+from .target import info, resolve, resolved
+from .version import __version__
 
 FORMAT = "convc-library/1"
 
@@ -68,7 +75,8 @@ def export_library(kernels, path, ops=None, target=None, *, log_dir=None, cc=Non
     kernels: a ConvSpec, whose `ops` (default: all three) are scheduled and compiled for `target`;
     or Kernels from convc.compile (one per op, one target), whose scheduled TIR is compiled again
     into one library, so each keeps its schedule.
-    target: None (this CPU), "llvm", "cuda", a dict or a JSON string (convc.target.resolve).
+    target: None (this CPU), "llvm", "cuda", a dict, a JSON string or a resolved Target
+    (convc.target.resolve).
     A CPU target for another architecture (e.g. {"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
     links with `<triple>-g++` when it exists; otherwise the object file (suffix .o) and the
     runtime's C source are written, with a CrossCompileWarning that gives the link command.
@@ -76,8 +84,6 @@ def export_library(kernels, path, ops=None, target=None, *, log_dir=None, cc=Non
     cc: the compiler that links the library (default: $CXX, g++, ... for this CPU;
     `<triple>-g++` / `<triple>-gcc` for another one).
     """
-    from .target import info
-
     path = Path(path)
     if path.suffix in (".json", ".o"):
         raise ValueError(f"output path {str(path)!r} must not end in {path.suffix}: the manifest "
@@ -87,47 +93,34 @@ def export_library(kernels, path, ops=None, target=None, *, log_dir=None, cc=Non
     entries, code, target = _collect(kernels, ops, target, log_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     link, extra = None, {}
-    if info(target).is_gpu:
-        extra["cuda"] = _export_cuda(code, path)
+    if target.is_gpu:
+        extra["cuda"] = _export_cuda(code, target, path)
         artifact = "shared-library"
     else:
         artifact, link = _export_cpu(code, target, path, cc)
         if artifact == "object":
             path = path.with_suffix(".o")
     manifest = _manifest(entries, target, path, artifact, link, extra)
-    _write_atomic(manifest_path(path), dumps(manifest))
+    write_text_atomic(manifest_path(path), dumps(manifest))
     if link:
         warnings.warn(link["message"], CrossCompileWarning, stacklevel=2)
     return path
 
 
 def _collect(kernels, ops, target, log_dir):
-    """-> ([(name, spec, op, how)], code, Target). The code: for a CPU target one IRModule of
-    the scheduled functions, each named by its op; for a GPU target the Kernels themselves
-    (convc.cuda builds the library from them)."""
-    import tvm
-
-    from .target import info, resolve
-
+    """-> ([(name, spec, op, how)], one IRModule of the scheduled functions, each named by its
+    op, Target)."""
     if isinstance(kernels, ConvSpec):
         spec = kernels
         if spec.batch == 0:
             raise ValueError(f"spec has batch 0: an exported library needs a positive batch "
                              f"({spec.key})")
-        target = resolve(target)
+        target = resolved(target)
         ops = _check_ops(OPS if ops is None else ops)
         mod, hows = _scheduled_module(spec, ops, target, log_dir)
-        entries = [(op, spec, op, how) for op, how in hows.items()]
-        if info(target).is_gpu:
-            # convc.cuda builds libraries from Kernels; these carry the schedules without
-            # compiling each op on its own first (module=None: never called).
-            kernels = [Kernel(spec, op, target, module=None, how=how,
-                              tir=tvm.IRModule({op: mod[op]}).script()) for op, how in hows.items()]
-            return entries, kernels, target
-        return entries, mod, target
+        return [(op, spec, op, how) for op, how in hows.items()], mod, target
     kernels = _check_kernels(kernels, ops, target, log_dir)
-    target = kernels[0].target
-    return _entries(kernels), kernels if info(target).is_gpu else _module_of(kernels), target
+    return _entries(kernels), _module_of(kernels), kernels[0].target
 
 
 def _entries(kernels) -> list:
@@ -135,8 +128,6 @@ def _entries(kernels) -> list:
 
 
 def _check_kernels(kernels, ops, target, log_dir) -> list:
-    from .target import resolve
-
     if isinstance(kernels, Kernel):
         kernels = [kernels]
     try:
@@ -149,8 +140,8 @@ def _check_kernels(kernels, ops, target, log_dir) -> list:
     if ops is not None or log_dir is not None:
         raise ValueError("ops and log_dir apply to a ConvSpec; Kernels are already compiled")
     _check_ops([k.op for k in kernels])
-    targets = {str(k.target) for k in kernels}
-    if len(targets) > 1 or (target is not None and str(resolve(target)) not in targets):
+    targets = {k.target.json for k in kernels}
+    if len(targets) > 1 or (target is not None and resolved(target).json not in targets):
         raise ValueError(f"the kernels were compiled for {sorted(targets)}"
                          + (f" and target={target!r}" if target is not None else "")
                          + ": one library holds kernels of one target")
@@ -162,8 +153,6 @@ def _check_kernels(kernels, ops, target, log_dir) -> list:
 
 def _module_of(kernels):
     """The Kernels' scheduled functions in one IRModule, each named by its op."""
-    import tvm
-
     functions = {}
     for k in kernels:
         (_, func), = tvm.script.from_source(k.tir).functions_items()
@@ -186,24 +175,15 @@ def _check_ops(kernels) -> tuple:
 
 def _scheduled_module(spec: ConvSpec, ops, target, log_dir):
     """One IRModule holding every op's scheduled function (named by op), and how each was chosen."""
-    import tvm
-
-    from . import build
-
     functions, hows = {}, {}
     for op in ops:
-        mod, how = build.schedule(spec, op, target, log_dir=log_dir)
+        mod, how = schedule(spec, op, target, log_dir=log_dir)
         functions[op] = mod[op]
         hows[op] = how
     return tvm.IRModule(functions), hows
 
 
 def _export_cpu(mod, target, path: Path, cc):
-    import tvm
-    from tvm.support import cc as tvm_cc
-
-    from . import export_runtime
-
     executable = tvm.compile(mod, target=target)
     triple = str(target.attrs.get("mtriple", ""))
     native = _same_arch(_arch(triple), _arch(platform.machine()))
@@ -261,25 +241,15 @@ def _cross_linker(triple: str):
     return None
 
 
-def _export_cuda(kernels, path: Path) -> dict:
-    """CUDA: convc.cuda turns the kernels' device code and host launchers into one library with
-    nvcc. Returns what it reports (arch, nvcc, per-kernel resources) for the manifest."""
-    try:
-        from . import cuda
-    except ImportError as err:
-        raise NotImplementedError(
-            f"exporting CUDA kernels needs convc.cuda, which could not be imported ({err})") from None
-    export = getattr(cuda, "export_cuda_library", None)
-    if export is None:
-        raise NotImplementedError("exporting CUDA kernels is not available in this convc: "
-                                  "convc.cuda has no export_cuda_library")
+def _export_cuda(mod, target, path: Path) -> dict:
+    """CUDA: convc.build.cuda turns the functions' device code and host launchers into one
+    library with nvcc. Returns what it reports (arch, nvcc, per-kernel resources) for the
+    manifest."""
     with _replacing(path) as tmp:
-        return export(kernels, str(tmp), names=[k.op for k in kernels])
+        return cuda.export_cuda_library(mod, target, str(tmp))
 
 
 def _cpu_features(target) -> list:
-    import tvm
-
     if target.kind.name != "llvm":
         return []
     try:
@@ -290,9 +260,6 @@ def _cpu_features(target) -> list:
 
 
 def _manifest(entries, target, path: Path, artifact, link, extra) -> dict:
-    import tvm
-    import tvm_ffi
-
     functions = {}
     for name, spec, op, how in entries:
         names, arg_shapes = arguments(spec, op), shapes(spec, op)
@@ -303,7 +270,7 @@ def _manifest(entries, target, path: Path, artifact, link, extra) -> dict:
         }
     manifest = {
         "format": FORMAT, "convc": __version__, "tvm": tvm.__version__,
-        "tvm_ffi": tvm_ffi.__version__, "target": json.loads(str(target)),
+        "tvm_ffi": tvm_ffi.__version__, "target": json.loads(target.json),
         "cpu_features": _cpu_features(target), "library": path.name, "artifact": artifact,
         "sha256": sha256(path), "functions": functions,
     }
@@ -323,14 +290,6 @@ def _arg(spec: ConvSpec, name: str, shape, role: str) -> dict:
 def manifest_path(path) -> Path:
     """lib.so -> lib.json."""
     return Path(path).with_suffix(".json")
-
-
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(path) -> tuple[Path, dict]:
@@ -382,8 +341,6 @@ def _parse_manifest(meta_path: Path) -> dict:
 
 
 def _check_versions(manifest: dict, meta_path: Path) -> None:
-    import tvm_ffi
-
     if manifest["format"] != FORMAT:
         raise LibraryError(f"{str(meta_path)!r} has format {manifest['format']!r}: this convc "
                            f"{__version__} reads {FORMAT!r}; export the library again")
@@ -403,10 +360,6 @@ def _check_versions(manifest: dict, meta_path: Path) -> None:
 
 def _check_cpu(manifest: dict, library: Path) -> None:
     """Refuse a CPU library built for another architecture or for instructions this CPU lacks."""
-    import tvm
-
-    from .target import resolve
-
     target = manifest.get("target", {})
     if target.get("kind") != "llvm":
         return
@@ -429,7 +382,7 @@ class LoadedKernel(Kernel):
     def __init__(self, name: str, spec: ConvSpec, op: str, how: str, target, module, library):
         super().__init__(spec, op, target, module=None, how=how, tir="", library=library)
         self.name, self.module = name, module
-        self._function = _lookup(module, name, library)
+        self.function = _lookup(module, name, library)
 
     @property
     def source(self) -> str:
@@ -453,14 +406,12 @@ def _loaded_kernel(name: str, entry: dict, manifest: dict, target, module, libra
         raise LibraryError(f"{str(library)!r}: function {name} takes {expected}, expected "
                            f"{list(arguments(spec, op))} for {op}: the manifest is inconsistent")
     how = str(entry.get("how", ""))
-    if target.kind.name != "cuda":
+    if not target.is_gpu:
         return LoadedKernel(name, spec, op, how, target, module, library)
-    from .cuda import CudaKernel
-
-    _lookup(module, name, library)
+    function = _lookup(module, name, library)
     stats = manifest.get("cuda", {}).get("functions", {}).get(name, {})
     kernel = CudaKernel(spec, op, target, module, how, "", library, stats)
-    kernel._function = module[name]
+    kernel.function = function
     return kernel
 
 
@@ -510,15 +461,13 @@ class Library(Mapping):
 def load(path) -> Library:
     """Load a library written by `convc compile` / export_library, after checking its manifest
     (format, convc and tvm-ffi versions, target CPU, sha256). Raises FileNotFoundError for a
-    missing file and LibraryError for one convc cannot use."""
-    import tvm_ffi
-
-    from .target import resolve
-
+    missing file and LibraryError for one convc cannot use. A path is taken as the user means
+    it: a bare file name is a file in the current directory (dlopen would search the system's
+    library paths for it)."""
     library, manifest = read_manifest(path)
     _check_cpu(manifest, library)
     try:
-        module = tvm_ffi.load_module(str(library))
+        module = tvm_ffi.load_module(str(library.absolute()))
     except Exception as err:  # noqa: BLE001 - dlopen failures come back as TVM/runtime errors
         raise LibraryError(f"{str(library)!r} could not be loaded: {err}") from None
     try:
@@ -556,16 +505,6 @@ def _replacing(path: Path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
 
 
 __all__ = ["FORMAT", "CrossCompileWarning", "Library", "LibraryError", "LoadedKernel",

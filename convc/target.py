@@ -1,5 +1,13 @@
-"""Targets: what the user says ("llvm", "cuda", a dict, a JSON string) -> a TVM Target, and a
-record of what that target can do (TargetInfo), which is all schedules may ask about it."""
+"""Targets, resolved once where they enter convc.
+
+What a user passes ("llvm", "cuda", a dict, a JSON string, a tvm.target.Target, None for this
+CPU) becomes a :class:`Target`: the TVM target itself (a ``tvm.target.Target`` subclass, so TVM
+takes it as it is) carrying what it can do (``.info``, a :class:`TargetInfo`, which is all that
+schedules may ask about it) and its identity as text (``.json``, for caches, records and
+manifests). Entry points (the functional API, compile, export_library, tune, the CLI, the bench)
+call :func:`resolve` once, or :func:`resolved` where a caller above may have done so already;
+every layer below takes the Target and never resolves again.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import functools
 import json
 import os
 import platform
+import threading
 
 import numpy as np
 import tvm
@@ -22,6 +31,10 @@ CUDA_WARP_SIZE = 32
 # otherwise with "multiprocessor_count"): schedules size their grids from it.
 CUDA_MULTIPROCESSORS = {"sm_70": 80, "sm_75": 40, "sm_80": 108, "sm_86": 84, "sm_89": 128,
                         "sm_90": 132, "sm_100": 148}
+KINDS = ("llvm", "cuda")
+# Memo sizes: targets are few in any real process; the bound only stops a caller who builds a
+# new tvm.target.Target for every call from growing the memos without end.
+MEMO_LIMIT = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +67,22 @@ class TargetInfo:
         return f"llvm-{self.triple}-{self.arch}-{self.num_cores}c"
 
 
+class Target(tvm.target.Target):
+    """A resolved target: the TVM target, with what it can do (``info``) and its canonical JSON
+    text (``json``). Made only by :func:`resolve`; one object per distinct target, so identity
+    is equality."""
+
+    __slots__ = ("info", "json")
+
+    @property
+    def key(self) -> str:
+        return self.info.key
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.info.is_gpu
+
+
 def host_triple() -> str:
     machine = platform.machine()
     # The wheel's LLVM reports a conda triple on x86-64; the system's linker wants the plain one.
@@ -75,31 +104,100 @@ def host_target_config() -> str:
                        "num-cores": host_cores()})
 
 
-def resolve(target=None) -> tvm.target.Target:
-    """None / "llvm" / "cpu" -> this CPU; "cuda" -> CUDA sm_90; dict or JSON string -> as given.
+# --- resolving ---------------------------------------------------------------------------------
 
-    Raises ValueError naming the target when TVM does not know it.
+_RESOLVED: dict = {}    # given_key(what the user passed) -> Target
+_CANONICAL: dict = {}   # Target.json -> Target: one object per distinct target
+_DESCRIBED: dict = {}   # tvm.target.Target (hashed by its handle) -> TargetInfo
+_LOCK = threading.Lock()
+
+
+def given_key(target):
+    """A hashable key for a target as the user gave it (memo keys): the value itself for None, a
+    string or a tvm.target.Target; a dict by its JSON text. TypeError for anything else."""
+    kind = type(target)
+    if target is None or kind is str or kind is Target or isinstance(target, tvm.target.Target):
+        return target
+    if isinstance(target, dict):
+        try:
+            return ("json", json.dumps(target, sort_keys=True))
+        except ValueError:  # a circular dict
+            raise TypeError(f"target={target!r} cannot be keyed") from None
+    raise TypeError(f"target of type {type(target).__name__} cannot be keyed")
+
+
+def resolve(target=None) -> Target:
+    """None / "llvm" / "cpu" -> this CPU; "cuda" -> CUDA sm_90; a dict, JSON string or
+    tvm.target.Target -> as given, completed (an llvm target's triple and core count).
+
+    Memoized by what was given. Raises ValueError naming the target when it is not usable.
     """
+    try:
+        key = given_key(target)
+        found = _RESOLVED.get(key)
+    except TypeError:  # not a kind of target (an int, a list): _config says so
+        key = found = None
+    if found is not None:
+        return found
+    result = _canonical(_config(target), target)
+    if key is not None:
+        _remember(_RESOLVED, key, result)
+    return result
+
+
+def resolved(target) -> Target:
+    """`target` if it is already a Target (resolved by a caller above), else resolve(target): for
+    entry points that are also called by other entry points."""
+    return target if type(target) is Target else resolve(target)
+
+
+def info(target) -> TargetInfo:
+    """What `target` can do. A Target carries it; another tvm.target.Target (one TVM or a test
+    made) is described without being resolved; anything else is resolved first."""
+    if type(target) is Target:
+        return target.info
     if isinstance(target, tvm.target.Target):
-        return _complete(target)
-    if target is None or isinstance(target, str):
-        return _resolve_text(target)
-    return _resolve_config(target)
+        found = _DESCRIBED.get(target)
+        if found is None:
+            found = _describe(target)
+            _remember(_DESCRIBED, target, found)
+        return found
+    return resolve(target).info
 
 
-@functools.lru_cache(maxsize=64)
-def _resolve_text(target) -> tvm.target.Target:
-    name = (target or "llvm").strip().lower()
-    if name in ("llvm", "cpu", "host"):
-        return tvm.target.Target(json.loads(host_target_config()))
-    if name == "cuda":
-        return tvm.target.Target({"kind": "cuda", "arch": DEFAULT_CUDA_ARCH})
-    return _resolve_config(target)
+def _remember(memo: dict, key, value) -> None:
+    if len(memo) >= MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
 
 
-def _resolve_config(target) -> tvm.target.Target:
-    config = target
-    if isinstance(target, str):
+def _canonical(config: dict, given) -> Target:
+    try:
+        target = Target(config)
+    except Exception as err:  # TVM raises ValueError/TVMError with its own text
+        raise ValueError(f"target={given!r} is not valid: {err}") from None
+    text = str(target)
+    with _LOCK:
+        found = _CANONICAL.get(text)
+        if found is not None:
+            return found
+        target.json = text
+        target.info = _describe(target)
+        _CANONICAL[text] = target
+        _DESCRIBED[target] = target.info
+    return target
+
+
+def _config(target) -> dict:
+    """What the user gave -> a complete TVM target config, checked."""
+    if isinstance(target, tvm.target.Target):
+        config = dict(target.export())
+    elif target is None or isinstance(target, str):
+        name = (target or "llvm").strip().lower()
+        if name in ("llvm", "cpu", "host"):
+            return json.loads(host_target_config())
+        if name == "cuda":
+            return {"kind": "cuda", "arch": DEFAULT_CUDA_ARCH}
         try:
             config = json.loads(target)
         except json.JSONDecodeError:
@@ -107,44 +205,41 @@ def _resolve_config(target) -> tvm.target.Target:
                 f"target={target!r} is not known: expected 'llvm', 'cuda', a dict or a JSON object "
                 "such as '{\"kind\": \"llvm\", \"mcpu\": \"skylake-avx512\"}'"
             ) from None
+    else:
+        config = target
     if not isinstance(config, dict) or "kind" not in config:
         raise ValueError(f"target={target!r} is not valid: expected a dict with a 'kind'")
-    if config["kind"] not in ("llvm", "cuda"):
-        raise ValueError(f"target={target!r}: kind {config['kind']!r} is not supported, expected 'llvm' or 'cuda'")
+    if config["kind"] not in KINDS:
+        raise ValueError(f"target={target!r}: kind {config['kind']!r} is not supported, expected "
+                         "'llvm' or 'cuda'")
+    config = dict(config)
+    if not config.get("tag"):
+        config.pop("tag", None)
+    if config["kind"] == "llvm":
+        _complete_llvm(config, target)
+    return config
+
+
+def _complete_llvm(config: dict, given) -> None:
+    """Fill what convc's schedules and MetaSchedule need (the triple, the core count) and check
+    the CPU name against LLVM."""
     if config.get("mcpu") == "native":
-        config = {**config, "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
-    if config["kind"] == "llvm" and "mcpu" in config and not tvm.target.codegen.llvm_is_valid_cpu(
-            config["mcpu"], config.get("mtriple", host_triple())):
-        raise ValueError(f"target={target!r}: LLVM does not know the CPU {config['mcpu']!r}")
-    try:
-        return _complete(tvm.target.Target(config))
-    except Exception as err:  # TVM raises ValueError/TVMError with its own text
-        raise ValueError(f"target={target!r} is not valid: {err}") from None
-
-
-def _complete(target: tvm.target.Target) -> tvm.target.Target:
-    """Fill what convc's schedules and MetaSchedule need: an llvm target's triple and core count."""
-    if target.kind.name != "llvm":
-        return target
-    config = dict(target.export()) if hasattr(target, "export") else json.loads(str(target))
-    changed = False
-    if "mtriple" not in config or not config["mtriple"]:
+        config["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+    if not config.get("mtriple"):
         config["mtriple"] = host_triple()
-        changed = True
-    if "num-cores" not in config or not config["num-cores"]:
+    if not config.get("num-cores"):
         config["num-cores"] = host_cores()
-        changed = True
-    config.pop("tag", None) if not config.get("tag") else None
-    return tvm.target.Target(config) if changed else target
+    if "mcpu" in config and not tvm.target.codegen.llvm_is_valid_cpu(config["mcpu"],
+                                                                       config["mtriple"]):
+        raise ValueError(f"target={given!r}: LLVM does not know the CPU {config['mcpu']!r}")
 
 
-def info(target) -> TargetInfo:
-    target = resolve(target)
+def _describe(target: tvm.target.Target) -> TargetInfo:
     attrs = target.attrs
     if target.kind.name == "cuda":
+        arch = str(attrs.get("arch", DEFAULT_CUDA_ARCH))
         return TargetInfo(
-            kind="cuda", arch=str(attrs.get("arch", DEFAULT_CUDA_ARCH)), triple="nvptx64-nvidia-cuda",
-            num_cores=1, vector_bits=128,
+            kind="cuda", arch=arch, triple="nvptx64-nvidia-cuda", num_cores=1, vector_bits=128,
             max_threads_per_block=int(attrs.get("max_num_threads", CUDA_MAX_THREADS_PER_BLOCK)),
             max_shared_memory_per_block=int(attrs.get("max_shared_memory_per_block",
                                                       CUDA_SHARED_MEMORY_PER_BLOCK)),

@@ -174,14 +174,14 @@ def test_caches_return_the_same_kernel_and_reuse_the_disk(monkeypatch):
     assert kernel.how in ("tuned", "hand-written", "default")
     assert "T.sblock" in kernel.tir and kernel.source
     assert kernel.library is not None and kernel.library.exists()
-    from convc import build
+    from convc.build import llvm
 
-    build.clear_memory_cache()
+    convc.kernel.clear_memory_cache()
 
     def no_compile(*args, **kwargs):
         raise AssertionError("the disk cache should have served this kernel")
 
-    monkeypatch.setattr(build.tvm, "compile", no_compile)
+    monkeypatch.setattr(llvm.tvm, "compile", no_compile)
     again = convc.compile(spec, "grad_weight")
     assert again is not kernel and again.library == kernel.library
     x, _, _, dy = operands(spec)

@@ -73,3 +73,45 @@ def test_table_marks_missing_peers():
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[:5] == ["1x1", "grad_weight", "50.0", "", "tuned"]
     assert cells[5:11] == ["-", "-", "-", "-", "-", "-"] and cells[11] == "50%"
+
+
+def test_overhead_calls_compute_the_same_thing():
+    """Every way the overhead benchmark calls a layer gives the direct call's answer."""
+    import numpy as np
+
+    from convc.bench import overhead
+    from convc.target import resolve
+
+    calls = overhead.calls("SE reduce 1x1 240->64 1x1", resolve(None))
+    direct = calls["direct"]
+    direct()
+    expected = np.array(direct.args[-1], copy=True)
+    for name, call in calls.items():
+        result = call()
+        if name.startswith("direct"):   # destination-passing: the output is its last argument
+            result = call.args[-1]
+        got = result.numpy() if hasattr(result, "numpy") else np.asarray(result)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_overhead_table_and_targets():
+    from convc.bench import overhead
+
+    rows = [overhead.Row("tiny", {"direct": 2e-6, "Kernel": 4e-6, "conv2d": 8e-6},
+                         {"Kernel": 2e-6, "conv2d": 6e-6})]
+    line = overhead.table(rows).splitlines()[-1]
+    assert line.startswith("| tiny | 2.0 | 4.0 (+2.0) | 8.0 (+6.0) | - |")
+    text = overhead.summary(rows)
+    assert "Kernel over direct: at most 2.0 us (tiny); target <= 3 us reached" in text
+    assert "conv2d over direct: at most 6.0 us (tiny); target <= 5 us NOT reached" in text
+    assert "conv2d torch: not measured" in text
+
+
+def test_overhead_targets_skip_kernel_bound_layers():
+    from convc.bench import overhead
+
+    big = overhead.Row("dw", {"direct": 1e-4, "Kernel": 1.2e-4}, {"Kernel": 2e-5})
+    small = overhead.Row("se", {"direct": 4e-6, "Kernel": 6e-6}, {"Kernel": 2e-6})
+    text = overhead.summary([small, big])
+    assert "at most 2.0 us (se); target <= 3 us reached" in text
+    assert "not judged (direct call over 20 us" in text and text.endswith(": dw")

@@ -1,8 +1,8 @@
 """CUDA without a GPU: what CPU-only CI can prove about convc's GPU kernels.
 
 1. Semantics: every GPU schedule, serialized (thread loops -> serial loops, shared/local ->
-   global, atomics -> plain adds; convc.cuda.serialize) and built for the CPU, matches the NumPy
-   reference, with NaN guard zones around every argument (a read outside an input poisons the
+   global, atomics -> plain adds; convc.build.cuda.serialize) and built for the CPU, matches the
+   NumPy reference, with NaN guard zones around every argument (a read outside an input poisons the
    result, a write outside the output shows in its guard, an unwritten output element stays NaN):
    the test grid (both layouts, 1-D/2-D/3-D, remainders, groups, depthwise, float16/float64) and
    the ResNet/MobileNet layer suite of the CPU-schedules issue.
@@ -28,9 +28,9 @@ import pytest
 
 import convc
 from conftest import assert_close, check_spec, make_spec, operands, references
-from convc import cuda
-from convc.build import schedule
-from convc.cuda.library import compile_device_code, embedded_device_code, merge
+from convc.build import cuda, schedule
+from convc.build.cuda.library import compile_device_code, embedded_device_code, merge
+from convc.kernel import CudaKernel
 from convc.spec import LAYOUTS, ConvSpec
 from convc.target import resolve
 from workloads import FAMILIES
@@ -305,7 +305,7 @@ def test_compiled_kernel_carries_device_code(tmp_path):
     import tvm_ffi
 
     kernel = convc.compile(SMALL, "grad_weight", target="cuda")
-    assert isinstance(kernel, cuda.CudaKernel) and kernel.how == "hand-written"
+    assert isinstance(kernel, CudaKernel) and kernel.how == "hand-written"
     library = kernel.library.read_bytes()
     assert embedded_device_code(kernel.library) and set(embedded_device_code(kernel.library)) == {90}
     assert b'extern "C" __global__' not in library  # compiled, not source for load time
@@ -324,7 +324,7 @@ def test_compiled_kernel_carries_device_code(tmp_path):
 
 def test_compiled_kernel_comes_back_from_the_disk_cache():
     _nvcc_or_skip()
-    from convc.build import clear_memory_cache
+    from convc.kernel import clear_memory_cache
 
     first = convc.compile(SMALL, "forward", target="cuda")
     clear_memory_cache()

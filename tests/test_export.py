@@ -105,6 +105,16 @@ def test_load_accepts_the_manifest_path_too(exported):
     assert sorted(load(manifest_path(exported))) == sorted(OPS)
 
 
+def test_load_takes_a_bare_file_name_as_a_file_here(spec, exported, monkeypatch):
+    """convc.load("lib.so") loads ./lib.so (dlopen alone would search the system's library
+    directories for a name without a slash, and fail)."""
+    monkeypatch.chdir(exported.parent)
+    lib = load(exported.name)
+    data = operands(spec, seed=6)
+    assert_close(lib.forward(*kernel_inputs(spec, "forward", data)),
+                 reference(spec, "forward", **data), "float32", "loaded by a bare name")
+
+
 def test_loaded_kernels_validate_their_arguments(spec, exported):
     lib = load(exported)
     data = operands(spec)
@@ -267,16 +277,10 @@ def test_log_dir_reaches_the_schedule_choice(spec, tmp_path, monkeypatch):
 
 
 def test_cuda_export(spec, tmp_path):
-    """The CUDA library: built by convc.cuda with nvcc, described by the same manifest; loading it
-    works anywhere, calling it needs a GPU (and says so)."""
-    try:
-        from convc import cuda
-    except ImportError:
-        cuda = None
-    if getattr(cuda, "export_cuda_library", None) is None:
-        with pytest.raises(NotImplementedError, match="exporting CUDA kernels"):
-            export_library(spec, tmp_path / "gpu.so", target="cuda")
-        return
+    """The CUDA library: built by convc.build.cuda with nvcc, described by the same manifest;
+    loading it works anywhere, calling it needs a GPU (and says so)."""
+    from convc.build import cuda
+
     try:
         cuda.find_nvcc()
     except cuda.NvccNotFound:

@@ -319,7 +319,8 @@ def _tvm_ffi_config() -> str | None:
                     reason="the C++ example needs g++ and make")
 def test_cpp_example(tmp_path):
     """Build examples/cpp with its Makefile against the installed tvm-ffi, run it on a float32
-    library and on a float64 channels-last 3-D one, and read its verdicts."""
+    library (named by its bare file name) and on a float64 channels-last 3-D one, and read its
+    verdicts."""
     config = _tvm_ffi_config()
     if config is None:
         pytest.skip("tvm-ffi-config (installed with apache-tvm-ffi) is not on PATH")
@@ -335,9 +336,11 @@ def test_cpp_example(tmp_path):
                                  layout="NDHWC", dtype="float64", bias=True),
                        tmp_path / "ndhwc.so", ops=["grad_weight", "forward", "grad_input"]),
     ]
-    for library in libraries:
-        run = subprocess.run([str(tmp_path / "run_library"), str(library)], capture_output=True,
-                             text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    # The first by its bare file name, as the README runs it (dlopen alone would search the
+    # system's library directories for it), the second by its full path.
+    for library, name in zip(libraries, (libraries[0].name, str(libraries[1]))):
+        run = subprocess.run([str(tmp_path / "run_library"), name], capture_output=True,
+                             text=True, timeout=120, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
         assert run.returncode == 0, run.stdout + run.stderr
         lines = run.stdout.splitlines()
         assert lines[-1] == "ALL PASS"

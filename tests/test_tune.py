@@ -21,11 +21,12 @@ from convc.ops import declare
 from convc.target import resolve
 
 tuning = importlib.import_module("convc.tuning")
-records = importlib.import_module("convc.tuning.records")
+records = importlib.import_module("convc.records")
 
 SPEC = convc.ConvSpec.from_shapes((1, 4, 6, 6), (4, 4, 3, 3), padding=1)
 # A CPU no machine reports as its own (LLVM names hosts by micro-architecture, not by x86-64 level).
 OTHER_CPU = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v2", "num-cores": 2}
+HERE = resolve(None)  # record stores and keys take resolved targets, as convc passes them
 
 
 @pytest.fixture(autouse=True)
@@ -43,20 +44,20 @@ def func(op="forward"):
 # --- keys and directories ----------------------------------------------------------------------
 
 def test_target_identity_names_what_a_record_depends_on():
-    here = records.target_identity(None)
+    here = records.target_identity(HERE)
     assert here["kind"] == "llvm" and here["num-cores"] >= 1 and here["mcpu"]
-    assert records.target_identity(OTHER_CPU) == OTHER_CPU
-    cuda = records.target_identity("cuda")
+    assert records.target_identity(resolve(OTHER_CPU)) == OTHER_CPU
+    cuda = records.target_identity(resolve("cuda"))
     assert cuda == {"kind": "cuda", "arch": "sm_90"}
 
 
 def test_layer_directory_is_keyed_by_target_tvm_and_workload(tmp_path):
-    store = records.RecordStore.create(tmp_path, None, SPEC.key, SPEC)
+    store = records.RecordStore.create(tmp_path, HERE, SPEC.key, SPEC)
     parts = store.path.relative_to(tmp_path).parts
     assert parts == (convc.target.info(None).key, f"tvm-{tvm.__version__}", SPEC.key)
     meta = store.meta
     assert meta["tvm"] == tvm.__version__ and meta["workload"] == SPEC.key
-    assert meta["target"] == records.target_identity(None)
+    assert meta["target"] == records.target_identity(HERE)
     assert convc.ConvSpec.from_dict(meta["spec"]) == SPEC
 
 
@@ -79,23 +80,23 @@ def _edit_meta(store, **changes):
 
 
 def test_directory_of_another_tvm_is_refused_with_the_reason(tmp_path):
-    store = records.RecordStore.create(tmp_path, None, SPEC.key, SPEC)
+    store = records.RecordStore.create(tmp_path, HERE, SPEC.key, SPEC)
     _edit_meta(store, tvm="0.26.0")
     with pytest.raises(records.RecordError, match="TVM 0.26.0"):
-        records.RecordStore.open(tmp_path, None, SPEC.key)
+        records.RecordStore.open(tmp_path, HERE, SPEC.key)
     with pytest.warns(records.RecordMismatchWarning, match="TVM 0.26.0"):
         assert tuning.find_record(func(), None, log_dir=tmp_path) is None
 
 
 def test_directory_claiming_another_target_is_refused(tmp_path):
-    store = records.RecordStore.create(tmp_path, None, SPEC.key, SPEC)
+    store = records.RecordStore.create(tmp_path, HERE, SPEC.key, SPEC)
     _edit_meta(store, target=OTHER_CPU)
     with pytest.raises(records.RecordError, match="x86-64-v2"):
-        store.check(None)
+        store.check(HERE)
 
 
 def test_records_of_another_target_only_are_not_applied_and_say_why(tmp_path):
-    records.RecordStore.create(tmp_path, OTHER_CPU, SPEC.key, SPEC)
+    records.RecordStore.create(tmp_path, resolve(OTHER_CPU), SPEC.key, SPEC)
     with pytest.warns(records.RecordMismatchWarning, match="other targets"):
         found = tuning.lookup(func(), None, log_dir=tmp_path)
     assert found.schedule is None
@@ -104,11 +105,11 @@ def test_records_of_another_target_only_are_not_applied_and_say_why(tmp_path):
 
 def test_a_record_measured_on_another_target_poisons_its_file(tmp_path):
     """TVM's database keeps a target per record but never compares it (TVM issue #15549)."""
-    store = records.RecordStore.create(tmp_path, None, SPEC.key, SPEC)
+    store = records.RecordStore.create(tmp_path, HERE, SPEC.key, SPEC)
     line = [0, [[[], []], [1e-5], dict(OTHER_CPU, keys=["cpu"]), []]]
     (store.path / records.RECORDS).write_text(json.dumps(line) + "\n")
     with pytest.raises(records.RecordError, match="line 1 was measured on target"):
-        store.check_records(None)
+        store.check_records(HERE)
 
 
 def test_no_records_is_a_quiet_none(tmp_path):
@@ -119,7 +120,7 @@ def test_no_records_is_a_quiet_none(tmp_path):
 
 
 def test_hand_written_verdict_is_respected(tmp_path):
-    store = records.RecordStore.create(tmp_path, None, SPEC.key, SPEC)
+    store = records.RecordStore.create(tmp_path, HERE, SPEC.key, SPEC)
     store.update_kernel("forward", verdict="hand-written", hand_written_us=1.0, tuned_us=2.0)
     found = tuning.lookup(func(), None, log_dir=tmp_path)
     assert found.schedule is None and "did not beat the hand-written" in found.reason
@@ -128,7 +129,7 @@ def test_hand_written_verdict_is_respected(tmp_path):
 def test_an_unfinished_run_is_not_applied(tmp_path):
     """A run stopped before its side-by-side check leaves records without a verdict: they are kept
     for the next run but not applied, however their time compares with the early yardstick."""
-    store = records.RecordStore.create(tmp_path, None, SPEC.key, SPEC)
+    store = records.RecordStore.create(tmp_path, HERE, SPEC.key, SPEC)
     store.update_kernel("forward", verdict=None, hand_written_us=1e9)
     found = tuning.lookup(func(), None, log_dir=tmp_path)
     assert found.schedule is None and "has not finished" in found.reason
@@ -137,9 +138,9 @@ def test_an_unfinished_run_is_not_applied(tmp_path):
 # --- interrupted writers -----------------------------------------------------------------------
 
 def test_repair_cuts_a_partial_last_line_and_keeps_it_aside(tmp_path):
-    store = records.RecordStore.create(tmp_path, None, SPEC.key, SPEC)
+    store = records.RecordStore.create(tmp_path, HERE, SPEC.key, SPEC)
     path = store.path / records.RECORDS
-    good = json.dumps([0, [[[], []], [1e-5], records.target_identity(None), []]]) + "\n"
+    good = json.dumps([0, [[[], []], [1e-5], records.target_identity(HERE), []]]) + "\n"
     path.write_text(good + good[: len(good) // 2])  # a writer killed mid-line
     assert list(records._json_lines(path)) == [json.loads(good)]
     assert store.repair() == 1
@@ -149,8 +150,8 @@ def test_repair_cuts_a_partial_last_line_and_keeps_it_aside(tmp_path):
 
 
 def test_compact_keeps_the_fastest_valid_records_of_each_kernel(tmp_path):
-    store = records.RecordStore.create(tmp_path, None, SPEC.key, SPEC)
-    here = records.target_identity(None)
+    store = records.RecordStore.create(tmp_path, HERE, SPEC.key, SPEC)
+    here = records.target_identity(HERE)
 
     def line(workload, secs):
         return json.dumps([workload, [[[], []], secs, here, []]]) + "\n"
@@ -167,7 +168,7 @@ def test_compact_keeps_the_fastest_valid_records_of_each_kernel(tmp_path):
 
 
 def test_second_writer_is_refused_while_one_holds_the_lock(tmp_path):
-    store = records.RecordStore.create(tmp_path, None, SPEC.key, SPEC)
+    store = records.RecordStore.create(tmp_path, HERE, SPEC.key, SPEC)
     with store.lock():
         with pytest.raises(records.RecordError, match="another convc tune is writing"):
             with records.RecordStore(store.path).lock():
@@ -177,7 +178,7 @@ def test_second_writer_is_refused_while_one_holds_the_lock(tmp_path):
 
 
 def test_meta_is_replaced_atomically(tmp_path):
-    store = records.RecordStore.create(tmp_path, None, SPEC.key, SPEC)
+    store = records.RecordStore.create(tmp_path, HERE, SPEC.key, SPEC)
     store.update_kernel("forward", hand_written_us=3.5)
     assert store.kernel("forward") == {"hand_written_us": 3.5}
     assert not list(store.path.glob(".meta.*"))

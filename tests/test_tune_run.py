@@ -24,7 +24,7 @@ from convc.check import kernel_inputs, operands, reference, relative_error
 from convc.ops import declare
 
 tuning = importlib.import_module("convc.tuning")
-records = importlib.import_module("convc.tuning.records")
+records = importlib.import_module("convc.records")
 driver = importlib.import_module("convc.tuning.driver")
 
 pytestmark = pytest.mark.tuning
@@ -85,7 +85,7 @@ def test_every_kernel_gets_valid_records_with_torch_importable(tuned):
 
 def test_records_carry_their_target_and_tvm(tuned):
     assert tuned.path.parent.name == f"tvm-{tvm.__version__}"
-    assert records.RecordStore(tuned.path).check_records(None) == 12
+    assert records.RecordStore(tuned.path).check_records(convc.target.resolve(None)) == 12
 
 
 def test_tuned_schedules_are_found_and_compute_the_right_thing(tuned, logs):
@@ -115,7 +115,7 @@ def test_compile_applies_tuned_records(tuned, logs, monkeypatch):
     if "find_record" not in inspect.getsource(dispatch):
         pytest.skip("convc.dispatch.choose does not consult tuning records yet")
     monkeypatch.setenv("CONVC_TUNING_LOGS", str(logs))
-    convc.build.clear_memory_cache()
+    convc.kernel.clear_memory_cache()
     meta = records.RecordStore(tuned.path).meta["kernels"]
     data = operands(SPEC, 0)
     for op in tuning.OPS:
@@ -123,7 +123,7 @@ def test_compile_applies_tuned_records(tuned, logs, monkeypatch):
         assert kernel.how == ("tuned" if meta[op]["verdict"] == "tuned" else "hand-written"), op
         got = kernel(*kernel_inputs(SPEC, op, data))
         assert relative_error(got, reference(SPEC, op, **data)) < 1e-5, op
-    convc.build.clear_memory_cache()
+    convc.kernel.clear_memory_cache()
 
 
 def test_rerun_continues_instead_of_starting_over(tuned, logs, monkeypatch):
@@ -153,7 +153,8 @@ def test_kill_9_keeps_every_finished_record(tmp_path):
     deadline = time.monotonic() + 400
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            path = records.layer_path(log_dir, None, spec.key) / records.RECORDS
+            here = convc.target.resolve(None)
+            path = records.layer_path(log_dir, here, spec.key) / records.RECORDS
             if path.exists() and path.read_bytes().count(b"\n") >= 3:
                 break
             time.sleep(0.2)
@@ -166,7 +167,7 @@ def test_kill_9_keeps_every_finished_record(tmp_path):
     complete = path.read_bytes().count(b"\n")
     with open(path, "ab") as handle:
         handle.write(b'[0, [[["GetSBlock", [], ["conv"')
-    store = records.RecordStore.open(log_dir, None, spec.key)
+    store = records.RecordStore.open(log_dir, convc.target.resolve(None), spec.key)
     with store.lock():
         database = store.database()  # repairs
         mod = records.canonical_module(declare(spec, "forward"))

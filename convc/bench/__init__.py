@@ -173,9 +173,9 @@ def measure_peak(target=None, tries: int = 7) -> float:
     import tvm
     from tvm.script import tirx as T
 
-    from ..target import info, resolve
+    from ..target import info, resolved
 
-    target = resolve(target)
+    target = resolved(target)
     lanes, chains, steps = info(target).lanes("float32"), 24, 200_000
     width = chains * lanes
 
@@ -210,7 +210,7 @@ def measure_peak(target=None, tries: int = 7) -> float:
 def convc_calls(layer, op, layouts, target=None, describe=None) -> dict:
     """{("convc", layout): callable}, plus {layout: (compile seconds, how the kernel was
     scheduled)}; `describe(kernel)` names the schedule (default: kernel.how)."""
-    from ..build import compile as compile_kernel
+    from ..kernel import compile as compile_kernel
     from ..check import kernel_inputs, operands
     from ..kernel import aligned_copy, aligned_empty
 
@@ -342,9 +342,9 @@ def run(layers=None, ops=OPS, layouts=LAYOUTS, repeat=10, target=None, numpy_bas
 
     threads: PyTorch's thread count; convc's is set by TVM_NUM_THREADS before its first kernel
     runs (the CLI does that), default the target's cores."""
-    from ..target import info, resolve
+    from ..target import info, resolved
 
-    target = resolve(target)
+    target = resolved(target)
     threads = threads or info(target).num_cores
     rows = []
     for layer in layers or list(LAYERS):

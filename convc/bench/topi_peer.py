@@ -20,6 +20,12 @@ peer ("-" in the benchmark).
 from __future__ import annotations
 
 import numpy as np
+import tvm
+from tvm import te, topi
+
+from ..records import (RecordStore, best_record, canonical_module, layer_path, replay,
+                       search_roots, user_log_dir)
+from ..target import resolved
 
 WORKLOAD_PREFIX = "topi-"
 
@@ -27,8 +33,6 @@ WORKLOAD_PREFIX = "topi-"
 def declare(spec, op):
     """The topi PrimFunc standing for convc's ``op`` on ``spec`` (arguments: convc's kernel
     inputs, then the output), or None where topi has no such op."""
-    from tvm import te, topi  # noqa: PLC0415
-
     if spec.ndim != 2 or spec.layout != "NCHW" or spec.bias:
         return None
     stride, dilation, groups = spec.stride, spec.dilation, spec.groups
@@ -75,12 +79,10 @@ def declare(spec, op):
 def tune(specs, ops, *, trials: int, log_dir=None, target=None, quiet=False, seed=None,
          keep=None, stream=None):
     """Tune topi's kernels for ``specs`` (MetaSchedule's generic space, evolutionary search)."""
-    from .. import tuning  # noqa: PLC0415
-    from ..target import resolve  # noqa: PLC0415
-    from ..tuning import driver  # noqa: PLC0415
+    from ..tuning import driver  # noqa: PLC0415 - MetaSchedule: only when tuning starts
 
-    target = resolve(target)
-    log_dir = log_dir if log_dir is not None else tuning.user_log_dir()
+    target = resolved(target)
+    log_dir = log_dir if log_dir is not None else user_log_dir()
     reports = []
     with driver.Session(target) as session:
         for spec in specs:
@@ -99,22 +101,10 @@ def tune(specs, ops, *, trials: int, log_dir=None, target=None, quiet=False, see
 def best_module(spec, op, target=None, log_dir=None):
     """(the tuned topi module, trials behind it) from the first log directory holding records
     for it, or (None, 0)."""
-    import tvm  # noqa: PLC0415
-
-    from ..target import resolve  # noqa: PLC0415
-    from ..tuning.records import (  # noqa: PLC0415
-        RecordStore,
-        best_record,
-        canonical_module,
-        layer_path,
-        replay,
-        search_roots,
-    )
-
     func = declare(spec, op)
     if func is None:
         return None, 0
-    target = resolve(target)
+    target = resolved(target)
     mod = canonical_module(func)
     for root in search_roots(log_dir):
         path = layer_path(root, target, WORKLOAD_PREFIX + spec.key)
@@ -130,8 +120,6 @@ def best_module(spec, op, target=None, log_dir=None):
 
 def call(spec, op, library, data: dict):
     """A no-argument callable running ``library`` on ``data`` (convc.check.operands)."""
-    import tvm  # noqa: PLC0415
-
     names = {"forward": ("x", "w"), "grad_input": ("dy", "w"), "grad_weight": ("x", "dy")}[op]
     shape = {"forward": spec.output_shape, "grad_input": spec.input_shape,
              "grad_weight": spec.weight_shape}[op]

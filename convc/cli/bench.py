@@ -37,6 +37,10 @@ def add_parser(subparsers):
                    help="skip TVM's topi peer (run only where `convc tune --peer topi` left records)")
     p.add_argument("--plot", default=None, metavar="PNG", help="bar chart per op (needs matplotlib)")
     p.add_argument("--target", default=None, help="llvm target (default: this CPU)")
+    p.add_argument("--overhead", action="store_true",
+                   help="instead: what a call costs beyond the compiled function (direct call, "
+                        "Kernel, cached convc.conv2d with NumPy and torch, PyTorch's F.conv2d) on "
+                        "a tiny conv, the SE 1x1 convs on 1x1 inputs and MobileNetV2's depthwise")
     zoo = p.add_argument_group("zoo", "--zoo: every distinct convolution of torchvision's "
                                "classification models (convc/bench/zoo.json), convc in NCHW and "
                                "NHWC beside PyTorch contiguous and channels_last")
@@ -83,6 +87,8 @@ def run(args) -> int:
     if args.repeat < 1:
         raise ValueError(f"--repeat={args.repeat} must be at least 1")
     threads = args.threads or info(target).num_cores
+    if args.overhead:
+        return _overhead(target, args.repeat, threads, args.stat)
     peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
     try:
         import torch
@@ -106,6 +112,22 @@ def run(args) -> int:
     if args.plot:
         bench.plot(rows, args.plot, peak)
         print(f"plot: {args.plot}")
+    return 0
+
+
+def _overhead(target, repeat: int, threads: int, stat: str) -> int:
+    from convc.bench import overhead
+
+    tinfo = target.info
+    print(f"convc bench --overhead  {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"machine: {_cpu_name()}, LLVM mcpu {tinfo.arch}, {tinfo.num_cores} cores; "
+          f"{threads} thread(s); {stat} of {repeat} rounds, side by side")
+    rows = overhead.run(target, repeat, threads, stat=stat,
+                        progress=lambda r: print(f"  {r.layer} done", flush=True))
+    print()
+    print(overhead.table(rows))
+    print()
+    print(overhead.summary(rows))
     return 0
 
 

@@ -89,7 +89,7 @@ def shape(text: str, name: str, rank: int, op: str) -> tuple:
 
 
 def target_of(text, arch):
-    """--target and --arch -> what convc.target.resolve accepts."""
+    """--target and --arch -> what convc.target.resolve accepts (resolved once, by the caller)."""
     if arch is None:
         return text
     config = _target_config(text)
@@ -98,9 +98,9 @@ def target_of(text, arch):
 
 
 def _target_config(text) -> dict:
-    from convc.target import resolve
-
     name = (text or "llvm").strip()
+    if name.lower() in ("llvm", "cpu", "host"):
+        return {"kind": "llvm"}  # resolve fills in this machine's triple and cores
     if name.lower() == "cuda":
         return {"kind": "cuda"}
     if name.startswith("{"):
@@ -111,23 +111,25 @@ def _target_config(text) -> dict:
         if not isinstance(config, dict) or "kind" not in config:
             raise ValueError(f"--target={text!r} is not valid: expected a JSON object with a 'kind'")
         return config
-    return json.loads(str(resolve(name)))
+    raise ValueError(f"--target={text!r} is not known: expected llvm, cuda or a JSON object")
 
 
 def run(args) -> int:
     from convc.export import CrossCompileWarning, export_library, manifest_path
     from convc.spec import ConvSpec
+    from convc.target import resolve
 
     rank = RANK[args.op]
     spec = ConvSpec.from_shapes(
         shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
         ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
         ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias)
+    target = resolve(target_of(args.target, args.arch))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CrossCompileWarning)
         try:
-            path = export_library(spec, args.output, ops=args.kernels,
-                                  target=target_of(args.target, args.arch), log_dir=args.log_dir)
+            path = export_library(spec, args.output, ops=args.kernels, target=target,
+                                  log_dir=args.log_dir)
         except (NotImplementedError, RuntimeError) as err:
             print(f"convc compile: error: {err}", file=sys.stderr)
             return 1

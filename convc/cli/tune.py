@@ -110,26 +110,26 @@ def _suite(names: str, layout, dtype) -> list:
 
 
 def run(args) -> int:
-    from convc.tuning.driver import TuneError
-
     import convc.tuning as tuning
+    from convc.target import resolve
 
     specs = specs_of(args)
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    target = resolve(target_of(args.target, args.arch))
     try:
         if args.peer == "topi":
             from convc.bench import topi_peer
 
             reports = topi_peer.tune(specs, kernels, trials=args.trials, log_dir=args.log_dir,
-                                     target=target_of(args.target, args.arch), quiet=args.quiet,
+                                     target=target, quiet=args.quiet,
                                      seed=args.seed, keep=args.keep)
         else:
             reports = tuning.tune(
-                specs, kernels, target=target_of(args.target, args.arch), trials=args.trials,
+                specs, kernels, target=target, trials=args.trials,
                 log_dir=args.log_dir, seed=args.seed, quiet=args.quiet,
                 rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
                 trials_per_iter=args.trials_per_iter, keep=args.keep, space=args.space)
-    except (TuneError, tuning.RecordError) as err:
+    except (tuning.TuneError, tuning.RecordError) as err:
         print(f"convc tune: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -5,24 +5,25 @@
     convc.tune(spec, trials=64)               # forward, grad_input, grad_weight as one task set
     convc.compile(spec, "grad_weight").how     # "tuned" where the record beat the hand-written one
 
-Pieces: :mod:`.records` (tuning_logs/ layout, target checks, lookup: ``find_record``),
+Pieces: :mod:`convc.records` (tuning_logs/ layout, target checks, lookup: ``find_record``;
+beside convc.dispatch, which asks it first),
 :mod:`.driver` (one workload's run), :mod:`.workers` (warm, torch-free build workers),
-:mod:`.progress` (the live line), :mod:`.rpc` (tracker/servers).  Importing this package is
-cheap: MetaSchedule is only imported when tuning starts or a record directory exists.
+:mod:`.progress` (the live line), :mod:`.rpc` (tracker/servers), :mod:`.errors`.  Importing
+this package is cheap: MetaSchedule is only imported when tuning starts or a record directory
+exists.
 """
 
 from __future__ import annotations
 
-from .records import (
-    RecordError,
-    RecordMismatchWarning,
-    find_record,
-    lookup,
-    search_roots,
-    user_log_dir,
-)
-
-OPS = ("forward", "grad_input", "grad_weight")
+from ..dispatch import untuned
+from ..kernel import clear_memory_cache
+from ..ops import declare
+from ..records import (RecordError, RecordMismatchWarning, find_record, lookup, search_roots,
+                       user_log_dir)
+from ..spec import OPS, ConvSpec, check_op
+from ..target import resolved
+from .errors import TuneError
+from .space import check_space
 
 
 def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=None,
@@ -73,10 +74,7 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
     -------
     list of convc.tuning.driver.WorkloadReport, one per spec.
     """
-    from convc.spec import ConvSpec, check_op  # noqa: PLC0415
-    from convc.target import resolve  # noqa: PLC0415
-
-    from . import driver  # noqa: PLC0415
+    from . import driver  # noqa: PLC0415 - MetaSchedule: only when tuning starts
 
     specs = [specs] if isinstance(specs, ConvSpec) else list(specs)
     for i, spec in enumerate(specs):
@@ -89,48 +87,31 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
     ops = [check_op(op) for op in dict.fromkeys(ops)]
     if not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials={trials!r}: expected a positive number of trials per kernel")
-    from .space import check_space  # noqa: PLC0415
-
     check_space(space)
     if keep is not None and (not isinstance(keep, int) or keep < 1):
         raise ValueError(f"keep={keep!r}: expected a positive number of records per kernel")
-    target = resolve(target)
+    target = resolved(target)
     log_dir = log_dir if log_dir is not None else user_log_dir()
     reports = []
     with driver.Session(target, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
                         builder_workers=builder_workers, build_timeout=build_timeout,
                         run_timeout=run_timeout) as session:
         for spec in specs:
-            kernels = [driver.Kernel(op, _declare(spec, op), spec.flops, hand_written)
+            kernels = [driver.Kernel(op, declare(spec, op), spec.flops, hand_written)
                        for op in ops]
             reports.append(driver.tune_workload(
                 kernels, target, workload=spec.key, spec=spec, log_dir=log_dir, session=session,
                 trials=trials, seed=seed, quiet=quiet, stream=stream,
                 trials_per_iter=trials_per_iter or driver.DEFAULT_TRIALS_PER_ITER[space],
                 population=population or driver.DEFAULT_POPULATION, keep=keep, space=space))
-    _forget_compiled()
+    clear_memory_cache()  # kernels compiled earlier in this process may now have a tuned schedule
     return reports
 
 
 def hand_written(func, target):
     """The schedule convc uses without a tuning record (hand-written rule, else the default)."""
-    from convc.dispatch import untuned  # noqa: PLC0415
-
     return untuned(func, target)[0]
 
 
-def _declare(spec, op):
-    from convc.ops import declare  # noqa: PLC0415
-
-    return declare(spec, op)
-
-
-def _forget_compiled() -> None:
-    """Kernels compiled earlier in this process may now have a tuned schedule."""
-    from convc.build import clear_memory_cache  # noqa: PLC0415
-
-    clear_memory_cache()
-
-
-__all__ = ["OPS", "RecordError", "RecordMismatchWarning", "find_record", "hand_written", "lookup",
-           "search_roots", "tune", "user_log_dir"]
+__all__ = ["OPS", "RecordError", "RecordMismatchWarning", "TuneError", "find_record",
+           "hand_written", "lookup", "search_roots", "tune", "user_log_dir"]

@@ -24,13 +24,15 @@ import logging
 import os
 import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import tvm
+import tvm_ffi
 
-from .progress import INVALID_SECONDS, KernelProgress, ProgressCallback, ProgressLine
-from .records import (
+from ..build.cache import cache_dir
+from ..records import (
     RecordError,
     RecordStore,
     best_record,
@@ -39,7 +41,13 @@ from .records import (
     target_key,
     tvm_version,
 )
-from .space import measured_hashes, unmeasured
+from ..target import host_cores
+from .errors import TuneError
+from .intrinsics import load_for
+from .progress import INVALID_SECONDS, KernelProgress, ProgressCallback, ProgressLine
+from .rpc import rpc_config_for
+from .space import measured_hashes, search_strategy, space_generator, unmeasured
+from .workers import WarmBuilder, WarmRunner
 
 # Per space: small rounds over the hand grid let the cost model, retrained after each round, rank
 # what is left; the generic space's evolutionary search needs larger rounds to pay its search time.
@@ -51,10 +59,6 @@ SIDE_BY_SIDE_ROUNDS = 5
 # A record is used only when the side-by-side medians put it this much ahead of the hand-written
 # schedule: closer than that is inside this kind of machine's noise (README, "Auto-tuning").
 VERDICT_MARGIN = 0.03
-
-
-class TuneError(RuntimeError):
-    """Tuning cannot start (no device to measure on, no RPC server, ...)."""
 
 
 @dataclasses.dataclass
@@ -94,13 +98,9 @@ class Session:
     def __init__(self, target, *, rpc_tracker: str | None = None, rpc_key: str | None = None,
                  builder_workers: int | None = None, build_timeout: float = 60.0,
                  run_timeout: float = 60.0, evaluator=None):
-        from .workers import WarmBuilder, WarmRunner  # noqa: PLC0415
-
         self.target = target
         rpc_config, servers = None, 1
         if rpc_tracker or rpc_key:
-            from .rpc import rpc_config_for  # noqa: PLC0415
-
             rpc_config, servers = rpc_config_for(rpc_tracker, rpc_key, timeout=run_timeout)
         elif target.kind.name == "cuda" and not tvm.cuda(0).exist:
             raise TuneError(
@@ -248,8 +248,6 @@ def _us(seconds: float | None) -> float | None:
 
 
 def _hash(mod) -> str:
-    import tvm_ffi  # noqa: PLC0415
-
     return str(tvm_ffi.structural_hash(mod))
 
 
@@ -270,9 +268,8 @@ def _trials_done(database, mods: dict, store: RecordStore | None = None) -> dict
 
 def _log_file(work_dir, target, workload: str) -> Path:
     if work_dir is None:
-        from convc.cache import cache_dir  # noqa: PLC0415
-
-        work_dir = cache_dir() / "tune" / target_key(target) / f"tvm-{tvm_version()}"
+        root = cache_dir() or Path(tempfile.gettempdir()) / "convc"  # MetaSchedule's own log
+        work_dir = root / "tune" / target_key(target) / f"tvm-{tvm_version()}"
     path = Path(work_dir) / f"{workload}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
@@ -282,11 +279,6 @@ def _run_search(kernels, mods, target, database, session, progress, *, seed, tri
                 population, space, known, log_file) -> None:
     from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
     from tvm.s_tir.meta_schedule.utils import fork_seed  # noqa: PLC0415
-
-    from convc.target import host_cores  # noqa: PLC0415
-
-    from .intrinsics import load_for  # noqa: PLC0415
-    from .space import search_strategy, space_generator  # noqa: PLC0415
 
     cores = host_cores()  # the search runs here, whatever device measures
     load_for(target)  # before TuneContext imports every backend's intrinsics (see intrinsics.py)

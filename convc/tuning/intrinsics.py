@@ -16,6 +16,8 @@ import importlib.util
 import os
 import sys
 
+from ..target import host_triple
+
 PACKAGE = "tvm.s_tir.tensor_intrin"
 # LLVM triple prefix -> intrinsic submodules MetaSchedule's CPU rules may use there.
 CPU_MODULES = {"x86_64": ("x86",), "i686": ("x86",), "aarch64": ("arm_cpu",),
@@ -28,7 +30,7 @@ def load_for(target) -> tuple[str, ...]:
     if target.kind.name != "llvm":
         importlib.import_module(PACKAGE)
         return ()
-    triple = str(target.attrs.get("mtriple", "")) or _host_triple()
+    triple = str(target.attrs.get("mtriple", "")) or host_triple()
     modules = next((mods for prefix, mods in CPU_MODULES.items() if triple.startswith(prefix)),
                    None)
     package = sys.modules.get(PACKAGE)
@@ -55,8 +57,3 @@ def _install_lazy_package() -> None:
     sys.modules[PACKAGE] = module
     setattr(tvm.s_tir, "tensor_intrin", module)
 
-
-def _host_triple() -> str:
-    from convc.target import host_triple  # noqa: PLC0415
-
-    return host_triple()

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import time
 
-from .driver import TuneError
+from .errors import TuneError
+
 
 def parse_tracker(text: str) -> tuple[str, int]:
     """``"HOST:PORT"`` -> (host, port), with an error in the flag's words."""

@@ -22,6 +22,12 @@ alternative has nothing to go stale and nothing to mutate.
 
 from __future__ import annotations
 
+import tvm_ffi
+
+from ..dispatch import rules
+from ..records import replay
+from ..schedules.default import default
+
 SPACES = ("hand", "generic")
 
 
@@ -34,12 +40,7 @@ def check_space(space: str) -> str:
 def hand_grid(func, target) -> list:
     """[(knobs, schedule)] for every alternative of the first rule that takes ``func``; one entry
     (knobs None) with the default schedule when no rule takes it."""
-    from convc.schedules import RULES  # noqa: PLC0415
-    from convc.schedules.default import default  # noqa: PLC0415
-    from convc.target import info  # noqa: PLC0415
-
-    kind = "cuda" if info(target).is_gpu else "cpu"
-    for rule in RULES[kind]:
+    for rule in rules(target):
         grid = getattr(rule, "knobs", None)
         alternatives = grid(func, target) if grid is not None else [{}]
         if not alternatives:
@@ -98,8 +99,6 @@ def _grid_search_class():
 
         def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None,
                        cost_model=None) -> None:
-            import tvm_ffi  # noqa: PLC0415
-
             mod = self.context.mod
             done = set(self.measured)
             if database is not None:
@@ -159,10 +158,6 @@ _GRID_SEARCH = None
 
 def measured_hashes(mod, database) -> set:
     """Structural hashes of the scheduled modules the database holds records of for ``mod``."""
-    import tvm_ffi  # noqa: PLC0415
-
-    from .records import replay  # noqa: PLC0415
-
     hashes = set()
     if not database.has_workload(mod):
         return hashes
@@ -180,8 +175,6 @@ def measured_hashes(mod, database) -> set:
 def unmeasured(space: str, mod, target, database, measured=frozenset()) -> int | None:
     """How many of the hand grid's schedules for ``mod`` neither the database nor ``measured``
     (hashes kept from a compacted log) holds yet; None for the generic space (no fixed size)."""
-    import tvm_ffi  # noqa: PLC0415
-
     if check_space(space) != "hand":
         return None
     pending = {tvm_ffi.structural_hash(sch.mod) for _, sch in hand_grid(mod["main"], target)}

@@ -231,6 +231,12 @@ std::string ManifestPath(const std::string& library) {
   return library.substr(0, dot) + ".json";
 }
 
+// dlopen searches the system's library directories for a name without a slash, but a file named
+// on the command line means that file: a bare name gets "./".
+std::string AsFilePath(const std::string& name) {
+  return name.find('/') == std::string::npos ? "./" + name : name;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -243,7 +249,7 @@ int main(int argc, char** argv) {
   try {
     ffi::json::Object manifest =
         ffi::json::Parse(ReadFile(ManifestPath(library))).cast<ffi::json::Object>();
-    ffi::Module module = ffi::Module::LoadFromFile(library);
+    ffi::Module module = ffi::Module::LoadFromFile(AsFilePath(library));
     ffi::json::Object functions = manifest.at("functions").cast<ffi::json::Object>();
     std::printf("loaded %s: %d functions, target %s\n", library.c_str(),
                 static_cast<int>(functions.size()),

@@ -18,6 +18,8 @@ import re
 
 import tvm
 
+from ...target import resolved
+
 _THREAD_BINDING = re.compile(r'T\.thread_binding\(([^()]*?),\s*thread="[^"]*"')
 _GPU_SCOPE = re.compile(r'scope="(?:shared|local|warp)(?:\.dyn)?"')
 # Unrolling changes no value, and unrolled nests take LLVM seconds to compile: loops go back to
@@ -56,7 +58,5 @@ def serialize(mod) -> tvm.IRModule:
 
 
 def build_serial(mod, target=None):
-    """Build the serialized module for the CPU (convc.target.resolve(target), default this CPU)."""
-    from ..target import resolve
-
-    return tvm.compile(serialize(mod), target=resolve(target))
+    """Build the serialized module for the CPU `target` (default this CPU)."""
+    return tvm.compile(serialize(mod), target=resolved(target))

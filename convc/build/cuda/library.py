@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import struct
 
 import tvm
 
-from ..target import info, resolve
+from ...target import info
 from .nvcc import Resources, compile_device, compile_library
 
 # The register file a block may use on sm_70 ... sm_90 (64K 32-bit registers per SM) and the
@@ -45,7 +46,7 @@ class KernelReport:
 
 def aot_target(target) -> tvm.target.Target:
     """`target` (a CUDA target) with the cuda_host host that export_cuda_host needs."""
-    config = dict(resolve(target).export())
+    config = dict(target.export())
     config.pop("host", None)
     config["host"] = {"kind": "cuda_host"}
     return tvm.target.Target(config)
@@ -144,7 +145,6 @@ def merge(modules: dict) -> tvm.IRModule:
     return tvm.IRModule(functions)
 
 
-
 EM_CUDA = 190  # ELF machine number of NVIDIA device code
 
 
@@ -152,8 +152,6 @@ def embedded_device_code(path) -> list:
     """SM versions of the device-code ELFs (cubins) embedded in a host library's .nv_fatbin
     section, e.g. [90] for a library built for sm_90; [] when it carries no compiled device code.
     Plain ELF64 parsing: no readelf or cuobjdump needed."""
-    import struct
-
     data = open(path, "rb").read()
     if data[:4] != b"\x7fELF" or data[4] != 2:
         raise ValueError(f"{path} is not a 64-bit ELF library")

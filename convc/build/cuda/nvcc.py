@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import tvm_ffi.libinfo
+
 
 # Where a CUDA toolkit usually lives when nvcc is not on PATH.
 FALLBACK_HOMES = ("/usr/local/cuda",)
@@ -144,8 +146,6 @@ def compile_library(source: str, arch: str, path) -> dict:
     shared library at `path` that embeds the device code as a fatbin, links tvm-ffi and the CUDA
     runtime statically (no libcuda stub: driver symbols resolve when it loads on a GPU machine).
     Returns {kernel: Resources}."""
-    import tvm_ffi.libinfo
-
     include = tvm_ffi.libinfo.find_include_path()
     dlpack = tvm_ffi.libinfo.find_dlpack_include_path()
     libtvm_ffi = tvm_ffi.libinfo.find_libtvm_ffi()

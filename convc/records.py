@@ -37,6 +37,10 @@ from pathlib import Path
 import tvm
 import tvm_ffi
 
+from .files import write_text_atomic
+from .ops import spec_of
+from .target import info, resolved
+
 FORMAT = 1
 META = "meta.json"
 WORKLOADS = "database_workload.json"
@@ -63,16 +67,11 @@ def tvm_version() -> str:
 
 
 def target_key(target) -> str:
-    from convc.target import info  # noqa: PLC0415 (keeps this module importable on its own)
-
     return info(target).key
 
 
 def target_identity(target) -> dict:
     """The target attributes a record must match: kind, triple, CPU/arch, features, cores."""
-    from convc.target import resolve  # noqa: PLC0415
-
-    target = resolve(target)
     config = {"kind": target.kind.name}
     for name in IDENTITY_ATTRS[1:]:
         if name in target.attrs:
@@ -107,8 +106,6 @@ def canonical_module(func) -> tvm.IRModule:
 def workload_of(func) -> tuple[str, str]:
     """(workload key, kernel name) of a PrimFunc: ``(spec.key, op)`` for convc declarations,
     ``("tir-<structural hash>", "main")`` for anything else."""
-    from convc.ops import spec_of  # noqa: PLC0415
-
     spec, op = spec_of(func)
     if spec is not None:
         return spec.key, op
@@ -200,13 +197,8 @@ class RecordStore:
 
     def write_meta(self, meta: dict) -> None:
         """Replace meta.json atomically (write, fsync, rename)."""
-        fd, tmp = tempfile.mkstemp(prefix=".meta.", dir=self.path)
-        with os.fdopen(fd, "w") as out:
-            json.dump(meta, out, indent=1, sort_keys=True)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path / META)
+        write_text_atomic(self.path / META, json.dumps(meta, indent=1, sort_keys=True) + "\n",
+                          fsync=True)
 
     def update_kernel(self, kernel: str, **fields) -> None:
         meta = self.meta
@@ -290,12 +282,8 @@ class RecordStore:
                 best.setdefault(line[0], []).append((sum(secs) / len(secs), line))
         kept = [line for index in sorted(best)
                 for _, line in sorted(best[index], key=lambda pair: pair[0])[:keep]]
-        fd, tmp = tempfile.mkstemp(prefix=".records.", dir=self.path)
-        with os.fdopen(fd, "w") as out:
-            out.writelines(json.dumps(line, separators=(",", ":")) + "\n" for line in kept)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path / RECORDS)
+        write_text_atomic(self.path / RECORDS, "".join(
+            json.dumps(line, separators=(",", ":")) + "\n" for line in kept), fsync=True)
         return len(lines), len(kept)
 
     def workload_index(self) -> dict[str, int]:
@@ -403,10 +391,9 @@ def lookup(func, target, log_dir=None) -> Lookup:
 
     Searches :func:`search_roots` in order; the first directory that knows the kernel decides.
     A record is used only if it beat the hand-written schedule measured in the same run.
+    ``target``: as for :func:`convc.compile` (a resolved Target passes as it is).
     """
-    from convc.target import resolve  # noqa: PLC0415
-
-    target = resolve(target)
+    target = resolved(target)
     workload, kernel = workload_of(func)
     elsewhere = []
     for root in search_roots(log_dir):
