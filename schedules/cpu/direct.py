@@ -52,8 +52,8 @@ from convc.ops.common import acc_dtype
 from convc.target import info
 
 from .common import (box_split, box_tile, channel_tail, channel_vectors, channels_last_map, extent,
-                     find, finish_output, index_map, label, new_schedule, parallel_block, parallel_outer,
-                     partition_hint, pick_tile, to_hwio, vector_registers)
+                     find, finish_output, index_map, label, new_schedule, parallel_block,
+                     parallel_outer, partition_hint, pick_tile, to_hwio, vector_registers)
 
 
 # Weight bytes of one output-channel slice (all reduction channels and taps x vo) above which the
@@ -369,7 +369,8 @@ def weight_slice_bytes(geo: Geometry, vo: int) -> int:
 
 def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=None, knobs=None):
     knobs = knobs or {}
-    vo, by_group, tw_max = channel_tile(geo, target, knobs.get("vectors", default_vectors(geo, target)))
+    most = knobs.get("vectors", default_vectors(geo, target))
+    vo, by_group, tw_max = channel_tile(geo, target, most)
     # A partial last channel tile: the accumulator's write-back is made before the split, so that
     # its domain stays the real channels (made after, it would cover the padded lanes too).
     tail = channel_tail(geo.out_per_group if by_group else geo.out_channels, vo,

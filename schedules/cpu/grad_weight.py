@@ -102,6 +102,10 @@ def schedule_grad_weight(func, target, knobs=None):
           + (f" tail:{tail}" if tail else ""))
     o_o, o_i = sch.split(o, [None, vo])
     budget = max(1, (regs - vectors - 3) // vectors)
+    if tail:
+        # The partitioned body is compiled twice; LLVM's time grows faster than the body: 26 rows
+        # took 1.3-2.0 s for one kernel (RegNet 104->26 1x1 channels-first), 13 rows 0.17 s.
+        budget = min(budget, MAX_TAIL_ROWS)
 
     # Register tile: input channels first, then the kernel taps from the innermost out.
     tile_loops, tiled = [], 1
@@ -233,6 +237,7 @@ def reduction_chunks(spec, target) -> int:
 
 MAX_CHUNKS = 16
 POSITION_UNROLL = 4
+MAX_TAIL_ROWS = 16
 
 
 def _split_reduction(sch, block, spec, chunks):
