@@ -1,7 +1,8 @@
 """The functional API, named and ordered like torch.nn.functional.conv{1,2,3}d and
 torch.nn.grad.conv{1,2,3}d_{input,weight}.
 
-    convc.conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout, target)
+    convc.conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                 padding_mode="zeros", layout, target)
     convc.conv2d_grad_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *, ...)
     convc.conv2d_grad_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *, ...)
 
@@ -120,24 +121,25 @@ def _cached(key_of, arrays, *args):
 
 # What each op's calls are keyed by: everything the full path checks, as given.
 
-def _forward_key(ndim, input, weight, bias, stride, padding, dilation, groups, layout, target):
+def _forward_key(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode,
+                 layout, target):
     return ("forward", ndim, type(input), input.shape, input.dtype, weight.shape,
             None if bias is None else bias.shape, plain(stride), plain(padding), plain(dilation),
-            plain(groups), layout, given_key(target))
+            plain(groups), plain(padding_mode), layout, given_key(target))
 
 
 def _grad_input_key(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
-                    layout, target):
+                    padding_mode, layout, target):
     return ("grad_input", ndim, type(grad_output), plain(input_size), weight.shape,
             grad_output.shape, grad_output.dtype, plain(stride), plain(padding), plain(dilation),
-            plain(groups), layout, given_key(target))
+            plain(groups), plain(padding_mode), layout, given_key(target))
 
 
 def _grad_weight_key(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
-                     layout, target):
+                     padding_mode, layout, target):
     return ("grad_weight", ndim, type(input), input.shape, input.dtype, plain(weight_size),
             grad_output.shape, plain(stride), plain(padding), plain(dilation), plain(groups),
-            layout, given_key(target))
+            plain(padding_mode), layout, given_key(target))
 
 
 def _remember(key, kernel, template, expand, drop: bool) -> None:
@@ -151,10 +153,11 @@ def _remember(key, kernel, template, expand, drop: bool) -> None:
         _PLANS[key] = plan
 
 
-def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, layout, target):
+def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
+             target):
     arrays = (input, weight) if bias is None else (input, weight, bias)
     key, result = _cached(_forward_key, arrays, ndim, input, weight, bias, stride, padding,
-                          dilation, groups, layout, target)
+                          dilation, groups, padding_mode, layout, target)
     if result is not None:
         return result
     layout = _layout(layout, ndim)
@@ -167,7 +170,8 @@ def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, layou
         b = _float_array(bias, "bias")
         _same_dtype(x, "input", b, "bias")
     spec = ConvSpec.from_shapes(x.shape, w.shape, stride, padding, dilation, groups,
-                                layout=layout, dtype=str(x.dtype), bias=b is not None)
+                                layout=layout, dtype=str(x.dtype), bias=b is not None,
+                                padding_mode=padding_mode)
     if b is not None and tuple(b.shape) != spec.bias_shape:
         raise ValueError(f"bias has shape {tuple(b.shape)}: expected {spec.bias_shape} "
                          "(one entry per output channel)")
@@ -177,10 +181,11 @@ def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, layou
     return _like(input, _unbatch(result, unbatched))
 
 
-def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups, layout,
-                target):
+def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
+                padding_mode, layout, target):
     key, result = _cached(_grad_input_key, (grad_output, weight), ndim, input_size, weight,
-                          grad_output, stride, padding, dilation, groups, layout, target)
+                          grad_output, stride, padding, dilation, groups, padding_mode, layout,
+                          target)
     if result is not None:
         return result
     layout = _layout(layout, ndim)
@@ -193,7 +198,7 @@ def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation
                          f"{len(size) - (1 if unbatched else 0)}, like input_size={tuple(input_size)}")
     dy = dy[None] if unbatched else dy
     spec = ConvSpec.from_shapes(size, w.shape, stride, padding, dilation, groups,
-                                layout=layout, dtype=str(w.dtype))
+                                layout=layout, dtype=str(w.dtype), padding_mode=padding_mode)
     _check_grad_output(spec, dy, f"input_size={tuple(input_size)}, weight {tuple(w.shape)}")
     kernel = compile_kernel(spec, "grad_input", resolve(target))
     result = kernel.run([dy, w])
@@ -201,10 +206,11 @@ def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation
     return _like(grad_output, _unbatch(result, unbatched))
 
 
-def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups, layout,
-                 target):
+def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
+                 padding_mode, layout, target):
     key, result = _cached(_grad_weight_key, (input, grad_output), ndim, input, weight_size,
-                          grad_output, stride, padding, dilation, groups, layout, target)
+                          grad_output, stride, padding, dilation, groups, padding_mode, layout,
+                          target)
     if result is not None:
         return result
     layout = _layout(layout, ndim)
@@ -221,7 +227,7 @@ def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilatio
                          f"{x.ndim - (1 if unbatched else 0)}, like input")
     dy = dy[None] if unbatched else dy
     spec = ConvSpec.from_shapes(x.shape, size, stride, padding, dilation, groups,
-                                layout=layout, dtype=str(x.dtype))
+                                layout=layout, dtype=str(x.dtype), padding_mode=padding_mode)
     _check_grad_output(spec, dy, f"input {tuple(x.shape)}, weight_size={size}")
     kernel = compile_kernel(spec, "grad_weight", resolve(target))
     result = kernel.run([x, dy])
@@ -231,25 +237,27 @@ def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilatio
 
 def _make(ndim: int):
     def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-             layout=None, target=None):
-        return _forward(ndim, input, weight, bias, stride, padding, dilation, groups, layout, target)
+             padding_mode="zeros", layout=None, target=None):
+        return _forward(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode,
+                        layout, target)
 
     def grad_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-                   layout=None, target=None):
+                   padding_mode="zeros", layout=None, target=None):
         return _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
-                           layout, target)
+                           padding_mode, layout, target)
 
     def grad_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-                    layout=None, target=None):
+                    padding_mode="zeros", layout=None, target=None):
         return _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
-                            layout, target)
+                            padding_mode, layout, target)
 
     first, last = LAYOUTS[ndim]
     conv.__name__, conv.__qualname__ = f"conv{ndim}d", f"conv{ndim}d"
     conv.__doc__ = (f"{ndim}-D convolution, as torch.nn.functional.conv{ndim}d.\n\n"
                     f"input: ({first}) or unbatched; weight: (O, I/groups, *k) for {first}, "
                     f"(*k, I/groups, O) for {last}; bias: (O,) or None.\n"
-                    "padding: int, tuple, tuple of (before, after) pairs, 'same' or 'valid'.")
+                    "padding: int, tuple, tuple of (before, after) pairs, 'same' or 'valid'; "
+                    "padding_mode: 'zeros', 'reflect', 'replicate' or 'circular', as nn.ConvNd.")
     grad_input.__name__ = grad_input.__qualname__ = f"conv{ndim}d_grad_input"
     grad_input.__doc__ = (f"Gradient of conv{ndim}d w.r.t. its input, as "
                           f"torch.nn.grad.conv{ndim}d_input: a transposed convolution of grad_output.")

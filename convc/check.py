@@ -61,18 +61,19 @@ def reference(spec: ConvSpec, op: str, x=None, w=None, b=None, dy=None, formulat
     """The reference result of `op` in spec's layout (float64). formulation: direct | im2col."""
     pad = list(zip(spec.pad_before, spec.pad_after))
     args = (spec.stride, pad, spec.dilation, spec.groups)
+    mode = {"mode": spec.padding_mode}
     im2col = formulation == "im2col"
     if op == "forward":
         f = ref.forward_im2col if im2col else ref.forward
-        return _from_cf(spec, f(_to_cf(spec, x), _to_cf(spec, w, True), *args, bias=b))
+        return _from_cf(spec, f(_to_cf(spec, x), _to_cf(spec, w, True), *args, bias=b, **mode))
     if op == "grad_input":
         f = ref.grad_input_im2col if im2col else ref.grad_input
         size = (spec.batch, spec.in_channels, *spec.in_size)
-        return _from_cf(spec, f(size, _to_cf(spec, w, True), _to_cf(spec, dy), *args))
+        return _from_cf(spec, f(size, _to_cf(spec, w, True), _to_cf(spec, dy), *args, **mode))
     if op == "grad_weight":
         f = ref.grad_weight_im2col if im2col else ref.grad_weight
         size = (spec.out_channels, spec.in_channels // spec.groups, *spec.kernel)
-        return _from_cf(spec, f(_to_cf(spec, x), size, _to_cf(spec, dy), *args), True)
+        return _from_cf(spec, f(_to_cf(spec, x), size, _to_cf(spec, dy), *args, **mode), True)
     raise ValueError(f"op={op!r}")
 
 

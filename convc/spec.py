@@ -29,6 +29,8 @@ WEIGHT_LAYOUTS = {
 }
 DTYPES = ("float32", "float64", "float16")
 OPS = ("forward", "grad_input", "grad_weight")
+# How the ring around the input is filled: PyTorch's nn.ConvNd(padding_mode=...) names.
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 def default_layout(ndim: int) -> str:
@@ -56,6 +58,12 @@ def check_dtype(dtype, name: str = "dtype") -> str:
     if text not in DTYPES:
         raise TypeError(f"{name}={dtype!r} is not supported: expected one of {DTYPES}")
     return text
+
+
+def check_padding_mode(mode, name: str = "padding_mode") -> str:
+    if mode not in PADDING_MODES:
+        raise ValueError(f"{name}={mode!r} is not a padding mode: expected one of {PADDING_MODES}")
+    return mode
 
 
 def _is_int(value) -> bool:
@@ -135,7 +143,9 @@ class ConvSpec:
 
     `in_size`, `kernel`, `stride`, `dilation`, `pad_before`, `pad_after` have one entry per
     spatial dimension. The weight of a channels-first layout is (O, I/groups, *kernel), as in
-    PyTorch; of a channels-last layout (*kernel, I/groups, O).
+    PyTorch; of a channels-last layout (*kernel, I/groups, O). `padding_mode` fills the padding
+    ring as nn.ConvNd does: "zeros", or from the input itself ("reflect": mirrored without the
+    edge, "replicate": the edge repeated, "circular": wrapped around).
     """
 
     layout: str
@@ -151,6 +161,7 @@ class ConvSpec:
     groups: int = 1
     dtype: str = "float32"
     bias: bool = False
+    padding_mode: str = "zeros"
 
     def __post_init__(self):
         self.validate()
@@ -213,7 +224,14 @@ class ConvSpec:
         return (f"{self.layout}_{self.dtype}_n{self.batch}_c{self.in_channels}_k{self.out_channels}"
                 f"_i{t(self.in_size)}_r{t(self.kernel)}_s{t(self.stride)}_d{t(self.dilation)}"
                 f"_p{t(self.pad_before)}-{t(self.pad_after)}_g{self.groups}"
-                + ("_bias" if self.bias else ""))
+                + ("_bias" if self.bias else "")
+                + ("" if self.padding_mode == "zeros" else f"_{self.padding_mode}"))
+
+    @property
+    def ring_padded(self) -> bool:
+        """The padding ring is filled from the input (a padding mode other than zeros, and some
+        padding): the adjoints then fold the ring back onto the positions it came from."""
+        return self.padding_mode != "zeros" and any(self.pad_before + self.pad_after)
 
     def with_batch(self, batch: int) -> "ConvSpec":
         return dataclasses.replace(self, batch=batch)
@@ -237,7 +255,8 @@ class ConvSpec:
     # --- construction from user arguments ------------------------------------------------------
     @classmethod
     def from_shapes(cls, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *,
-                    layout=None, dtype="float32", bias=False) -> "ConvSpec":
+                    layout=None, dtype="float32", bias=False,
+                    padding_mode="zeros") -> "ConvSpec":
         """Build a spec from a batched input shape and a weight shape in `layout`'s convention."""
         input_shape = _shape(input_shape, "input_shape")
         weight_shape = _shape(weight_shape, "weight_shape")
@@ -275,7 +294,8 @@ class ConvSpec:
         return cls(layout=layout, batch=batch, in_channels=in_channels, out_channels=out_channels,
                    in_size=tuple(in_size), kernel=kernel, stride=stride, dilation=dilation,
                    pad_before=pad_before, pad_after=pad_after, groups=int(groups),
-                   dtype=check_dtype(dtype), bias=bool(bias))
+                   dtype=check_dtype(dtype), bias=bool(bias),
+                   padding_mode=check_padding_mode(padding_mode))
 
     def validate(self) -> None:
         ndim = len(self.in_size)
@@ -303,6 +323,8 @@ class ConvSpec:
             raise ValueError(f"dilation={self.dilation} must be positive in every dimension")
         if any(p < 0 for p in self.pad_before + self.pad_after):
             raise ValueError(f"padding={self.pad_before}/{self.pad_after} must be non-negative")
+        check_padding_mode(self.padding_mode)
+        self._check_ring()
         if self.groups < 1 or self.in_channels % self.groups:
             raise ValueError(
                 f"groups={self.groups}: in_channels={self.in_channels} must be divisible by groups"
@@ -319,6 +341,24 @@ class ConvSpec:
                     f"kernel size {self.kernel} with dilation {self.dilation} spans more than the "
                     f"padded input: input size {self.in_size}, padding {self.pad_before}/{self.pad_after}"
                 )
+
+
+    def _check_ring(self) -> None:
+        """PyTorch's limits on the ring a padding mode takes from the input (F.pad): reflect
+        mirrors without the edge, so padding < input size; circular wraps once, so padding <=
+        input size."""
+        if self.padding_mode not in ("reflect", "circular"):
+            return
+        for axis, (i, pb, pa) in enumerate(zip(self.in_size, self.pad_before, self.pad_after)):
+            if self.padding_mode == "reflect" and max(pb, pa) >= i:
+                raise ValueError(
+                    f"padding_mode='reflect' needs padding < the input size on every axis: padding "
+                    f"{self.pad_before}/{self.pad_after} on input size {self.in_size} (axis {axis})")
+            if self.padding_mode == "circular" and max(pb, pa) > i:
+                raise ValueError(
+                    f"padding_mode='circular' needs padding <= the input size on every axis: "
+                    f"padding {self.pad_before}/{self.pad_after} on input size {self.in_size} "
+                    f"(axis {axis})")
 
 
 def _shape(shape, name) -> tuple:

@@ -36,6 +36,7 @@ def add_parser(subparsers):
                         "(default: %(default)s)")
     p.add_argument("--dilation", default="1", help="an int or a comma list (default: %(default)s)")
     p.add_argument("--groups", default="1", help="(default: %(default)s)")
+    add_padding_mode(p)
     p.add_argument("--layout", default=None,
                    help="NCW/NCHW/NCDHW (default) or NWC/NHWC/NDHWC; the weight layout follows")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
@@ -51,6 +52,14 @@ def add_parser(subparsers):
     p.add_argument("-o", "--output", required=True, metavar="LIB.so",
                    help="the library to write; the manifest goes beside it as LIB.json")
     return p
+
+
+def add_padding_mode(parser) -> None:
+    from convc.spec import PADDING_MODES
+
+    parser.add_argument("--padding-mode", default="zeros", choices=PADDING_MODES,
+                        help="how the padding ring is filled, as nn.ConvNd's padding_mode "
+                             "(default: %(default)s)")
 
 
 def ints(text: str, name: str):
@@ -123,7 +132,8 @@ def run(args) -> int:
     spec = ConvSpec.from_shapes(
         shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
         ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
-        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias)
+        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias,
+        padding_mode=args.padding_mode)
     target = resolve(target_of(args.target, args.arch))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CrossCompileWarning)

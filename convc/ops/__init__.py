@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..spec import ConvSpec, check_op
 from .forward import forward
-from .grad_input import grad_input
+from .grad_input import grad_input, ring_unpadded
 from .grad_weight import grad_weight
 
 DECLARATIONS = {"forward": forward, "grad_input": grad_input, "grad_weight": grad_weight}
@@ -18,6 +18,8 @@ REDUCTION = {"forward": "conv", "grad_input": "dx", "grad_weight": "dw"}
 OPERAND_STAGES = {"forward": ("pad",), "grad_input": ("dy_pad", "dy_dilated", "w_flipped"),
                   "grad_weight": ("pad",)}
 EPILOGUE = "output"
+# grad_input of a padding mode other than zeros: the ring's gradient added back onto the input.
+FOLD = "fold"
 
 # Argument names, in the order of the PrimFunc's parameters (destination last).
 ARGUMENTS = {
@@ -51,3 +53,14 @@ def spec_of(func) -> tuple[ConvSpec, str]:
     if attrs is None or "convc.spec" not in attrs:
         return None, None
     return ConvSpec.from_json(str(attrs["convc.spec"])), str(attrs["convc.op"])
+
+
+def reduction_spec_of(func) -> tuple[ConvSpec, str]:
+    """(spec, op) of the convolution a convc PrimFunc's reduction block computes: spec_of's,
+    except grad_input with a ring padding (a mode other than zeros), whose reduction is the
+    input-gradient of the padded input's convolution (ring_unpadded) and whose "fold" stage then
+    adds the ring back. Schedules size their tiles from it."""
+    spec, op = spec_of(func)
+    if spec is not None and op == "grad_input":
+        spec = ring_unpadded(spec)
+    return spec, op

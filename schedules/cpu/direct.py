@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from convc.ops import spec_of
+from convc.ops import FOLD, reduction_spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
@@ -151,7 +151,7 @@ def plan(spec, op, target) -> Plan:
 
 def schedule_direct(func, target, knobs=None):
     """The rule; `knobs` (see direct_knobs) overrides the tile choices the rule makes itself."""
-    spec, op = spec_of(func)
+    spec, op = reduction_spec_of(func)
     if spec is None or op not in ("forward", "grad_input"):
         return None
     knobs = knobs or {}
@@ -216,6 +216,9 @@ def schedule_direct(func, target, knobs=None):
     else:
         label(sch, reduction, "width-vector")
         _width_vector(sch, reduction, geo, target)
+    fold = find(sch, FOLD)  # grad_input of a ring padding: the ring added back, in parallel
+    if fold is not None:
+        parallel_block(sch, fold, target)
     return sch
 
 
@@ -243,7 +246,7 @@ def direct_knobs(func, target) -> list[dict]:
     channels-last forward whether the weights are copied per call, for 1x1 grad_input whether
     the flipped filter is read in place. Each entry is a complete
     schedule; see direct_knobs' use in convc.tuning.space."""
-    spec, op = spec_of(func)
+    spec, op = reduction_spec_of(func)
     if spec is None or op not in ("forward", "grad_input"):
         return []
     p = plan(spec, op, target)
