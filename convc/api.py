@@ -235,6 +235,17 @@ def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilatio
     return _like(input, result)
 
 
+def _grad_bias(ndim, grad_output, layout):
+    """The bias gradient: grad_output summed over batch and space, one entry per output channel
+    (float16 accumulated in float32)."""
+    layout = _layout(layout, ndim)
+    dy, _ = _batched(_float_array(grad_output, "grad_output"), "grad_output", ndim, layout)
+    channel = dy.ndim - 1 if layout[-1] == "C" else 1
+    axes = tuple(a for a in range(dy.ndim) if a != channel)
+    acc = np.float32 if dy.dtype == np.float16 else dy.dtype
+    return _like(grad_output, dy.sum(axis=axes, dtype=acc).astype(dy.dtype))
+
+
 def _make(ndim: int):
     def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
              padding_mode="zeros", layout=None, target=None):
@@ -251,6 +262,9 @@ def _make(ndim: int):
         return _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
                             padding_mode, layout, target)
 
+    def grad_bias(grad_output, *, layout=None):
+        return _grad_bias(ndim, grad_output, layout)
+
     first, last = LAYOUTS[ndim]
     conv.__name__, conv.__qualname__ = f"conv{ndim}d", f"conv{ndim}d"
     conv.__doc__ = (f"{ndim}-D convolution, as torch.nn.functional.conv{ndim}d.\n\n"
@@ -264,9 +278,12 @@ def _make(ndim: int):
     grad_weight.__name__ = grad_weight.__qualname__ = f"conv{ndim}d_grad_weight"
     grad_weight.__doc__ = (f"Gradient of conv{ndim}d w.r.t. its weight, as "
                            f"torch.nn.grad.conv{ndim}d_weight: a correlation of input with grad_output.")
-    return conv, grad_input, grad_weight
+    grad_bias.__name__ = grad_bias.__qualname__ = f"conv{ndim}d_grad_bias"
+    grad_bias.__doc__ = (f"Gradient of conv{ndim}d w.r.t. its bias: grad_output ({first}, {last} "
+                         "or unbatched) summed over batch and space, shape (O,).")
+    return conv, grad_input, grad_weight, grad_bias
 
 
-conv1d, conv1d_grad_input, conv1d_grad_weight = _make(1)
-conv2d, conv2d_grad_input, conv2d_grad_weight = _make(2)
-conv3d, conv3d_grad_input, conv3d_grad_weight = _make(3)
+conv1d, conv1d_grad_input, conv1d_grad_weight, conv1d_grad_bias = _make(1)
+conv2d, conv2d_grad_input, conv2d_grad_weight, conv2d_grad_bias = _make(2)
+conv3d, conv3d_grad_input, conv3d_grad_weight, conv3d_grad_bias = _make(3)
