@@ -122,10 +122,13 @@ def _cached(key_of, arrays, *args):
 # What each op's calls are keyed by: everything the full path checks, as given.
 
 def _forward_key(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                 layout, target):
+                 fused, layout, target):
+    scale, shift, residual, activation = fused
     return ("forward", ndim, type(input), input.shape, input.dtype, weight.shape,
             None if bias is None else bias.shape, plain(stride), plain(padding), plain(dilation),
-            plain(groups), plain(padding_mode), layout, given_key(target))
+            plain(groups), plain(padding_mode), None if scale is None else scale.shape,
+            None if shift is None else shift.shape, None if residual is None else residual.shape,
+            plain(activation), layout, given_key(target))
 
 
 def _grad_input_key(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
@@ -153,11 +156,14 @@ def _remember(key, kernel, template, expand, drop: bool) -> None:
         _PLANS[key] = plan
 
 
-def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
-             target):
-    arrays = (input, weight) if bias is None else (input, weight, bias)
+def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, fused,
+             layout, target):
+    """fused: (scale, shift, residual, activation) of the epilogue, as given."""
+    scale, shift, residual, activation = fused
+    named = {"bias": bias, "scale": scale, "shift": shift, "residual": residual}
+    arrays = (input, weight, *(a for a in named.values() if a is not None))
     key, result = _cached(_forward_key, arrays, ndim, input, weight, bias, stride, padding,
-                          dilation, groups, padding_mode, layout, target)
+                          dilation, groups, padding_mode, fused, layout, target)
     if result is not None:
         return result
     layout = _layout(layout, ndim)
@@ -165,19 +171,29 @@ def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, paddi
     w = _weight(_float_array(weight, "weight"), "weight", ndim, layout)
     _same_dtype(x, "input", w, "weight")
     x, unbatched = _batched(x, "input", ndim, layout)
-    b = None
-    if bias is not None:
-        b = _float_array(bias, "bias")
-        _same_dtype(x, "input", b, "bias")
+    if (scale is None) != (shift is None):
+        raise ValueError(f"scale is {'None' if scale is None else 'given'} but shift is "
+                         f"{'None' if shift is None else 'given'}: expected both or neither")
+    given = {}
+    for name, value in named.items():
+        if value is not None:
+            given[name] = _float_array(value, name)
+            _same_dtype(x, "input", given[name], name)
+    if "residual" in given and unbatched:
+        given["residual"] = given["residual"][None]
     spec = ConvSpec.from_shapes(x.shape, w.shape, stride, padding, dilation, groups,
-                                layout=layout, dtype=str(x.dtype), bias=b is not None,
-                                padding_mode=padding_mode)
-    if b is not None and tuple(b.shape) != spec.bias_shape:
-        raise ValueError(f"bias has shape {tuple(b.shape)}: expected {spec.bias_shape} "
-                         "(one entry per output channel)")
+                                layout=layout, dtype=str(x.dtype), bias=bias is not None,
+                                padding_mode=padding_mode, scale_shift=scale is not None,
+                                residual=residual is not None, activation=activation)
+    for name, array in given.items():
+        expected = spec.output_shape if name == "residual" else spec.bias_shape
+        if tuple(array.shape) != expected:
+            what = "the output's shape" if name == "residual" else "one entry per output channel"
+            raise ValueError(f"{name} has shape {tuple(array.shape)}: expected {expected} ({what})")
     kernel = compile_kernel(spec, "forward", resolve(target))
-    result = kernel.run([x, w] if b is None else [x, w, b])
-    _remember(key, kernel, input, (unbatched, False, False)[:len(arrays)], unbatched)
+    result = kernel.run([x, w, *given.values()])
+    expand = (unbatched, False, *(unbatched and name == "residual" for name in given))
+    _remember(key, kernel, input, expand, unbatched)
     return _like(input, _unbatch(result, unbatched))
 
 
@@ -248,9 +264,10 @@ def _grad_bias(ndim, grad_output, layout):
 
 def _make(ndim: int):
     def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-             padding_mode="zeros", layout=None, target=None):
+             padding_mode="zeros", scale=None, shift=None, residual=None, activation=None,
+             layout=None, target=None):
         return _forward(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                        layout, target)
+                        (scale, shift, residual, activation), layout, target)
 
     def grad_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
                    padding_mode="zeros", layout=None, target=None):
@@ -271,7 +288,11 @@ def _make(ndim: int):
                     f"input: ({first}) or unbatched; weight: (O, I/groups, *k) for {first}, "
                     f"(*k, I/groups, O) for {last}; bias: (O,) or None.\n"
                     "padding: int, tuple, tuple of (before, after) pairs, 'same' or 'valid'; "
-                    "padding_mode: 'zeros', 'reflect', 'replicate' or 'circular', as nn.ConvNd.")
+                    "padding_mode: 'zeros', 'reflect', 'replicate' or 'circular', as nn.ConvNd.\n"
+                    "Fused epilogue, in the same kernel: y = activation((conv + bias) * scale + "
+                    "shift + residual); scale, shift: (O,) (both or neither); residual: y's "
+                    "shape; activation: None, 'relu', 'relu6', 'leaky_relu' or ('leaky_relu', "
+                    "slope), 'silu', 'gelu' or ('gelu', 'tanh'), 'hardswish', 'sigmoid'.")
     grad_input.__name__ = grad_input.__qualname__ = f"conv{ndim}d_grad_input"
     grad_input.__doc__ = (f"Gradient of conv{ndim}d w.r.t. its input, as "
                           f"torch.nn.grad.conv{ndim}d_input: a transposed convolution of grad_output.")

@@ -15,6 +15,7 @@ onto the elements it copied (pad_adjoint), as F.pad's backward does. Computation
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -106,6 +107,41 @@ def grad_weight(x, weight_size, dy, stride, pad, dilation, groups, mode="zeros")
         dw[(Ellipsis, *tap)] = np.einsum("ngcp,ngkp->gkc", patch.reshape(patch.shape[:3] + (-1,)),
                                          dyg.reshape(dyg.shape[:3] + (-1,)))
     return dw.reshape(k, cg, *kernel)
+
+
+def activation(y, name, negative_slope=0.01):
+    """PyTorch's activations (F.relu, F.relu6, F.leaky_relu, F.silu, F.gelu exact and tanh,
+    F.hardswish, F.sigmoid), in float64."""
+    if name is None:
+        return y
+    if name == "relu":
+        return np.maximum(y, 0)
+    if name == "relu6":
+        return np.clip(y, 0, 6)
+    if name == "leaky_relu":
+        return np.where(y >= 0, y, y * negative_slope)
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-y))
+    if name == "silu":
+        return y / (1 + np.exp(-y))
+    if name == "gelu":
+        return 0.5 * y * (1 + np.vectorize(math.erf)(y / math.sqrt(2)))
+    if name == "gelu_tanh":
+        return 0.5 * y * (1 + np.tanh(math.sqrt(2 / math.pi) * (y + 0.044715 * y ** 3)))
+    if name == "hardswish":
+        return y * np.clip(y + 3, 0, 6) / 6
+    raise ValueError(f"activation={name!r}")
+
+
+def epilogue(y, scale=None, shift=None, residual=None, act=None, negative_slope=0.01):
+    """The fused forward epilogue on a channels-first (N, K, *out) result: y * scale + shift (per
+    channel), + residual, then the activation."""
+    shape = (1, -1) + (1,) * (y.ndim - 2)
+    if scale is not None:
+        y = y * np.asarray(scale, np.float64).reshape(shape) + np.asarray(shift, np.float64).reshape(shape)
+    if residual is not None:
+        y = y + np.asarray(residual, np.float64)
+    return activation(y, act, negative_slope)
 
 
 # --- im2col formulation ---------------------------------------------------------------------------

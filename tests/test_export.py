@@ -381,7 +381,26 @@ def test_cli_compile_padding_mode(tmp_path):
                      "float32", f"cli circular {op}")
 
 
+def test_cli_compile_fused_epilogue(tmp_path):
+    """--scale-shift --residual --activation: forward's parameters, the manifest's epilogue."""
+    out = tmp_path / "fused.so"
+    assert cli("--op", "conv2d", "--input", "2,6,7,8", "--weight", "3,3,8,6", "--layout", "NHWC",
+               "--bias", "--scale-shift", "--residual", "--activation", "leaky_relu:0.1",
+               "--padding", "1", "--kernels", "forward", "-o", str(out)) == 0
+    entry = _manifest(out)["functions"]["forward"]
+    assert [a["name"] for a in entry["args"]] == ["x", "w", "b", "scale", "shift", "residual", "y"]
+    assert entry["epilogue"] == ["bias (b)", "* scale + shift (per output channel)", "+ residual",
+                                 "leaky_relu(negative_slope=0.1)"]
+    spec = convc.ConvSpec.from_dict(entry["spec"])
+    data = operands(spec, seed=4)
+    assert_close(load(out).forward(*kernel_inputs(spec, "forward", data)),
+                 reference(spec, "forward", **data), "float32", "cli fused forward")
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--input", "2,8,12,12", "--weight", "16,8,3,3", "--activation", "leaky_relu:x"],
+     "--activation='leaky_relu:x'"),
+    (["--input", "2,8,12,12", "--weight", "16,8,3,3", "--activation", "tanh"], "activation='tanh'"),
     (["--input", "2,8,3,12", "--weight", "16,8,3,3", "--padding", "3", "--padding-mode", "reflect"],
      "padding_mode='reflect' needs padding < the input size"),
     (["--input", "2,8,12", "--weight", "16,8,3,3"], "--input='2,8,12' has 3 dimensions: conv2d expects 4"),

@@ -24,19 +24,24 @@ FOLD = "fold"
 # Argument names, in the order of the PrimFunc's parameters (destination last).
 ARGUMENTS = {
     "forward": ("x", "w", "y"),
-    "forward+bias": ("x", "w", "b", "y"),
+    "forward+bias": ("x", "w", "b", "y"),  # + scale, shift, residual before y: see arguments()
     "grad_input": ("dy", "w", "dx"),
     "grad_weight": ("x", "dy", "dw"),
 }
 
 
 def arguments(spec: ConvSpec, op: str) -> tuple:
-    return ARGUMENTS["forward+bias" if op == "forward" and spec.bias else op]
+    if op != "forward":
+        return ARGUMENTS[op]
+    return (("x", "w") + (("b",) if spec.bias else ()) + (("scale", "shift") if spec.scale_shift
+                                                          else ())
+            + (("residual",) if spec.residual else ()) + ("y",))
 
 
 def shapes(spec: ConvSpec, op: str) -> tuple:
     """Shapes of the op's parameters, in order (destination last)."""
     table = {"x": spec.input_shape, "w": spec.weight_shape, "b": spec.bias_shape,
+             "scale": spec.bias_shape, "shift": spec.bias_shape, "residual": spec.output_shape,
              "y": spec.output_shape, "dy": spec.output_shape, "dx": spec.input_shape,
              "dw": spec.weight_shape}
     return tuple(table[name] for name in arguments(spec, op))

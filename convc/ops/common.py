@@ -173,17 +173,49 @@ def correlate(data, weight, *, channels_last, groups, out_channels, kernel, out_
     return te.compute(shape, element, name=name)
 
 
-def epilogue(acc, spec: ConvSpec, bias=None):
-    """Cast the accumulator to spec.dtype and add the bias; `acc` itself when neither applies."""
-    if bias is None and acc.dtype == spec.dtype:
+def activate(value, name, negative_slope: float, dtype: str):
+    """PyTorch's activation `name` of a scalar expression of `dtype` (the accumulator's)."""
+    c = lambda v: tvm.tirx.const(v, dtype)  # noqa: E731 - a constant of the value's dtype
+    if name == "relu":
+        return tvm.tirx.max(value, c(0))
+    if name == "relu6":
+        return tvm.tirx.min(tvm.tirx.max(value, c(0)), c(6))
+    if name == "leaky_relu":
+        return tirx.Select(value >= c(0), value, value * c(negative_slope))
+    if name == "sigmoid":
+        return tirx.sigmoid(value)
+    if name == "silu":
+        return value * tirx.sigmoid(value)
+    if name == "gelu":
+        return c(0.5) * value * (c(1) + tirx.erf(value * c(0.7071067811865476)))
+    if name == "gelu_tanh":
+        inner = c(0.7978845608028654) * (value + c(0.044715) * value * value * value)
+        return c(0.5) * value * (c(1) + tirx.tanh(inner))
+    if name == "hardswish":
+        return value * tvm.tirx.min(tvm.tirx.max(value + c(3), c(0)), c(6)) / c(6)
+    raise ValueError(f"activation={name!r}")
+
+
+def epilogue(acc, spec: ConvSpec, bias=None, scale=None, shift=None, residual=None):
+    """"output": the accumulator + bias, * scale + shift (per output channel), + residual,
+    then spec.activation, cast to spec.dtype; `acc` itself when none of them applies. One
+    element-wise stage, so schedules fold it into the accumulator's write-back."""
+    if (bias is None and scale is None and residual is None and spec.activation is None
+            and acc.dtype == spec.dtype):
         return acc
-    cl = spec.channels_last
+    cl, dtype = spec.channels_last, acc_dtype(spec.dtype)
 
     def element(*idx):
         value = acc[idx]
+        _, o, _ = split_data_index(cl, idx)
         if bias is not None:
-            _, o, _ = split_data_index(cl, idx)
-            value = value + bias[o].astype(acc.dtype)
+            value = value + bias[o].astype(dtype)
+        if scale is not None:
+            value = value * scale[o].astype(dtype) + shift[o].astype(dtype)
+        if residual is not None:
+            value = value + residual[idx].astype(dtype)
+        if spec.activation is not None:
+            value = activate(value, spec.activation, spec.negative_slope, dtype)
         return value.astype(spec.dtype)
 
     return te.compute(acc.shape, element, name="output")
