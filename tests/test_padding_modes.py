@@ -165,3 +165,15 @@ def test_channels_last_float32_against_pytorch():
     gi = convc.conv2d_grad_input(tuple(nhwc.shape), hwio, dy.permute(0, 2, 3, 1).contiguous(),
                                  padding=1, padding_mode="reflect", layout="NHWC")
     assert_close(gi.permute(0, 3, 1, 2), x.grad, "float32", "grad_input")
+
+
+@pytest.mark.parametrize("mode", RING_MODES)
+def test_patch_embedding_gather_with_a_ring(mode):
+    """Large non-overlapping windows take grad_input's gather variant; with a ring padding it
+    computes the padded input's gradient and the fold adds the ring back."""
+    from convc.ops.grad_input import is_gather_grad_input, ring_unpadded
+
+    spec = make_spec((2, 5, 37, 30), (7, 5, 7, 6), (9, 6), (2, 3), padding_mode=mode)
+    assert is_gather_grad_input(ring_unpadded(spec))
+    kernels = check_spec(spec, ops=("grad_input",))
+    assert '"convc.schedule": "gather' in kernels["grad_input"].tir

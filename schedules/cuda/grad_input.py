@@ -6,6 +6,10 @@ convc.ops.grad_input). Its schedule is forward's (convc.schedules.cuda.forward):
 ("dy_dilated", "w_flipped") are computed inside the cooperative fetch into shared memory, so
 neither transformed operand ever exists in global memory.
 
+Large non-overlapping windows (ViT's 16x16/16 patch embedding) are declared as a gather instead
+(convc.ops.grad_input.gather_grad_input); this rule leaves them to the default GPU schedule (one
+thread per dx element; correct, not tuned).
+
 Known cost: with stride s > 1 the dilated dy holds (s^d - 1)/s^d zeros, and this schedule
 multiplies them like any other value (a sub-pixel decomposition would skip them; not done).
 """
@@ -13,6 +17,7 @@ multiplies them like any other value (a sub-pixel decomposition would skip them;
 from __future__ import annotations
 
 from convc.ops import spec_of
+from convc.ops.grad_input import is_gather_grad_input
 from convc.target import info
 
 from .forward import schedule_correlate
@@ -32,4 +37,6 @@ def rule(func, target):
             "folding the padding ring back needs a workspace the size of the padded input, which "
             "convc's CUDA libraries cannot allocate; compile it for a CPU target, or use "
             "padding_mode='zeros'")
+    if is_gather_grad_input(spec):
+        return None
     return schedule_correlate(func, target, op)
