@@ -268,6 +268,8 @@ def _manifest(entries, target, path: Path, artifact, link, extra) -> dict:
             "args": [_arg(spec, arg, shape, role="output" if i == len(names) - 1 else "input")
                      for i, (arg, shape) in enumerate(zip(names, arg_shapes))],
         }
+        if op == "forward":
+            functions[name]["epilogue"] = _epilogue(spec)
     manifest = {
         "format": FORMAT, "convc": __version__, "tvm": tvm.__version__,
         "tvm_ffi": tvm_ffi.__version__, "target": json.loads(target.json),
@@ -280,8 +282,21 @@ def _manifest(entries, target, path: Path, artifact, link, extra) -> dict:
     return manifest
 
 
+def _epilogue(spec: ConvSpec) -> list:
+    """What forward's write-back computes after the convolution, in order, with its parameters."""
+    steps = (["bias (b)"] if spec.bias else []) \
+        + (["* scale + shift (per output channel)"] if spec.scale_shift else []) \
+        + (["+ residual"] if spec.residual else [])
+    if spec.activation == "leaky_relu":
+        steps.append(f"leaky_relu(negative_slope={spec.negative_slope!r})")
+    elif spec.activation:
+        steps.append(spec.activation)
+    return steps
+
+
 def _arg(spec: ConvSpec, name: str, shape, role: str) -> dict:
-    layout = {"w": spec.weight_layout, "dw": spec.weight_layout, "b": "O"}.get(name, spec.layout)
+    layout = {"w": spec.weight_layout, "dw": spec.weight_layout, "b": "O", "scale": "O",
+              "shift": "O"}.get(name, spec.layout)
     return {"name": name, "role": role, "shape": list(shape), "dtype": spec.dtype, "layout": layout}
 
 

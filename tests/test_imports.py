@@ -37,7 +37,7 @@ LAYERS = [
     ("dispatch", ["convc.records", "convc.dispatch"]),
     ("build", ["convc.build", "convc.export_runtime"]),
     ("kernel", ["convc.kernel"]),
-    ("entry", ["convc.plans", "convc.api", "convc.export", "convc.tuning", "convc.cli",
+    ("entry", ["convc.plans", "convc.api", "convc.batch_norm", "convc.export", "convc.tuning", "convc.cli",
                "convc.bench", "convc.__main__", "convc"]),
 ]
 

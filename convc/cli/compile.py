@@ -30,12 +30,21 @@ def add_parser(subparsers):
     p.add_argument("--weight", required=True, metavar="SHAPE",
                    help="weight shape: O,I/groups,*k (channels-first) or *k,I/groups,O (channels-last)")
     p.add_argument("--bias", action="store_true", help="forward adds a bias: forward(x, w, b, y)")
+    p.add_argument("--scale-shift", action="store_true",
+                   help="forward's epilogue multiplies by scale and adds shift per output channel "
+                        "(an inference batch norm): forward(x, w[, b], scale, shift[, residual], y)")
+    p.add_argument("--residual", action="store_true",
+                   help="forward's epilogue adds a residual tensor of the output's shape")
+    p.add_argument("--activation", default=None,
+                   help="forward's epilogue ends with relu, relu6, leaky_relu[:SLOPE], silu, "
+                        "gelu, gelu:tanh, hardswish or sigmoid")
     p.add_argument("--stride", default="1", help="an int or a comma list (default: %(default)s)")
     p.add_argument("--padding", default="0",
                    help="an int, a comma list, before:after pairs (1:2,0:1), 'same' or 'valid' "
                         "(default: %(default)s)")
     p.add_argument("--dilation", default="1", help="an int or a comma list (default: %(default)s)")
     p.add_argument("--groups", default="1", help="(default: %(default)s)")
+    add_padding_mode(p)
     p.add_argument("--layout", default=None,
                    help="NCW/NCHW/NCDHW (default) or NWC/NHWC/NDHWC; the weight layout follows")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
@@ -51,6 +60,28 @@ def add_parser(subparsers):
     p.add_argument("-o", "--output", required=True, metavar="LIB.so",
                    help="the library to write; the manifest goes beside it as LIB.json")
     return p
+
+
+def add_padding_mode(parser) -> None:
+    from convc.spec import PADDING_MODES
+
+    parser.add_argument("--padding-mode", default="zeros", choices=PADDING_MODES,
+                        help="how the padding ring is filled, as nn.ConvNd's padding_mode "
+                             "(default: %(default)s)")
+
+
+def activation(text):
+    """--activation: NAME, leaky_relu:SLOPE or gelu:tanh -> what ConvSpec takes."""
+    if text is None or ":" not in text:
+        return text
+    name, _, arg = text.partition(":")
+    if name == "leaky_relu":
+        try:
+            return name, float(arg)
+        except ValueError:
+            raise ValueError(f"--activation={text!r} is not valid: expected leaky_relu:SLOPE "
+                             "with a number") from None
+    return name, arg
 
 
 def ints(text: str, name: str):
@@ -123,7 +154,9 @@ def run(args) -> int:
     spec = ConvSpec.from_shapes(
         shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
         ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
-        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias)
+        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias,
+        padding_mode=args.padding_mode, scale_shift=args.scale_shift, residual=args.residual,
+        activation=activation(args.activation))
     target = resolve(target_of(args.target, args.arch))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CrossCompileWarning)

@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from convc.ops import spec_of
+from convc.ops import FOLD, reduction_spec_of
 from convc.ops.common import acc_dtype
 from convc.ops.grad_input import is_gather_grad_input
 from convc.target import info
@@ -153,7 +153,7 @@ def plan(spec, op, target) -> Plan:
 
 def schedule_direct(func, target, knobs=None):
     """The rule; `knobs` (see direct_knobs) overrides the tile choices the rule makes itself."""
-    spec, op = spec_of(func)
+    spec, op = reduction_spec_of(func)
     if spec is None or op not in ("forward", "grad_input"):
         return None
     knobs = knobs or {}
@@ -163,7 +163,7 @@ def schedule_direct(func, target, knobs=None):
     reduction = sch.get_sblock("conv" if op == "forward" else "dx")
     if op == "grad_input" and is_gather_grad_input(spec):
         _gather(sch, reduction, spec, target)
-        return sch
+        return finish_fold(sch, target)
     # Operand stages: padding / zero insertion, computed once in parallel at the root or inlined.
     dy_pad = find(sch, "dy_pad")  # strided grad_input: dy padded, zeros inserted by dy_dilated
     if dy_pad is not None and phased:
@@ -221,6 +221,14 @@ def schedule_direct(func, target, knobs=None):
     else:
         label(sch, reduction, "width-vector")
         _width_vector(sch, reduction, geo, target)
+    return finish_fold(sch, target)
+
+
+def finish_fold(sch, target):
+    """grad_input of a ring padding: its "fold" (the ring added back) in parallel at the root."""
+    fold = find(sch, FOLD)
+    if fold is not None:
+        parallel_block(sch, fold, target)
     return sch
 
 
@@ -320,7 +328,7 @@ def direct_knobs(func, target) -> list[dict]:
     channels-last forward whether the weights are copied per call, for 1x1 grad_input whether
     the flipped filter is read in place. Each entry is a complete
     schedule; see direct_knobs' use in convc.tuning.space."""
-    spec, op = spec_of(func)
+    spec, op = reduction_spec_of(func)
     if spec is None or op not in ("forward", "grad_input"):
         return []
     p = plan(spec, op, target)

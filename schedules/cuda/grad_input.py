@@ -24,8 +24,19 @@ from .forward import schedule_correlate
 
 
 def rule(func, target):
-    """grad_input on CUDA targets; None for anything else."""
+    """grad_input on CUDA targets; None for anything else. A ring padding (a padding mode other
+    than zeros) is refused: its "fold" stage reads the gradient of the padded input, a buffer the
+    size of the padded input that the kernel would have to allocate, and the cuda_host libraries
+    convc builds cannot allocate device workspace (the CPU rules take it)."""
     spec, op = spec_of(func)
-    if op != "grad_input" or not info(target).is_gpu or is_gather_grad_input(spec):
+    if op != "grad_input" or not info(target).is_gpu:
+        return None
+    if spec.ring_padded:
+        raise ValueError(
+            f"grad_input with padding_mode={spec.padding_mode!r} is not supported on CUDA targets: "
+            "folding the padding ring back needs a workspace the size of the padded input, which "
+            "convc's CUDA libraries cannot allocate; compile it for a CPU target, or use "
+            "padding_mode='zeros'")
+    if is_gather_grad_input(spec):
         return None
     return schedule_correlate(func, target, op)
