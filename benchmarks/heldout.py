@@ -54,6 +54,11 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--ops", default=",".join(zoo.OPS))
     args = p.parse_args()
+    try:
+        import torch  # noqa: F401 - the peer every row is timed against
+    except ImportError:
+        raise SystemExit("benchmarks/heldout.py times convc beside PyTorch: "
+                         "pip install -e '.[torch]'") from None
     layers = [zoo.ZooLayer(layer, ((where, 1),)) for where, layer in HELDOUT]
     ops = tuple(args.ops.split(","))
     rows = zoo.run(layers, ops, args.repeat,
