@@ -45,11 +45,16 @@ def from_layout(y: torch.Tensor, last: bool) -> torch.Tensor:
 
 
 def empty_output(like: torch.Tensor, shape, last: bool) -> torch.Tensor:
-    """A new (N, C, *spatial) tensor of `shape`, stored in the layout's memory format."""
+    """A new (N, C, *spatial) tensor of `shape` stored in the layout's memory format: not a view
+    (a view made inside an op would trip autograd on a later in-place op, e.g. ReLU(inplace))."""
     if not last:
         return like.new_empty(shape)
-    stored = (shape[0], *shape[2:], shape[1])
-    return like.new_empty(stored).permute(FROM_LAST[len(shape) - 2])
+    strides = [0] * len(shape)
+    step = 1
+    for axis in reversed(TO_LAST[len(shape) - 2]):
+        strides[axis] = step
+        step *= shape[axis]
+    return like.new_empty_strided(tuple(shape), tuple(strides))
 
 
 def pack_weight(weight: torch.Tensor, last: bool) -> torch.Tensor:

@@ -10,9 +10,10 @@ runs PyTorch's own convolution instead.
 `FusedConv{1,2,3}d` (made by convc.torch.fuse) compute activation(conv(x) + bias + residual) in
 one kernel, batch norm folded into weight and bias.
 
-Calls: with autograd recording (some tensor requires grad and grad mode is on) or inside
-torch.compile the module calls the custom op (convc.torch.ops); otherwise it calls the op's
-implementation directly, skipping the dispatcher (inference is where per-call cost shows).
+Calls: inside torch.compile / torch.export the module calls the custom op torch.ops.convc.conv
+(convc.torch.ops); in eager mode it calls the op's implementation directly, through the same
+autograd (an autograd.Function with the op's backward) when a graph is recorded, skipping the
+dispatcher and the custom-op wrapper's per-call cost.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 
 from ..spec import resolve_padding
 from .layout import is_channels_last, pack_weight
-from .ops import conv, conv_impl
+from .ops import conv, conv_eager, conv_impl
 
 DTYPES = (torch.float32, torch.float64, torch.float16)
 # Activations of the fused epilogue, by the torch module that computes them (convc's names).
@@ -75,12 +76,15 @@ class _ConvcConv:
             residual = None if residual is None else residual.unsqueeze(0)
         last = is_channels_last(input)
         packed = self._packed_weight(weight, last)
-        call = conv
-        if not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and (
+        if torch.compiler.is_compiling():
+            call = conv                     # the custom op: what compile and export trace
+        elif torch.is_grad_enabled() and (
                 input.requires_grad or weight.requires_grad
                 or (bias is not None and bias.requires_grad)
-                or (residual is not None and residual.requires_grad))):
-            call = conv_impl  # nothing to record: skip the dispatcher
+                or (residual is not None and residual.requires_grad)):
+            call = conv_eager               # the op's autograd, without the dispatcher's cost
+        else:
+            call = conv_impl                # nothing to record: the kernel call itself
         y = call(input, weight, packed, bias, None, None, residual, *self._convc_args(),
                  activation, negative_slope)
         return y.squeeze(0) if unbatched else y

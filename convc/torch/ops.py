@@ -86,6 +86,11 @@ def _kernel(op, x_shape, w_shape, stride, padding, dilation, groups, padding_mod
     return found
 
 
+def _indexed(shape, last: bool) -> tuple:
+    """A kernel's (N, *spatial, C) shape as PyTorch indexes it, (N, C, *spatial)."""
+    return (shape[0], shape[-1], *shape[1:-1]) if last else tuple(shape)
+
+
 def _output_size(in_size, kernel, stride, padding, dilation) -> tuple:
     half = len(padding) // 2
     return out_size(in_size, kernel, stride, dilation, padding[:half], padding[half:])
@@ -109,10 +114,10 @@ def conv_impl(input: Tensor, weight: Tensor, packed_weight: Optional[Tensor], bi
                 negative_slope)
     function, shape = _kernel("forward", tuple(x.shape), tuple(w.shape), stride, padding, dilation,
                               groups, padding_mode, last, input.dtype, epilogue)
-    y = torch.empty(shape, dtype=input.dtype)
-    function(x, w, *extra, y)
+    y = empty_output(input, _indexed(shape, last), last)
+    function(x, w, *extra, to_layout(y, last))
     CALLS["conv"] += 1
-    return from_layout(y, last)
+    return y
 
 
 conv = torch.library.custom_op(f"{NAMESPACE}::conv", conv_impl, mutates_args=(), device_types="cpu")
@@ -138,10 +143,10 @@ def grad_input_impl(grad_output: Tensor, weight: Tensor, packed_weight: Optional
     x_shape = (size[0], *size[2:], size[1]) if last else size
     function, shape = _kernel("grad_input", x_shape, tuple(w.shape), stride, padding, dilation,
                               groups, padding_mode, last, grad_output.dtype)
-    dx = torch.empty(shape, dtype=grad_output.dtype)
-    function(dy, w, dx)
+    dx = empty_output(grad_output, size, last)
+    function(dy, w, to_layout(dx, last))
     CALLS["conv_grad_input"] += 1
-    return from_layout(dx, last)
+    return dx
 
 
 conv_grad_input = torch.library.custom_op(f"{NAMESPACE}::conv_grad_input", grad_input_impl,
@@ -277,6 +282,29 @@ def _conv_backward(ctx, dy):
 
 
 conv.register_autograd(_conv_backward, setup_context=_conv_setup)
+
+
+class _EagerConv(torch.autograd.Function):
+    """conv's registered autograd, for eager calls that record a graph, without the custom-op
+    wrapper's cost: torch 2.13's wrapper re-reads the op's 14-argument schema on every call
+    (torch._library.utils.fill_defaults, ~65 us of a ~100 us call on a tiny layer). The same
+    setup and backward as conv.register_autograd, so the gradients, and their own gradients
+    (the backward calls the ops), are the same."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = conv_impl(*inputs)
+        _conv_setup(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return _conv_backward(ctx, grad_output)
+
+
+def conv_eager(*inputs) -> Tensor:
+    """torch.ops.convc.conv's forward and autograd, called in eager mode (see _EagerConv)."""
+    return _EagerConv.apply(*inputs)
 
 
 def _grad_input_setup(ctx, inputs, output):
