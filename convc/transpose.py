@@ -115,6 +115,7 @@ def from_shapes(input_shape, weight_shape, stride=1, padding=0, output_padding=0
         w_in, out_per_group, *kernel = weight_shape
     stride = expand(stride, ndim, "stride", 1)
     dilation = expand(dilation, ndim, "dilation", 1)
+    given_output_padding = output_padding
     output_padding = expand(output_padding, ndim, "output_padding", 0)
     if not _is_int(groups) or groups < 1:
         raise ValueError(f"groups={groups!r} is not valid: expected a positive int")
@@ -124,7 +125,7 @@ def from_shapes(input_shape, weight_shape, stride=1, padding=0, output_padding=0
     pad_before, pad_after = resolve_padding(padding, ndim, tuple(kernel), stride, dilation)
     for axis, (op, s, d) in enumerate(zip(output_padding, stride, dilation)):
         if op >= max(s, d):
-            raise ValueError(f"output_padding={output_padding!r} is not valid: it must be smaller "
+            raise ValueError(f"output_padding={given_output_padding!r} is not valid: it must be smaller "
                              f"than either stride or dilation (axis {axis}: stride {s}, dilation "
                              f"{d}), as in PyTorch")
     if w_in != in_channels:
