@@ -41,8 +41,11 @@ def add_parser(subparsers):
     layer.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
     layer.add_argument("--layers", default=None, metavar="NAMES",
                        help="tune layers of the benchmark suite instead: a comma list or 'all'")
-    p.add_argument("--kernels", default="forward,grad_input,grad_weight",
-                   help="comma list of forward, grad_input, grad_weight (default: all three)")
+    p.add_argument("--kernels", default=None,
+                   help="comma list of forward, grad_input, grad_weight (default: all three); "
+                        "for --op conv_transpose*d of conv_transpose, conv_transpose_grad_input, "
+                        "conv_transpose_grad_weight")
+    p.add_argument("--output-padding", default=None, help="--op conv_transpose*d only (default: 0)")
     p.add_argument("--trials", type=int, default=64,
                    help="measured candidates per kernel, records already logged included "
                         "(default: %(default)s)")
@@ -82,6 +85,17 @@ def specs_of(args) -> list:
     if missing:
         raise ValueError(f"{', '.join(missing)} missing: describe the convolution, or give --layers")
     rank = RANK[args.op]
+    if args.op.startswith("conv_transpose"):
+        from convc import transpose
+
+        return [transpose.from_shapes(
+            shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
+            ints(args.stride, "stride"), padding(args.padding),
+            ints(args.output_padding or "0", "output-padding"), ints(args.groups, "groups"),
+            ints(args.dilation, "dilation"), layout=args.layout, dtype=args.dtype, bias=args.bias,
+            padding_mode=args.padding_mode)]
+    if args.output_padding is not None:
+        raise ValueError(f"--output-padding applies to conv_transpose1d/2d/3d, not --op {args.op}")
     return [ConvSpec.from_shapes(
         shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
         ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
@@ -115,8 +129,12 @@ def run(args) -> int:
     import convc.tuning as tuning
     from convc.target import resolve
 
+    from convc.spec import OPS, TRANSPOSE_OPS
+
     specs = specs_of(args)
-    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    transposed = bool(args.op and args.op.startswith("conv_transpose"))
+    kernels = [k.strip() for k in (args.kernels or ",".join(TRANSPOSE_OPS if transposed else OPS))
+               .split(",") if k.strip()]
     target = resolve(target_of(args.target, args.arch))
     try:
         if args.peer == "topi":

@@ -1,6 +1,8 @@
 """Operator declarations: convolution and its two adjoints as TVM tensor expressions.
 
-One N-d, layout-generic declaration per op. Nothing here names a target: schedules do that.
+One N-d, layout-generic declaration per op. Nothing here names a target: schedules do that. The
+transposed convolution's three ops (transpose.py) are these declarations of the equivalent
+convolution (convc.transpose) under their own kernel names.
 """
 
 from __future__ import annotations
