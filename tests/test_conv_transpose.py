@@ -256,6 +256,9 @@ def test_kernels_are_keyed_apart_from_the_convolution():
     assert workload_of(declare(spec, "conv_transpose")) == (spec.key, "conv_transpose")
     assert conv == (spec.key, "grad_input")
     assert workload_of(declare(spec, "conv_transpose_grad_weight"))[1] == "conv_transpose_grad_weight"
+    # the three kernels of a layer share its record directory, bias or not
+    biased = spec_of("unet_2x2_s2", bias=True)
+    assert {workload_of(declare(biased, op))[0] for op in TRANSPOSE_OPS} == {biased.key}
     assert convc.compile(spec, "conv_transpose") is not convc.compile(spec, "grad_input")
 
 
@@ -355,3 +358,26 @@ def test_spec_field_bias_is_the_ops_own():
     assert convc.compile(spec, "conv_transpose").arg_shapes[2] == (4,)
     assert convc.compile(spec, "conv_transpose_grad_input").arg_names == ("dy", "w", "dx")
     assert dataclasses.replace(spec, bias=False).key != spec.key
+
+
+@pytest.mark.parametrize("name,layout", [("dcgan_4x4_s2", "last"), ("odd_3x3_s2_op1", "last"),
+                                         ("3d_s2", "last")])
+def test_tuning_grid_alternatives(name, layout):
+    """Every alternative the tuner may pick for the transposed forward (the phased grad_input
+    variant's vectors and widths; channels-last, so the channel-vector family) computes the right
+    thing, the rule's own choice first."""
+    import tvm
+
+    from convc.target import resolve
+    from convc.tuning.space import hand_grid
+
+    spec = spec_of(name, layout)
+    data, target = check.transpose_operands(spec), resolve("llvm")
+    want = check.transpose_reference(spec, "conv_transpose", **data)
+    grid = hand_grid(declare(spec, "conv_transpose").with_attr("global_symbol", "main"), target)
+    assert len(grid) == 4 and grid[0][0] == {}
+    for knobs, sch in grid:
+        out = np.zeros(want.shape, spec.dtype)
+        tvm.compile(sch.mod, target=target)["main"](*check.kernel_inputs(spec, "conv_transpose",
+                                                                         data), out)
+        assert_close(out, want, spec.dtype, f"{spec.key} knobs={knobs}")

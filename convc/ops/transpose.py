@@ -2,8 +2,10 @@
 convolution (convc.transpose), under the transposed ops' names.
 
 Each PrimFunc records "convc.op" = the convolution op it computes, so the schedules (which read
-it) treat it as that op, and "convc.kernel" = the transposed op, so tuning records and exported
-libraries keep it apart from the convolution's own kernels.
+it) treat it as that op, "convc.kernel" = the transposed op, so tuning records and exported
+libraries keep it apart from the convolution's own kernels, and "convc.spec" = the spec as given
+(its bias is conv_transpose's; the adjoints have none), so the three kernels of a layer share one
+tuning-record directory, as the convolution's do.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def conv_transpose_grad_input(spec: ConvSpec):
     """Declare dx = ∂<conv_transpose(x, W), dy>/∂x: forward of the equivalent convolution, whose
     input is the transposed op's dy and whose output is its dx (parameters x, w, y)."""
     func = forward(dataclasses.replace(spec, bias=False))
-    return func.with_attr(KERNEL_ATTR, "conv_transpose_grad_input")
+    return _named(func, spec, "conv_transpose_grad_input")
 
 
 def conv_transpose_grad_weight(spec: ConvSpec):
@@ -50,4 +52,8 @@ def conv_transpose_grad_weight(spec: ConvSpec):
     the operands' roles swapped (its parameter "x" is the transposed op's dy, its "dy" the
     transposed op's x)."""
     func = grad_weight(dataclasses.replace(spec, bias=False))
-    return func.with_attr(KERNEL_ATTR, "conv_transpose_grad_weight")
+    return _named(func, spec, "conv_transpose_grad_weight")
+
+
+def _named(func, spec: ConvSpec, kernel: str):
+    return func.with_attr(KERNEL_ATTR, kernel).with_attr("convc.spec", spec.to_json())
