@@ -224,8 +224,9 @@ def _report(path, manifest: dict, meta) -> None:
     where = target.get("arch") or target.get("mcpu") or "generic"
     print(f"wrote {path} ({manifest['artifact']}, {target['kind']} {target.get('mtriple', '')} "
           f"{where}) and {meta}")
+    width = max([12] + [len(name) for name in manifest["functions"]])
     for name, entry in manifest["functions"].items():
         args = [f"{a['name']}[{','.join(map(str, a['shape']))}]" for a in entry["args"]]
-        print(f"  {name:<12} {entry['how']:<13} {' '.join(args[:-1])} -> {args[-1]}  "
+        print(f"  {name:<{width}} {entry['how']:<13} {' '.join(args[:-1])} -> {args[-1]}  "
               f"{entry['spec']['dtype']} {entry['args'][0]['layout']}")
     print(f"sha256 {manifest['sha256']}")

@@ -164,11 +164,13 @@ def run(args) -> int:
 def _summary(report) -> None:
     print(f"{report.workload}: {report.trials} trials in {report.tuning_s:.0f} s "
           f"({report.trials_per_minute:.1f}/min); records in {report.path}")
-    print(f"  {'kernel':<12} {'trials':>6} {'hand-written':>13} {'tuned':>13}  {'uses':<12} 90% at")
+    width = max([12] + [len(k.name) for k in report.kernels.values()])
+    print(f"  {'kernel':<{width}} {'trials':>6} {'hand-written':>13} {'tuned':>13}  {'uses':<12} "
+          "90% at")
     for k in report.kernels.values():
         reached = (f"{k.reached_90[1]} trials, {k.reached_90[0]:.0f} s" if k.reached_90
                    else "-")
-        print(f"  {k.name:<12} {k.trials_total:>6} {_gflops(k, k.hand_written_us):>13} "
+        print(f"  {k.name:<{width}} {k.trials_total:>6} {_gflops(k, k.hand_written_us):>13} "
               f"{_gflops(k, k.tuned_us):>13}  {k.verdict or '-':<12} {reached}")
 
 
