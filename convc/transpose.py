@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .spec import (LAYOUTS, TRANSPOSE_OPS, ConvSpec, _is_int, _shape, check_dtype, check_layout,
+from .spec import (LAYOUTS, ConvSpec, _is_int, _shape, check_dtype, check_layout,
                    default_layout, expand, resolve_padding)
 
 # The transposed weight's layout, in the transposed op's words (I = its input channels).
@@ -46,7 +46,7 @@ TRANSPOSE_WEIGHT_LAYOUTS = {
 @dataclasses.dataclass(frozen=True)
 class Transposed:
     """A transposed convolution's own parameters, as PyTorch names them (for messages and
-    manifests): what `equivalent` was built from, recovered from the equivalent ConvSpec."""
+    manifests), recovered from the equivalent ConvSpec (transposed_of)."""
 
     input_shape: tuple
     weight_shape: tuple
@@ -149,7 +149,3 @@ def from_shapes(input_shape, weight_shape, stride=1, padding=0, output_padding=0
                     stride=stride, dilation=dilation, pad_before=pad_before,
                     pad_after=equivalent_after, groups=int(groups), dtype=check_dtype(dtype),
                     bias=bool(bias))
-
-
-def is_transpose_op(op: str) -> bool:
-    return op in TRANSPOSE_OPS
