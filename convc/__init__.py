@@ -7,6 +7,7 @@
 
     spec = convc.ConvSpec.from_shapes((1, 64, 56, 56), (64, 64, 3, 3), padding=1)
     kernel = convc.compile(spec, "grad_weight")       # a Kernel: callable, .tir, .source, .how
+    y  = convc.conv_transpose2d(x, w, b, stride=2, output_padding=1)   # F.conv_transpose2d
 """
 
 import os as _os
@@ -38,6 +39,11 @@ _os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "10000")
 from .api import (conv1d, conv1d_grad_bias, conv1d_grad_input, conv1d_grad_weight, conv2d,
                   conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight, conv3d,
                   conv3d_grad_bias, conv3d_grad_input, conv3d_grad_weight)
+from .api_transpose import (conv_transpose1d, conv_transpose1d_grad_input,
+                            conv_transpose1d_grad_weight, conv_transpose2d,
+                            conv_transpose2d_grad_input, conv_transpose2d_grad_weight,
+                            conv_transpose3d, conv_transpose3d_grad_input,
+                            conv_transpose3d_grad_weight)
 from .batch_norm import fold_batch_norm
 from .export import export_library, load
 from .kernel import Kernel, compile
@@ -50,4 +56,7 @@ __all__ = [
     "conv1d_grad_input", "conv2d_grad_input", "conv3d_grad_input",
     "conv1d_grad_weight", "conv2d_grad_weight", "conv3d_grad_weight",
     "conv1d_grad_bias", "conv2d_grad_bias", "conv3d_grad_bias", "fold_batch_norm",
+    "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "conv_transpose1d_grad_input", "conv_transpose2d_grad_input", "conv_transpose3d_grad_input",
+    "conv_transpose1d_grad_weight", "conv_transpose2d_grad_weight", "conv_transpose3d_grad_weight",
 ]
