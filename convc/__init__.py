@@ -12,6 +12,15 @@
 
 import os as _os
 
+# PyTorch's OpenMP threads (libgomp) spin 300,000 times after each parallel region by default.
+# In a model that alternates PyTorch ops (batch norm, ReLU, pooling) with convc kernels
+# (convc.torch), those spinning threads hold both cores while TVM's pool runs the next conv: a
+# ResNet-18 training step (batch 8, 112x112, 2 cores) took 342-460 ms with convc's layers against
+# PyTorch's 108-121 ms, and 115-120 ms with 10,000 spins, PyTorch's own step unchanged (108-121 ms).
+# libgomp reads this when it loads, i.e. when torch is first imported (tvm-ffi imports it, below):
+# it applies when convc is imported first, else set GOMP_SPINCOUNT=10000 in the environment.
+_os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 from .version import __version__
 
 # TVM 0.27 sizes its thread pool to half the logical CPUs on x86 (one thread on a 2-vCPU machine)

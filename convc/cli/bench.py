@@ -41,6 +41,12 @@ def add_parser(subparsers):
                    help="instead: what a call costs beyond the compiled function (direct call, "
                         "Kernel, cached convc.conv2d with NumPy and torch, PyTorch's F.conv2d) on "
                         "a tiny conv, the SE 1x1 convs on 1x1 inputs and MobileNetV2's depthwise")
+    p.add_argument("--train", action="store_true",
+                   help="instead: convc inside PyTorch on torchvision's ResNet-18 and MobileNetV2 "
+                        "(batch 8, 112x112): one training step with convc's layers "
+                        "(convc.torch.convert) vs PyTorch's, one inference of the fused model "
+                        "(convc.torch.fuse) vs PyTorch eager; needs torch and torchvision "
+                        "(--models picks models)")
     p.add_argument("--transpose", action="store_true",
                    help="instead: conv_transpose2d on decoder layers (U-Net 2x2/2, DCGAN 4x4/2, "
                         "64-512 channels, batch 1 and 8) beside F.conv_transpose2d; --ops may "
@@ -98,6 +104,8 @@ def run(args) -> int:
     threads = args.threads or info(target).num_cores
     if args.overhead:
         return _overhead(target, args.repeat, threads, args.stat)
+    if args.train:
+        return _train(target, args.models, args.repeat, threads, args.stat)
     peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
     try:
         import torch
@@ -121,6 +129,30 @@ def run(args) -> int:
     if args.plot:
         bench.plot(rows, args.plot, peak)
         print(f"plot: {args.plot}")
+    return 0
+
+
+def _train(target, models, repeat: int, threads: int, stat: str) -> int:
+    from convc.bench import train
+    from convc.target import resolve
+
+    if target.json != resolve(None).json:
+        raise ValueError("--train runs convc.torch, which compiles for this machine's CPU: "
+                         "leave --target unset")
+    models = _list(models, train.MODELS, "models") if models else list(train.MODELS)
+    import torch
+
+    print(f"convc bench --train  {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"machine: {_cpu_name()}, LLVM mcpu {target.info.arch}, {target.info.num_cores} cores; "
+          f"PyTorch {torch.__version__}; {threads} thread(s) each; {stat} of {repeat} rounds, "
+          "side by side; batch 8, 3x112x112, 10 classes")
+    rows = train.run(models, repeat=repeat, threads=threads, stat=stat,
+                     progress=lambda r: print(f"  {r.model} {r.mode} {r.memory_format} done",
+                                              flush=True))
+    print()
+    print(train.table(rows))
+    print()
+    print(train.summary(rows))
     return 0
 
 
