@@ -44,7 +44,7 @@ from .build import cuda, schedule
 from .export_runtime import LINK_OPTIONS
 from .files import sha256, write_text_atomic
 from .kernel import CudaKernel, Kernel
-from .ops import arguments, shapes
+from .ops import SAVED, arguments, shapes
 from .spec import OPS, ConvSpec, check_op
 from .target import info, resolve, resolved
 from .version import __version__
@@ -270,6 +270,8 @@ def _manifest(entries, target, path: Path, artifact, link, extra) -> dict:
         }
         if op == "forward":
             functions[name]["epilogue"] = _epilogue(spec)
+        elif spec.prologue:
+            functions[name]["prologue"] = _prologue(spec)
     manifest = {
         "format": FORMAT, "convc": __version__, "tvm": tvm.__version__,
         "tvm_ffi": tvm_ffi.__version__, "target": json.loads(target.json),
@@ -292,6 +294,13 @@ def _epilogue(spec: ConvSpec) -> list:
     elif spec.activation:
         steps.append(spec.activation)
     return steps
+
+
+def _prologue(spec: ConvSpec) -> list:
+    """What an adjoint computes on dy before its convolution (spec.prologue), with its parameters."""
+    act = (f"leaky_relu(negative_slope={spec.negative_slope!r})"
+           if spec.activation == "leaky_relu" else spec.activation)
+    return [f"dy * {act}'({SAVED[spec.derivative_from]})"]
 
 
 def _arg(spec: ConvSpec, name: str, shape, role: str) -> dict:

@@ -262,6 +262,24 @@ def test_fused_epilogue_compiles():
                    for name, spec in FUSED}, SM90)
 
 
+# The adjoints through an activation: dy * act'(saved) computed inside the shared-memory fetch.
+THROUGH = [(f"{name}-{act}-{src}", dataclasses.replace(spec, activation=act, derivative_from=src))
+           for act, src, (name, spec) in zip(("relu", "silu", "sigmoid", "gelu_tanh"),
+                                             ("output", "pre_activation", "output", "pre_activation"),
+                                             [GRID[0], GRID[11], GRID[30], GRID[-1]])]
+
+
+@pytest.mark.parametrize("spec", [pytest.param(s, id=i) for i, s in THROUGH])
+def test_activation_prologue_serialized(spec):
+    check_serialized(spec, ops=("grad_input", "grad_weight"))
+
+
+def test_activation_prologue_compiles():
+    _nvcc_or_skip()
+    compile_batch({symbol(name, op): scheduled(spec, op)[0] for name, spec in THROUGH
+                   for op in ("grad_input", "grad_weight")}, SM90)
+
+
 # --- 2. device code and launch limits ---------------------------------------------------------
 
 def compile_batch(entries, target):

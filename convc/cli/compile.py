@@ -3,7 +3,9 @@
     convc compile --op conv2d --input 2,8,12,12 --weight 16,4,3,3 --bias --stride 2 --padding 1 \\
         --groups 2 -o lib.so
 
-writes lib.so (functions forward(x, w[, b], y), grad_input(dy, w, dx), grad_weight(x, dy, dw))
+writes lib.so (functions forward(x, w[, b], y), grad_input(dy, w, dx), grad_weight(x, dy, dw);
+with --activation the adjoints go through it: grad_input(dy, pre_activation, w, dx), see
+--derivative-from)
 and lib.json, its manifest (versions, target, every argument's name/shape/dtype/layout, how each
 schedule was chosen, the library's sha256). The library runs with only apache-tvm-ffi:
 `tvm_ffi.load_module("lib.so")["forward"](x, w, b, y)`; `convc.load("lib.so")` adds checks.
@@ -38,6 +40,11 @@ def add_parser(subparsers):
     p.add_argument("--activation", default=None,
                    help="forward's epilogue ends with relu, relu6, leaky_relu[:SLOPE], silu, "
                         "gelu, gelu:tanh, hardswish or sigmoid")
+    p.add_argument("--derivative-from", default=None, choices=("pre_activation", "output"),
+                   help="grad_input/grad_weight through --activation: dy is multiplied by the "
+                        "activation's derivative taken from the forward's pre-activation (an extra "
+                        "argument after dy; the default with --activation) or its output (relu, "
+                        "relu6, leaky_relu, sigmoid)")
     p.add_argument("--stride", default="1", help="an int or a comma list (default: %(default)s)")
     p.add_argument("--padding", default="0",
                    help="an int, a comma list, before:after pairs (1:2,0:1), 'same' or 'valid' "
@@ -156,7 +163,10 @@ def run(args) -> int:
         ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
         ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias,
         padding_mode=args.padding_mode, scale_shift=args.scale_shift, residual=args.residual,
-        activation=activation(args.activation))
+        activation=activation(args.activation),
+        derivative_from=args.derivative_from or (
+            "pre_activation" if args.activation
+            and any(k.strip() != "forward" for k in args.kernels.split(",")) else None))
     target = resolve(target_of(args.target, args.arch))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CrossCompileWarning)

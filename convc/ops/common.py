@@ -263,6 +263,11 @@ def saved_placeholder(spec: ConvSpec, op: str):
             "('pre_activation' or 'output'): the tensor its derivative is computed from")
     if not spec.prologue:
         return None
+    if spec.scale_shift:
+        raise ValueError(
+            f"{op} through an activation with scale_shift=True is not supported: the gradient "
+            "would also need dy * act' * scale; fold the batch norm into the weights "
+            "(convc.fold_batch_norm) so that the activation follows the convolution directly")
     return te.placeholder(spec.output_shape, spec.dtype, name=SAVED[spec.derivative_from])
 
 
