@@ -41,6 +41,12 @@ def add_parser(subparsers):
                    help="instead: what a call costs beyond the compiled function (direct call, "
                         "Kernel, cached convc.conv2d with NumPy and torch, PyTorch's F.conv2d) on "
                         "a tiny conv, the SE 1x1 convs on 1x1 inputs and MobileNetV2's depthwise")
+    p.add_argument("--padding-modes", action="store_true",
+                   help="time --ops (default here: grad_input) with each ring padding mode against "
+                        "the zeros mode, paired by round (convc/bench/variants.py)")
+    p.add_argument("--fused", action="store_true",
+                   help="time the fused forward (conv+BN+ReLU, and + residual) against the plain "
+                        "forward and PyTorch's eval conv -> batch_norm -> relu")
     zoo = p.add_argument_group("zoo", "--zoo: every distinct convolution of torchvision's "
                                "classification models (convc/bench/zoo.json), convc in NCHW and "
                                "NHWC beside PyTorch contiguous and channels_last")
@@ -92,6 +98,8 @@ def run(args) -> int:
     threads = args.threads or info(target).num_cores
     if args.overhead:
         return _overhead(target, args.repeat, threads, args.stat)
+    if args.padding_modes or args.fused:
+        return _variants(args, layers, ops, layouts, target)
     peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
     try:
         import torch
@@ -115,6 +123,22 @@ def run(args) -> int:
     if args.plot:
         bench.plot(rows, args.plot, peak)
         print(f"plot: {args.plot}")
+    return 0
+
+
+def _variants(args, layers, ops, layouts, target) -> int:
+    from convc import bench
+    from convc.bench import variants
+
+    print(f"convc bench {'--fused' if args.fused else '--padding-modes'}  "
+          f"{datetime.datetime.now().isoformat(timespec='seconds')}; {_cpu_name()}, "
+          f"{target.info.num_cores} cores; median of {args.repeat} paired rounds")
+    if args.fused:
+        print(variants.fused_table(variants.fused_costs(layers, layouts, args.repeat, target)))
+    else:
+        ops = ["grad_input"] if args.ops == ",".join(bench.OPS) else ops  # the one that folds
+        print(variants.padding_table(variants.padding_mode_costs(layers, ops, layouts,
+                                                                 args.repeat, target)))
     return 0
 
 
