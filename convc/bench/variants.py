@@ -33,7 +33,7 @@ def _call(spec, op, target):
 
 
 def padding_mode_costs(layers=None, ops=("grad_input",), layouts=("NCHW", "NHWC"), repeat=7,
-                       target=None, modes=RING_MODES) -> list[dict]:
+                       target=None, modes=RING_MODES, progress=None) -> list[dict]:
     """[{layer, op, layout, mode: cost}]: ring-padded kernel time / zeros-mode time, paired."""
     rows = []
     for name in layers or LAYERS:
@@ -49,6 +49,8 @@ def padding_mode_costs(layers=None, ops=("grad_input",), layouts=("NCHW", "NHWC"
                 row = {"layer": name, "op": op, "layout": layout}
                 row.update({mode: paired_ratio(batches, [mode], ["zeros"]) for mode in modes})
                 rows.append(row)
+                if progress:
+                    progress(row)
     return rows
 
 
@@ -76,15 +78,16 @@ def _torch_fused(torch, layer, spec, residual: bool):
     return calls
 
 
-def fused_costs(layers=None, layouts=("NCHW", "NHWC"), repeat=7, target=None) -> list[dict]:
+def fused_costs(layers=None, layouts=("NCHW", "NHWC"), repeat=7, target=None,
+                progress=None) -> list[dict]:
     """[{layer, bn_relu: {layout: fused/plain}, bn_add_relu: {...}, torch_bn_relu: PyTorch /
     best convc fused, torch_bn_add_relu}] (torch_* None without PyTorch)."""
     try:
         import torch
 
-        from ..target import resolve
+        from ..target import info, resolve
 
-        torch.set_num_threads(resolve(target).num_cores)
+        torch.set_num_threads(info(resolve(target)).num_cores)
     except ImportError:
         torch = None
     rows = []
@@ -108,6 +111,8 @@ def fused_costs(layers=None, layouts=("NCHW", "NHWC"), repeat=7, target=None) ->
             row[f"torch_{key}"] = (paired_ratio(batches, rivals, [f"fused-{l}" for l in layouts])
                                    if rivals else None)
         rows.append(row)
+        if progress:
+            progress(row)
     return rows
 
 
@@ -118,7 +123,7 @@ def _f(value):
 def padding_table(rows, modes=RING_MODES) -> str:
     lines = [f"{'layer':12s} {'op':11s} {'layout':6s} " + " ".join(f"{m:>9s}" for m in modes)]
     for r in rows:
-        lines.append(f"{r['layer']:12s} {r['op']:11s} {r['layout']:6s} "
+        lines.append(f"{str(r['layer']):12s} {r['op']:11s} {r['layout']:6s} "
                      + " ".join(f"{_f(r[m]):>9s}" for m in modes))
     worst = max((r[m] for r in rows for m in modes if r[m] is not None), default=None)
     lines.append(f"ring / zeros: geo-mean {_f(geomean([r[m] for r in rows for m in modes]))}, "
@@ -132,7 +137,7 @@ def fused_table(rows) -> str:
         " ".join(f"{'+add ' + l:>10s}" for l in layouts)
     lines = [f"{'layer':12s} {head} {'torch/BN+ReLU':>14s} {'torch/+add':>11s}"]
     for r in rows:
-        lines.append(f"{r['layer']:12s} "
+        lines.append(f"{str(r['layer']):12s} "
                      + " ".join(f"{_f(r['bn_relu'][l]):>13s}" for l in layouts) + " "
                      + " ".join(f"{_f(r['bn_add_relu'][l]):>10s}" for l in layouts)
                      + f" {_f(r['torch_bn_relu']):>14s} {_f(r['torch_bn_add_relu']):>11s}")

@@ -134,12 +134,17 @@ def _variants(args, layers, ops, layouts, target) -> int:
           f"{datetime.datetime.now().isoformat(timespec='seconds')}; {_cpu_name()}, "
           f"{target.info.num_cores} cores; median of {args.repeat} paired rounds")
     if args.fused:
-        print(variants.fused_table(variants.fused_costs(layers, layouts, args.repeat, target)))
+        print(variants.fused_table(variants.fused_costs(layers, layouts, args.repeat, target,
+                                                        progress=_progress)))
     else:
         ops = ["grad_input"] if args.ops == ",".join(bench.OPS) else ops  # the one that folds
-        print(variants.padding_table(variants.padding_mode_costs(layers, ops, layouts,
-                                                                 args.repeat, target)))
+        print(variants.padding_table(variants.padding_mode_costs(
+            layers, ops, layouts, args.repeat, target, progress=_progress)))
     return 0
+
+
+def _progress(row) -> None:
+    print(f"  {row}", flush=True)
 
 
 def _overhead(target, repeat: int, threads: int, stat: str) -> int:
