@@ -44,6 +44,10 @@ DERIVATIVE_FROM = ("pre_activation", "output")
 FROM_OUTPUT = ("relu", "relu6", "leaky_relu", "sigmoid")
 
 
+# ConvSpec fields left out of its serialization while None (see ConvSpec.to_dict).
+OPTIONAL_FIELDS = ("derivative_from",)
+
+
 def default_layout(ndim: int) -> str:
     return LAYOUTS[ndim][0]
 
@@ -289,8 +293,15 @@ class ConvSpec:
 
     # --- (de)serialization ---------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+        """Every field, except those of OPTIONAL_FIELDS at their default: a spec without them
+        serializes (and so declares its PrimFunc, whose attributes carry it) as before they
+        existed, and the tuning records keyed by that TIR stay valid."""
+        data = {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
                 for f in dataclasses.fields(self)}
+        for name in OPTIONAL_FIELDS:
+            if data[name] is None:
+                del data[name]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
