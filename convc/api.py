@@ -3,7 +3,8 @@ torch.nn.grad.conv{1,2,3}d_{input,weight}.
 
     convc.conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                  padding_mode="zeros", layout, target)
-    convc.conv2d_grad_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *, ...)
+    convc.conv2d_grad_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+                            padding_mode, activation, pre_activation, activation_output, ...)
     convc.conv2d_grad_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *, ...)
 
 NumPy arrays in, NumPy arrays out; other CPU DLPack tensors (e.g. torch) are read zero-copy and
@@ -131,18 +132,54 @@ def _forward_key(ndim, input, weight, bias, stride, padding, dilation, groups, p
             plain(activation), layout, given_key(target))
 
 
+def _prologue_key(through):
+    activation, pre_activation, activation_output = through
+    return (plain(activation), None if pre_activation is None else pre_activation.shape,
+            None if activation_output is None else activation_output.shape)
+
+
 def _grad_input_key(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
-                    padding_mode, layout, target):
+                    padding_mode, through, layout, target):
     return ("grad_input", ndim, type(grad_output), plain(input_size), weight.shape,
             grad_output.shape, grad_output.dtype, plain(stride), plain(padding), plain(dilation),
-            plain(groups), plain(padding_mode), layout, given_key(target))
+            plain(groups), plain(padding_mode), _prologue_key(through), layout, given_key(target))
 
 
 def _grad_weight_key(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
-                     padding_mode, layout, target):
+                     padding_mode, through, layout, target):
     return ("grad_weight", ndim, type(input), input.shape, input.dtype, plain(weight_size),
             grad_output.shape, plain(stride), plain(padding), plain(dilation), plain(groups),
-            plain(padding_mode), layout, given_key(target))
+            plain(padding_mode), _prologue_key(through), layout, given_key(target))
+
+
+def _saved(through):
+    """The adjoints' activation prologue as given -> (activation, derivative_from, the saved
+    tensor or None, its name), checked: an activation needs exactly one of pre_activation= and
+    activation_output=, and either needs an activation."""
+    activation, pre_activation, activation_output = through
+    given = {name: value for name, value in (("pre_activation", pre_activation),
+                                             ("activation_output", activation_output))
+             if value is not None}
+    if activation is None:
+        if given:
+            raise ValueError(f"{next(iter(given))} is given but activation=None: expected an "
+                             "activation whose derivative it feeds")
+        return None, None, None, None
+    if len(given) != 1:
+        raise ValueError(
+            f"activation={activation!r} needs exactly one of pre_activation= (the activation's "
+            "input) and activation_output= (its output, the forward's result): got "
+            + ("both" if given else "neither"))
+    name, value = next(iter(given.items()))
+    return (activation, "pre_activation" if name == "pre_activation" else "output",
+            _float_array(value, name), name)
+
+
+def _check_saved(spec: ConvSpec, saved: np.ndarray, name: str, dy: np.ndarray) -> None:
+    _same_dtype(dy, "grad_output", saved, name)
+    if tuple(saved.shape) != spec.output_shape:
+        raise ValueError(f"{name} has shape {tuple(saved.shape)}: expected {spec.output_shape}, "
+                         "grad_output's shape")
 
 
 def _remember(key, kernel, template, expand, drop: bool) -> None:
@@ -198,12 +235,14 @@ def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, paddi
 
 
 def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
-                padding_mode, layout, target):
-    key, result = _cached(_grad_input_key, (grad_output, weight), ndim, input_size, weight,
-                          grad_output, stride, padding, dilation, groups, padding_mode, layout,
-                          target)
+                padding_mode, through, layout, target):
+    """through: (activation, pre_activation, activation_output) of the prologue, as given."""
+    arrays = (grad_output, *(a for a in through[1:] if a is not None), weight)
+    key, result = _cached(_grad_input_key, arrays, ndim, input_size, weight, grad_output, stride,
+                          padding, dilation, groups, padding_mode, through, layout, target)
     if result is not None:
         return result
+    activation, derivative_from, saved, saved_name = _saved(through)
     layout = _layout(layout, ndim)
     size, unbatched = _batched_size(input_size, "input_size", ndim, layout)
     w = _weight(_float_array(weight, "weight"), "weight", ndim, layout)
@@ -214,21 +253,27 @@ def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation
                          f"{len(size) - (1 if unbatched else 0)}, like input_size={tuple(input_size)}")
     dy = dy[None] if unbatched else dy
     spec = ConvSpec.from_shapes(size, w.shape, stride, padding, dilation, groups,
-                                layout=layout, dtype=str(w.dtype), padding_mode=padding_mode)
+                                layout=layout, dtype=str(w.dtype), padding_mode=padding_mode,
+                                activation=activation, derivative_from=derivative_from)
     _check_grad_output(spec, dy, f"input_size={tuple(input_size)}, weight {tuple(w.shape)}")
+    saved = [] if saved is None else [saved[None] if unbatched else saved]
+    if saved:
+        _check_saved(spec, saved[0], saved_name, dy)
     kernel = compile_kernel(spec, "grad_input", resolve(target))
-    result = kernel.run([dy, w])
-    _remember(key, kernel, grad_output, (unbatched, False), unbatched)
+    result = kernel.run([dy, *saved, w])
+    _remember(key, kernel, grad_output, (unbatched, *(unbatched for _ in saved), False), unbatched)
     return _like(grad_output, _unbatch(result, unbatched))
 
 
 def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
-                 padding_mode, layout, target):
-    key, result = _cached(_grad_weight_key, (input, grad_output), ndim, input, weight_size,
-                          grad_output, stride, padding, dilation, groups, padding_mode, layout,
-                          target)
+                 padding_mode, through, layout, target):
+    """through: (activation, pre_activation, activation_output) of the prologue, as given."""
+    arrays = (input, grad_output, *(a for a in through[1:] if a is not None))
+    key, result = _cached(_grad_weight_key, arrays, ndim, input, weight_size, grad_output, stride,
+                          padding, dilation, groups, padding_mode, through, layout, target)
     if result is not None:
         return result
+    activation, derivative_from, saved, saved_name = _saved(through)
     layout = _layout(layout, ndim)
     x = _float_array(input, "input")
     size = _shape(weight_size, "weight_size")
@@ -243,11 +288,15 @@ def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilatio
                          f"{x.ndim - (1 if unbatched else 0)}, like input")
     dy = dy[None] if unbatched else dy
     spec = ConvSpec.from_shapes(x.shape, size, stride, padding, dilation, groups,
-                                layout=layout, dtype=str(x.dtype), padding_mode=padding_mode)
+                                layout=layout, dtype=str(x.dtype), padding_mode=padding_mode,
+                                activation=activation, derivative_from=derivative_from)
     _check_grad_output(spec, dy, f"input {tuple(x.shape)}, weight_size={size}")
+    saved = [] if saved is None else [saved[None] if unbatched else saved]
+    if saved:
+        _check_saved(spec, saved[0], saved_name, dy)
     kernel = compile_kernel(spec, "grad_weight", resolve(target))
-    result = kernel.run([x, dy])
-    _remember(key, kernel, input, (unbatched, unbatched), False)
+    result = kernel.run([x, dy, *saved])
+    _remember(key, kernel, input, (unbatched, unbatched, *(unbatched for _ in saved)), False)
     return _like(input, result)
 
 
@@ -270,14 +319,18 @@ def _make(ndim: int):
                         (scale, shift, residual, activation), layout, target)
 
     def grad_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-                   padding_mode="zeros", layout=None, target=None):
+                   padding_mode="zeros", activation=None, pre_activation=None,
+                   activation_output=None, layout=None, target=None):
         return _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
-                           padding_mode, layout, target)
+                           padding_mode, (activation, pre_activation, activation_output), layout,
+                           target)
 
     def grad_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-                    padding_mode="zeros", layout=None, target=None):
+                    padding_mode="zeros", activation=None, pre_activation=None,
+                    activation_output=None, layout=None, target=None):
         return _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
-                            padding_mode, layout, target)
+                            padding_mode, (activation, pre_activation, activation_output), layout,
+                            target)
 
     def grad_bias(grad_output, *, layout=None):
         return _grad_bias(ndim, grad_output, layout)
@@ -294,11 +347,20 @@ def _make(ndim: int):
                     "shape; activation: None, 'relu', 'relu6', 'leaky_relu' or ('leaky_relu', "
                     "slope), 'silu', 'gelu' or ('gelu', 'tanh'), 'hardswish', 'sigmoid'.")
     grad_input.__name__ = grad_input.__qualname__ = f"conv{ndim}d_grad_input"
+    through = ("\n\nThrough an activation after the convolution (y = activation(z), z the "
+               "conv's result): activation= names it as conv{n}d's does, and exactly one of "
+               "pre_activation=z or activation_output=y (grad_output's shape) is the tensor its "
+               "derivative is taken from; grad_output is then dL/dy and the kernel multiplies it "
+               "by activation'(z) before the convolution, in the same kernel. activation_output "
+               "serves relu, relu6, leaky_relu (slope >= 0) and sigmoid; silu, gelu and "
+               "hardswish need pre_activation.").format(n=ndim)
     grad_input.__doc__ = (f"Gradient of conv{ndim}d w.r.t. its input, as "
-                          f"torch.nn.grad.conv{ndim}d_input: a transposed convolution of grad_output.")
+                          f"torch.nn.grad.conv{ndim}d_input: a transposed convolution of grad_output."
+                          + through)
     grad_weight.__name__ = grad_weight.__qualname__ = f"conv{ndim}d_grad_weight"
     grad_weight.__doc__ = (f"Gradient of conv{ndim}d w.r.t. its weight, as "
-                           f"torch.nn.grad.conv{ndim}d_weight: a correlation of input with grad_output.")
+                           f"torch.nn.grad.conv{ndim}d_weight: a correlation of input with grad_output."
+                           + through)
     grad_bias.__name__ = grad_bias.__qualname__ = f"conv{ndim}d_grad_bias"
     grad_bias.__doc__ = (f"Gradient of conv{ndim}d w.r.t. its bias: grad_output ({first}, {last} "
                          "or unbatched) summed over batch and space, shape (O,).")

@@ -48,6 +48,13 @@ def operands(spec: ConvSpec, seed: int = 0) -> dict:
         data["scale"], data["shift"] = draw(spec.bias_shape), draw(spec.bias_shape)
     if spec.residual:
         data["residual"] = draw(spec.output_shape)
+    if spec.prologue:
+        # The saved tensor of the adjoints' prologue: a pre-activation spread over every piece of
+        # the activations (relu6's 6, hardswish's +-3), or the output that activation gives it.
+        z = rng.uniform(-4, 7, size=spec.output_shape)
+        saved = z if spec.derivative_from == "pre_activation" else ref.activation(
+            z, spec.activation, spec.negative_slope)
+        data["saved"] = saved.astype(spec.dtype)
     return data
 
 
@@ -96,9 +103,10 @@ def _from_cf(spec, array, weight=False):
 
 
 def reference(spec: ConvSpec, op: str, x=None, w=None, b=None, dy=None, formulation="direct",
-              scale=None, shift=None, residual=None):
+              scale=None, shift=None, residual=None, saved=None):
     """The reference result of `op` in spec's layout (float64), forward with its fused epilogue
-    (scale, shift, residual, spec.activation). formulation: direct | im2col."""
+    (scale, shift, residual, spec.activation), the adjoints with their prologue (dy times the
+    activation's derivative at `saved`, spec.prologue). formulation: direct | im2col."""
     pad = list(zip(spec.pad_before, spec.pad_after))
     args = (spec.stride, pad, spec.dilation, spec.groups)
     mode = {"mode": spec.padding_mode}
@@ -109,6 +117,9 @@ def reference(spec: ConvSpec, op: str, x=None, w=None, b=None, dy=None, formulat
         y = ref.epilogue(y, scale, shift, None if residual is None else _to_cf(spec, residual),
                          spec.activation, spec.negative_slope)
         return _from_cf(spec, y)
+    if op != "forward" and spec.prologue:
+        dy = np.asarray(dy, np.float64) * ref.activation_derivative(
+            saved, spec.activation, spec.negative_slope, spec.derivative_from == "output")
     if op == "grad_input":
         f = ref.grad_input_im2col if im2col else ref.grad_input
         size = (spec.batch, spec.in_channels, *spec.in_size)
@@ -126,15 +137,16 @@ def kernel_inputs(spec: ConvSpec, op: str, data: dict) -> list:
         return ([data["x"], data["w"]] + ([data["b"]] if spec.bias else [])
                 + ([data["scale"], data["shift"]] if spec.scale_shift else [])
                 + ([data["residual"]] if spec.residual else []))
+    saved = [data["saved"]] if spec.prologue else []
     if op == "grad_input":
-        return [data["dy"], data["w"]]
+        return [data["dy"], *saved, data["w"]]
     if op == "conv_transpose":  # a transpose_operands() dict from here on
         return [data["x"], data["w"]] + ([data["b"]] if spec.bias else [])
     if op == "conv_transpose_grad_input":
         return [data["dy"], data["w"]]
     if op == "conv_transpose_grad_weight":
         return [data["dy"], data["x"]]
-    return [data["x"], data["dy"]]
+    return [data["x"], data["dy"], *saved]
 
 
 def check_kernel(kernel, data: dict, expected=None) -> float:

@@ -47,7 +47,7 @@ from .build import cuda, schedule
 from .export_runtime import LINK_OPTIONS
 from .files import sha256, write_text_atomic
 from .kernel import CudaKernel, Kernel
-from .ops import arguments, shapes
+from .ops import SAVED, arguments, shapes
 from .spec import OPS, TRANSPOSE_OPS, ConvSpec, check_op
 from .transpose import TRANSPOSE_WEIGHT_LAYOUTS, transposed_of
 from .target import info, resolve, resolved
@@ -274,6 +274,8 @@ def _manifest(entries, target, path: Path, artifact, link, extra) -> dict:
         }
         if op == "forward":
             functions[name]["epilogue"] = _epilogue(spec)
+        elif spec.prologue:
+            functions[name]["prologue"] = _prologue(spec)
         if op in TRANSPOSE_OPS:
             # spec is the equivalent convolution (convc.transpose); this is the transposed op's
             # own description, as F.conv_transposeNd takes it
@@ -302,6 +304,13 @@ def _epilogue(spec: ConvSpec) -> list:
     elif spec.activation:
         steps.append(spec.activation)
     return steps
+
+
+def _prologue(spec: ConvSpec) -> list:
+    """What an adjoint computes on dy before its convolution (spec.prologue), with its parameters."""
+    act = (f"leaky_relu(negative_slope={spec.negative_slope!r})"
+           if spec.activation == "leaky_relu" else spec.activation)
+    return [f"dy * {act}'({SAVED[spec.derivative_from]})"]
 
 
 def _arg(spec: ConvSpec, name: str, shape, role: str, op: str = "forward") -> dict:

@@ -133,6 +133,35 @@ def activation(y, name, negative_slope=0.01):
     raise ValueError(f"activation={name!r}")
 
 
+def activation_derivative(saved, name, negative_slope=0.01, from_output=False):
+    """d activation / d z, in float64, as PyTorch's autograd takes it (0 at relu's kink, relu6's
+    ends open, hardswish's middle piece closed), from the pre-activation z or, with from_output,
+    from y = activation(z) (relu, relu6, leaky_relu with a slope >= 0, sigmoid)."""
+    v = np.asarray(saved, np.float64)
+    if name == "relu":
+        return (v > 0).astype(np.float64)
+    if name == "relu6":
+        return ((v > 0) & (v < 6)).astype(np.float64)
+    if name == "leaky_relu":
+        return np.where(v > 0, 1.0, negative_slope)
+    if name == "sigmoid":
+        s = v if from_output else 1 / (1 + np.exp(-v))
+        return s * (1 - s)
+    if name == "silu":
+        s = 1 / (1 + np.exp(-v))
+        return s + v * s * (1 - s)
+    if name == "gelu":
+        cdf = 0.5 * (1 + np.vectorize(math.erf)(v / math.sqrt(2)))
+        return cdf + v * np.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+    if name == "gelu_tanh":
+        beta = math.sqrt(2 / math.pi)
+        t = np.tanh(beta * (v + 0.044715 * v ** 3))
+        return 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * beta * (1 + 3 * 0.044715 * v * v)
+    if name == "hardswish":
+        return np.where(v < -3, 0.0, np.where(v <= 3, v / 3 + 0.5, 1.0))
+    raise ValueError(f"activation={name!r}")
+
+
 def epilogue(y, scale=None, shift=None, residual=None, act=None, negative_slope=0.01):
     """The fused forward epilogue on a channels-first (N, K, *out) result: y * scale + shift (per
     channel), + residual, then the activation."""

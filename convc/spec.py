@@ -41,6 +41,18 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 # Activations the forward epilogue applies last (PyTorch's names; gelu_tanh is
 # F.gelu(approximate="tanh")).
 ACTIVATIONS = ("relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh", "hardswish", "sigmoid")
+# The tensor of the forward pass an adjoint's activation-derivative prologue reads (dy * act'):
+# the activation's input ("pre_activation") or its output ("output", the forward's result, what
+# PyTorch's autograd saves for relu and sigmoid).
+DERIVATIVE_FROM = ("pre_activation", "output")
+# Activations whose derivative is a function of their output: monotone where it matters
+# (relu: y > 0; relu6: 0 < y < 6; leaky_relu with a slope >= 0: y > 0; sigmoid: y (1 - y)).
+# silu, gelu, gelu_tanh and hardswish are not invertible from y: they need the pre-activation.
+FROM_OUTPUT = ("relu", "relu6", "leaky_relu", "sigmoid")
+
+
+# ConvSpec fields left out of its serialization while None (see ConvSpec.to_dict).
+OPTIONAL_FIELDS = ("derivative_from",)
 
 
 def default_layout(ndim: int) -> str:
@@ -199,6 +211,10 @@ class ConvSpec:
     residual: bool = False
     activation: str | None = None
     negative_slope: float = 0.01
+    # grad_input / grad_weight of a conv followed by `activation`: dy is first multiplied by the
+    # activation's derivative, computed from the forward's saved tensor named here (one of
+    # DERIVATIVE_FROM); the forward ignores it.
+    derivative_from: str | None = None
 
     def __post_init__(self):
         self.validate()
@@ -265,12 +281,18 @@ class ConvSpec:
                 + ("" if self.padding_mode == "zeros" else f"_{self.padding_mode}")
                 + ("_scaleshift" if self.scale_shift else "") + ("_residual" if self.residual else "")
                 + (f"_{self.activation}" if self.activation else "")
-                + (f"{self.negative_slope!r}" if self.activation == "leaky_relu" else ""))
+                + (f"{self.negative_slope!r}" if self.activation == "leaky_relu" else "")
+                + ("_d" + self.derivative_from[:3] if self.derivative_from else ""))
 
     @property
     def fused(self) -> bool:
         """The forward epilogue does more than add a bias and cast."""
         return self.scale_shift or self.residual or self.activation is not None
+
+    @property
+    def prologue(self) -> bool:
+        """The adjoints multiply dy by the activation's derivative first (see derivative_from)."""
+        return self.derivative_from is not None
 
     @property
     def ring_padded(self) -> bool:
@@ -283,8 +305,15 @@ class ConvSpec:
 
     # --- (de)serialization ---------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+        """Every field, except those of OPTIONAL_FIELDS at their default: a spec without them
+        serializes (and so declares its PrimFunc, whose attributes carry it) as before they
+        existed, and the tuning records keyed by that TIR stay valid."""
+        data = {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
                 for f in dataclasses.fields(self)}
+        for name in OPTIONAL_FIELDS:
+            if data[name] is None:
+                del data[name]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -302,7 +331,7 @@ class ConvSpec:
     def from_shapes(cls, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *,
                     layout=None, dtype="float32", bias=False,
                     padding_mode="zeros", scale_shift=False, residual=False,
-                    activation=None) -> "ConvSpec":
+                    activation=None, derivative_from=None) -> "ConvSpec":
         """Build a spec from a batched input shape and a weight shape in `layout`'s convention."""
         input_shape = _shape(input_shape, "input_shape")
         weight_shape = _shape(weight_shape, "weight_shape")
@@ -343,7 +372,8 @@ class ConvSpec:
                    pad_before=pad_before, pad_after=pad_after, groups=int(groups),
                    dtype=check_dtype(dtype), bias=bool(bias),
                    padding_mode=check_padding_mode(padding_mode), scale_shift=bool(scale_shift),
-                   residual=bool(residual), activation=activation, negative_slope=slope)
+                   residual=bool(residual), activation=activation, negative_slope=slope,
+                   derivative_from=derivative_from)
 
     def validate(self) -> None:
         ndim = len(self.in_size)
@@ -383,6 +413,7 @@ class ConvSpec:
                              f"or one of {ACTIVATIONS}")
         if not isinstance(self.negative_slope, numbers.Real) or not math.isfinite(self.negative_slope):
             raise ValueError(f"negative_slope={self.negative_slope!r} must be a finite number")
+        self._check_derivative()
         if self.groups < 1 or self.in_channels % self.groups:
             raise ValueError(
                 f"groups={self.groups}: in_channels={self.in_channels} must be divisible by groups"
@@ -400,6 +431,28 @@ class ConvSpec:
                     f"padded input: input size {self.in_size}, padding {self.pad_before}/{self.pad_after}"
                 )
 
+
+    def _check_derivative(self) -> None:
+        """derivative_from needs an activation, and "output" one whose derivative its output
+        determines (FROM_OUTPUT; leaky_relu only with a slope >= 0, else y > 0 no longer means
+        x > 0)."""
+        if self.derivative_from is None:
+            return
+        if self.derivative_from not in DERIVATIVE_FROM:
+            raise ValueError(f"derivative_from={self.derivative_from!r} is not valid: expected None "
+                             f"or one of {DERIVATIVE_FROM}")
+        if self.activation is None:
+            raise ValueError(f"derivative_from={self.derivative_from!r} needs an activation: "
+                             "activation=None has no derivative to apply")
+        if self.derivative_from == "output" and (
+                self.activation not in FROM_OUTPUT
+                or (self.activation == "leaky_relu" and self.negative_slope < 0)):
+            what = (f"leaky_relu with negative_slope={self.negative_slope!r}"
+                    if self.activation == "leaky_relu" else repr(self.activation))
+            raise ValueError(
+                f"activation={what} cannot take its derivative from its output: expected the "
+                f"pre-activation (pre_activation=); from the output only {FROM_OUTPUT} "
+                "(leaky_relu with a slope >= 0)")
 
     def _check_ring(self) -> None:
         """PyTorch's limits on the ring a padding mode takes from the input (F.pad): reflect

@@ -182,3 +182,19 @@ def test_train_table_and_targets():
     text = train.summary(rows)
     assert "resnet18 train: PyTorch / convc 1.20 (best memory format, NCHW); target >= 1.0 reached" in text
     assert "resnet18 inference: PyTorch / convc 1.09 (best memory format, NCHW); target >= 1.2 NOT reached" in text
+
+
+def test_variant_tables_on_a_tiny_layer(monkeypatch):
+    """convc bench --padding-modes / --fused: one row per layer (and op, layout), every ratio a
+    positive number, tables that name the targets; a layer without padding has no ring rows."""
+    from convc.bench import variants
+
+    monkeypatch.setattr(bench, "MIN_BATCH_SECONDS", 0.001)
+    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0.0)
+    tiny, unpadded = (1, 8, 6, 6, 8, 3, 1, 1, 1), (1, 8, 6, 6, 8, 1, 1, 0, 1)
+    rows = variants.padding_mode_costs([tiny, unpadded], layouts=("NCHW",), repeat=1)
+    assert len(rows) == 1 and all(rows[0][m] > 0 for m in variants.RING_MODES)
+    assert "target <= 1.1" in variants.padding_table(rows)
+    fused = variants.fused_costs([tiny], layouts=("NHWC",), repeat=1)
+    assert fused[0]["bn_relu"]["NHWC"] > 0 and fused[0]["bn_add_relu"]["NHWC"] > 0
+    assert "target >= 1.2" in variants.fused_table(fused)

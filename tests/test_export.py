@@ -397,7 +397,28 @@ def test_cli_compile_fused_epilogue(tmp_path):
                  reference(spec, "forward", **data), "float32", "cli fused forward")
 
 
+def test_cli_compile_adjoints_through_an_activation(tmp_path):
+    """--activation with the adjoints: their saved-tensor argument and the manifest's prologue."""
+    out = tmp_path / "through.so"
+    assert cli("--op", "conv2d", "--input", "2,5,7,8", "--weight", "6,5,3,3", "--stride", "2",
+               "--padding", "1", "--activation", "sigmoid", "--derivative-from", "output",
+               "-o", str(out)) == 0
+    functions = _manifest(out)["functions"]
+    assert [a["name"] for a in functions["grad_input"]["args"]] == [
+        "dy", "activation_output", "w", "dx"]
+    assert [a["name"] for a in functions["grad_weight"]["args"]] == [
+        "x", "dy", "activation_output", "dw"]
+    assert functions["grad_weight"]["prologue"] == ["dy * sigmoid'(activation_output)"]
+    spec = convc.ConvSpec.from_dict(functions["grad_input"]["spec"])
+    lib, data = load(out), operands(spec, seed=5)
+    for op in ("forward", "grad_input", "grad_weight"):
+        assert_close(lib[op](*kernel_inputs(spec, op, data)), reference(spec, op, **data),
+                     "float32", f"cli through sigmoid {op}")
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--input", "2,8,12,12", "--weight", "16,8,3,3", "--activation", "silu",
+      "--derivative-from", "output"], "cannot take its derivative from its output"),
     (["--input", "2,8,12,12", "--weight", "16,8,3,3", "--activation", "leaky_relu:x"],
      "--activation='leaky_relu:x'"),
     (["--input", "2,8,12,12", "--weight", "16,8,3,3", "--activation", "tanh"], "activation='tanh'"),

@@ -16,6 +16,8 @@ network, and exactly the same package versions as the compiler's environment.
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.metadata
 import json
 import os
@@ -336,19 +338,35 @@ def test_cpp_example(tmp_path):
                                  layout="NDHWC", dtype="float64", bias=True,
                                  padding_mode="reflect"),
                        tmp_path / "ndhwc.so", ops=["grad_weight", "forward", "grad_input"]),
+        # Fused layers: conv + bias + scale/shift + residual + leaky_relu (forward), and conv +
+        # bias + residual + silu with the adjoints through the silu (from the pre-activation).
+        export_library(dataclasses.replace(
+            make_spec((2, 7, 6, 6), (3, 3, 6, 8), padding=1, layout="NHWC", bias=True),
+            scale_shift=True, residual=True, activation="leaky_relu", negative_slope=0.1),
+            tmp_path / "fused.so", ops=["forward"]),
+        export_library(dataclasses.replace(
+            make_spec((2, 6, 9, 8), (8, 3, 3, 3), stride=2, padding=1, groups=2, bias=True),
+            residual=True, activation="silu", derivative_from="pre_activation"),
+            tmp_path / "through.so"),
     ]
     # The first by its bare file name, as the README runs it (dlopen alone would search the
     # system's library directories for it), the second by its full path.
-    for library, name in zip(libraries, (libraries[0].name, str(libraries[1]))):
+    names = (libraries[0].name, *(str(path) for path in libraries[1:]))
+    for library, name in zip(libraries, names):
         run = subprocess.run([str(tmp_path / "run_library"), name], capture_output=True,
                              text=True, timeout=120, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
         assert run.returncode == 0, run.stdout + run.stderr
         lines = run.stdout.splitlines()
         assert lines[-1] == "ALL PASS"
-        for op in OPS:
-            verdicts = [line for line in lines if line.startswith(op)]
+        for op in (("forward",) if library.name == "fused.so" else OPS):
+            verdicts = [line for line in lines if line.startswith(op) and "logue" not in line]
             assert len(verdicts) == 3 and all(line.endswith("PASS") for line in verdicts), lines
             assert "wrong output shape: raised ValueError" in "\n".join(verdicts)
+        if library.name == "fused.so":
+            assert 'epilogue ["bias (b)","* scale + shift (per output channel)","+ residual",' \
+                   '"leaky_relu(negative_slope=0.1)"]' in run.stdout, run.stdout
+        if library.name == "through.so":
+            assert "prologue [\"dy * silu'(pre_activation)\"]" in run.stdout, run.stdout
 
 
 # --- cross-compilation ---------------------------------------------------------------------------

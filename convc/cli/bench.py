@@ -51,6 +51,12 @@ def add_parser(subparsers):
                    help="instead: conv_transpose2d on decoder layers (U-Net 2x2/2, DCGAN 4x4/2, "
                         "64-512 channels, batch 1 and 8) beside F.conv_transpose2d; --ops may "
                         "add conv_transpose_grad_input, conv_transpose_grad_weight")
+    p.add_argument("--padding-modes", action="store_true",
+                   help="time --ops (default here: grad_input) with each ring padding mode against "
+                        "the zeros mode, paired by round (convc/bench/variants.py)")
+    p.add_argument("--fused", action="store_true",
+                   help="time the fused forward (conv+BN+ReLU, and + residual) against the plain "
+                        "forward and PyTorch's eval conv -> batch_norm -> relu")
     zoo = p.add_argument_group("zoo", "--zoo: every distinct convolution of torchvision's "
                                "classification models (convc/bench/zoo.json), convc in NCHW and "
                                "NHWC beside PyTorch contiguous and channels_last")
@@ -106,6 +112,8 @@ def run(args) -> int:
         return _overhead(target, args.repeat, threads, args.stat)
     if args.train:
         return _train(target, args.models, args.repeat, threads, args.stat)
+    if args.padding_modes or args.fused:
+        return _variants(args, layers, ops, layouts, target)
     peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
     try:
         import torch
@@ -194,6 +202,27 @@ def run_transpose(args, target) -> int:
     print()
     print(transpose.summary(rows))
     return 0
+
+
+def _variants(args, layers, ops, layouts, target) -> int:
+    from convc import bench
+    from convc.bench import variants
+
+    print(f"convc bench {'--fused' if args.fused else '--padding-modes'}  "
+          f"{datetime.datetime.now().isoformat(timespec='seconds')}; {_cpu_name()}, "
+          f"{target.info.num_cores} cores; median of {args.repeat} paired rounds")
+    if args.fused:
+        print(variants.fused_table(variants.fused_costs(layers, layouts, args.repeat, target,
+                                                        progress=_progress)))
+    else:
+        ops = ["grad_input"] if args.ops == ",".join(bench.OPS) else ops  # the one that folds
+        print(variants.padding_table(variants.padding_mode_costs(
+            layers, ops, layouts, args.repeat, target, progress=_progress)))
+    return 0
+
+
+def _progress(row) -> None:
+    print(f"  {row}", flush=True)
 
 
 def _overhead(target, repeat: int, threads: int, stat: str) -> int:

@@ -3,12 +3,15 @@
     convc compile --op conv2d --input 2,8,12,12 --weight 16,4,3,3 --bias --stride 2 --padding 1 \\
         --groups 2 -o lib.so
 
-    convc compile --op conv_transpose2d --input 1,64,16,16 --weight 64,32,4,4 --stride 2 \
+    convc compile --op conv_transpose2d --input 1,64,16,16 --weight 64,32,4,4 --stride 2 \\
         --padding 1 --output-padding 0 --bias -o up.so
 
 writes lib.so (functions forward(x, w[, b], y), grad_input(dy, w, dx), grad_weight(x, dy, dw);
-for --op conv_transpose*: conv_transpose(x, w[, b], y), conv_transpose_grad_input(dy, w, dx),
-conv_transpose_grad_weight(dy, x, dw), the weight (in, out/groups, *k) as PyTorch's) and lib.json, its manifest (versions, target, every argument's name/shape/dtype/layout, how each
+with --activation the adjoints go through it: grad_input(dy, pre_activation, w, dx), see
+--derivative-from; for --op conv_transpose*: conv_transpose(x, w[, b], y),
+conv_transpose_grad_input(dy, w, dx), conv_transpose_grad_weight(dy, x, dw), the weight
+(in, out/groups, *k) as PyTorch's) and lib.json, its manifest (versions, target, every argument's
+name/shape/dtype/layout, how each
 schedule was chosen, the library's sha256). The library runs with only apache-tvm-ffi:
 `tvm_ffi.load_module("lib.so")["forward"](x, w, b, y)`; `convc.load("lib.so")` adds checks.
 """
@@ -45,6 +48,11 @@ def add_parser(subparsers):
     p.add_argument("--activation", default=None,
                    help="forward's epilogue ends with relu, relu6, leaky_relu[:SLOPE], silu, "
                         "gelu, gelu:tanh, hardswish or sigmoid")
+    p.add_argument("--derivative-from", default=None, choices=("pre_activation", "output"),
+                   help="grad_input/grad_weight through --activation: dy is multiplied by the "
+                        "activation's derivative taken from the forward's pre-activation (an extra "
+                        "argument after dy; the default with --activation) or its output (relu, "
+                        "relu6, leaky_relu, sigmoid)")
     p.add_argument("--stride", default="1", help="an int or a comma list (default: %(default)s)")
     p.add_argument("--padding", default="0",
                    help="an int, a comma list, before:after pairs (1:2,0:1), 'same' or 'valid' "
@@ -169,13 +177,16 @@ def run(args) -> int:
         if args.output_padding is not None:
             raise ValueError(f"--output-padding applies to conv_transpose1d/2d/3d, not --op "
                              f"{args.op}")
+        kernels = args.kernels or "forward,grad_input,grad_weight"
         spec = ConvSpec.from_shapes(
             shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
             ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
             ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias,
             padding_mode=args.padding_mode, scale_shift=args.scale_shift, residual=args.residual,
-            activation=activation(args.activation))
-        kernels = args.kernels or "forward,grad_input,grad_weight"
+            activation=activation(args.activation),
+            derivative_from=args.derivative_from or (
+                "pre_activation" if args.activation
+                and any(k.strip() != "forward" for k in kernels.split(",")) else None))
     target = resolve(target_of(args.target, args.arch))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CrossCompileWarning)

@@ -8,6 +8,7 @@ convolution (convc.transpose) under their own kernel names.
 from __future__ import annotations
 
 from ..spec import TRANSPOSE_OPS, ConvSpec, check_op
+from .common import SAVED
 from .forward import forward
 from .grad_input import grad_input, ring_unpadded
 from .grad_weight import grad_weight
@@ -22,8 +23,12 @@ DECLARATIONS = {"forward": forward, "grad_input": grad_input, "grad_weight": gra
 # The reduction stage of each op, by name (schedules and tuning records find blocks by name).
 REDUCTION = {"forward": "conv", "grad_input": "dx", "grad_weight": "dw"}
 # Stages that only rearrange operands; schedules usually inline or compute them per tile.
-OPERAND_STAGES = {"forward": ("pad",), "grad_input": ("dy_pad", "dy_dilated", "w_flipped"),
-                  "grad_weight": ("pad",)}
+OPERAND_STAGES = {"forward": ("pad",),
+                  "grad_input": ("dy_act", "dy_pad", "dy_dilated", "w_flipped"),
+                  "grad_weight": ("pad", "dy_act")}
+# The adjoints' activation-derivative prologue (spec.prologue): dy * act'(saved).
+PROLOGUE = "dy_act"
+
 EPILOGUE = "output"
 # grad_input of a padding mode other than zeros: the ring's gradient added back onto the input.
 FOLD = "fold"
@@ -32,7 +37,7 @@ FOLD = "fold"
 ARGUMENTS = {
     "forward": ("x", "w", "y"),
     "forward+bias": ("x", "w", "b", "y"),  # + scale, shift, residual before y: see arguments()
-    "grad_input": ("dy", "w", "dx"),
+    "grad_input": ("dy", "w", "dx"),      # + the saved tensor after dy with a prologue
     "grad_weight": ("x", "dy", "dw"),
     # The transposed ops, in their own words (x: the transposed input; see convc.transpose).
     "conv_transpose": ("x", "w", "y"),
@@ -47,7 +52,11 @@ def arguments(spec: ConvSpec, op: str) -> tuple:
     if op == "conv_transpose":
         return ARGUMENTS["conv_transpose+bias" if spec.bias else op]
     if op != "forward":
-        return ARGUMENTS[op]
+        names = ARGUMENTS[op]
+        if not spec.prologue:
+            return names
+        at = names.index("dy") + 1
+        return names[:at] + (SAVED[spec.derivative_from],) + names[at:]
     return (("x", "w") + (("b",) if spec.bias else ()) + (("scale", "shift") if spec.scale_shift
                                                           else ())
             + (("residual",) if spec.residual else ()) + ("y",))
@@ -62,7 +71,8 @@ def shapes(spec: ConvSpec, op: str) -> tuple:
         return tuple(table[name] for name in arguments(spec, op))
     table = {"x": spec.input_shape, "w": spec.weight_shape, "b": spec.bias_shape,
              "scale": spec.bias_shape, "shift": spec.bias_shape, "residual": spec.output_shape,
-             "y": spec.output_shape, "dy": spec.output_shape, "dx": spec.input_shape,
+             "y": spec.output_shape, "dy": spec.output_shape, "pre_activation": spec.output_shape,
+             "activation_output": spec.output_shape, "dx": spec.input_shape,
              "dw": spec.weight_shape}
     return tuple(table[name] for name in arguments(spec, op))
 

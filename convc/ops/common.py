@@ -196,6 +196,89 @@ def activate(value, name, negative_slope: float, dtype: str):
     raise ValueError(f"activation={name!r}")
 
 
+# The saved forward tensor an adjoint's prologue reads, by spec.derivative_from: its parameter name.
+SAVED = {"pre_activation": "pre_activation", "output": "activation_output"}
+
+
+def derivative(value, name, negative_slope: float, dtype: str, from_output: bool):
+    """act'(z) of PyTorch's activation `name` as its autograd computes it (threshold_backward,
+    hardtanh_backward, leaky_relu_backward, sigmoid_backward, silu_backward, gelu_backward,
+    hardswish_backward), from `value`: the pre-activation z, or with `from_output` the output
+    y = act(z) (only spec.FROM_OUTPUT). A boolean for relu and relu6 (dy passes or is zeroed);
+    else a scalar of `dtype`."""
+    c = lambda v: tvm.tirx.const(v, dtype)  # noqa: E731 - a constant of the value's dtype
+    if name == "relu":
+        return value > c(0)
+    if name == "relu6":
+        return tvm.tirx.all(value > c(0), value < c(6))
+    if name == "leaky_relu":
+        return tirx.Select(value > c(0), c(1), c(negative_slope))
+    if name == "sigmoid":
+        s = value if from_output else tirx.sigmoid(value)
+        return s * (c(1) - s)
+    if name == "silu":
+        s = tirx.sigmoid(value)
+        return s * (c(1) + value * (c(1) - s))
+    if name == "gelu":
+        cdf = c(0.5) * (c(1) + tirx.erf(value * c(0.7071067811865476)))
+        pdf = tirx.exp(c(-0.5) * value * value) * c(0.3989422804014327)
+        return cdf + value * pdf
+    if name == "gelu_tanh":
+        beta, kappa = c(0.7978845608028654), c(0.044715)
+        t = tirx.tanh(beta * (value + kappa * value * value * value))
+        return (c(0.5) * (c(1) + t)
+                + c(0.5) * value * (c(1) - t * t) * beta * (c(1) + c(3) * kappa * value * value))
+    if name == "hardswish":
+        return tirx.Select(value < c(-3), c(0),
+                           tirx.Select(value <= c(3), value / c(3) + c(0.5), c(1)))
+    raise ValueError(f"activation={name!r}")
+
+
+def prologue(dy, saved, spec: ConvSpec):
+    """"dy_act": dy * act'(saved), the activation's derivative applied to the incoming gradient
+    (spec.activation, read from `saved`: the pre-activation or the output, spec.derivative_from),
+    computed in acc_dtype and stored in spec.dtype as an unfused backward would. `dy` itself
+    without a prologue. Element-wise, so schedules compute it inside the stage that reads dy."""
+    if saved is None:
+        return dy
+    dtype = acc_dtype(spec.dtype)
+    from_output = spec.derivative_from == "output"
+
+    def element(*idx):
+        factor = derivative(saved[idx].astype(dtype), spec.activation, spec.negative_slope, dtype,
+                            from_output)
+        if spec.activation in ("relu", "relu6"):  # a condition: dy passes or is zeroed
+            return tirx.Select(factor, dy[idx], tvm.tirx.const(0, spec.dtype))
+        return (dy[idx].astype(dtype) * factor).astype(spec.dtype)
+
+    return te.compute(dy.shape, element, name="dy_act")
+
+
+def saved_placeholder(spec: ConvSpec, op: str):
+    """The forward's saved tensor (y's shape) an adjoint's prologue reads, or None without one.
+    An activation without derivative_from is refused: the adjoint would silently skip act'."""
+    if spec.activation is not None and not spec.prologue:
+        raise ValueError(
+            f"{op} of a convolution with activation={spec.activation!r} needs derivative_from "
+            "('pre_activation' or 'output'): the tensor its derivative is computed from")
+    if not spec.prologue:
+        return None
+    if spec.scale_shift:
+        raise ValueError(
+            f"{op} through an activation with scale_shift=True is not supported: the gradient "
+            "would also need dy * act' * scale; fold the batch norm into the weights "
+            "(convc.fold_batch_norm) so that the activation follows the convolution directly")
+    return te.placeholder(spec.output_shape, spec.dtype, name=SAVED[spec.derivative_from])
+
+
+def cast(acc, spec: ConvSpec):
+    """The adjoints' "output": the accumulator cast to spec.dtype (float16), else `acc` itself.
+    (Their activation, if any, is a prologue on dy, never applied to the result.)"""
+    if acc.dtype == spec.dtype:
+        return acc
+    return te.compute(acc.shape, lambda *idx: acc[idx].astype(spec.dtype), name="output")
+
+
 def epilogue(acc, spec: ConvSpec, bias=None, scale=None, shift=None, residual=None):
     """"output": the accumulator + bias, * scale + shift (per output channel), + residual,
     then spec.activation, cast to spec.dtype; `acc` itself when none of them applies. One

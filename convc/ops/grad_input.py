@@ -10,8 +10,8 @@ import tvm
 from tvm import te, tirx
 
 from ..spec import ConvSpec
-from .common import (acc_dtype, correlate, data_index, dilate_pad, epilogue, make_func,
-                     split_data_index, split_weight_index, weight_index)
+from .common import (acc_dtype, cast, correlate, data_index, dilate_pad, make_func, prologue,
+                     saved_placeholder, split_data_index, split_weight_index, weight_index)
 
 # Windows that do not overlap (kernel <= stride, no dilation) with more taps than this are
 # declared as a gather (gather_grad_input). In the correlation form the dilated dy holds
@@ -97,13 +97,20 @@ def grad_input(spec: ConvSpec):
     of the padded input without padding, ring_unpadded), and "fold" adds each ring element's
     gradient onto the input element it copies (corners collect from every axis), as F.pad's
     backward does.
+
+    With an activation after the convolution (spec.prologue), dy first becomes "dy_act" = dy *
+    act'(saved), saved being the forward's pre-activation or output (spec.derivative_from; its
+    parameter follows dy): the gradient through conv + activation in one kernel.
     """
     inner = ring_unpadded(spec)
     dy = te.placeholder(spec.output_shape, spec.dtype, name="dy")
+    saved = saved_placeholder(spec, "grad_input")
     w = te.placeholder(spec.weight_shape, spec.dtype, name="w")
-    dx = (gather_grad_input if is_gather_grad_input(inner) else transposed)(dy, w, inner)
-    out = fold(dx, spec) if spec.ring_padded else epilogue(dx, spec)
-    return make_func([dy, w, out], spec, "grad_input")
+    dy_act = prologue(dy, saved, spec)
+    dx = (gather_grad_input if is_gather_grad_input(inner) else transposed)(dy_act, w, inner)
+    out = fold(dx, spec) if spec.ring_padded else cast(dx, spec)
+    params = [dy] + ([saved] if saved is not None else []) + [w, out]
+    return make_func(params, spec, "grad_input")
 
 
 def ring_unpadded(spec: ConvSpec) -> ConvSpec:

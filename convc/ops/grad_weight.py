@@ -5,7 +5,8 @@ from __future__ import annotations
 from tvm import te
 
 from ..spec import ConvSpec
-from .common import acc_dtype, data_index, epilogue, make_func, pad, split_weight_index
+from .common import (acc_dtype, cast, data_index, make_func, pad, prologue, saved_placeholder,
+                     split_weight_index)
 
 
 def grad_weight(spec: ConvSpec):
@@ -16,13 +17,17 @@ def grad_weight(spec: ConvSpec):
     Read as a convolution, the roles of the operands move: the padded input is the data, dy is the
     filter (its spatial extent is the output size), the kernel taps r are the output positions,
     and stride and dilation swap roles (taps step by the dilation, dy's elements by the stride).
-    The batch joins the reduction. Stages: "pad", "dw" (reduction), "output" (float16 only).
-    Tensors: x as in forward, dy (N, K, *out) / (N, *out, K), dw in the weight's layout.
+    The batch joins the reduction. Stages: "pad", "dy_act" (with spec.prologue: dy * act'(saved),
+    see ops.common.prologue), "dw" (reduction), "output" (float16 only).
+    Tensors: x as in forward, dy (N, K, *out) / (N, *out, K), then the saved pre-activation or
+    output (y's shape) with a prologue, dw in the weight's layout.
     """
     cl, groups = spec.channels_last, spec.groups
     cg, kg = spec.in_channels // groups, spec.out_channels // groups
     x = te.placeholder(spec.input_shape, spec.dtype, name="x")
-    dy = te.placeholder(spec.output_shape, spec.dtype, name="dy")
+    dy_given = te.placeholder(spec.output_shape, spec.dtype, name="dy")
+    saved = saved_placeholder(spec, "grad_weight")
+    dy = prologue(dy_given, saved, spec)
     xp = pad(x, cl, spec.pad_before, spec.pad_after, spec.padding_mode)
     acc = acc_dtype(spec.dtype)
     rn = te.reduce_axis((0, spec.batch), name="rn")
@@ -37,5 +42,6 @@ def grad_weight(spec: ConvSpec):
         return te.sum(xv.astype(acc) * dyv.astype(acc), axis=[rn, *rp])
 
     dw = te.compute(spec.weight_shape, element, name="dw")
-    out = epilogue(dw, spec)
-    return make_func([x, dy, out], spec, "grad_weight")
+    out = cast(dw, spec)
+    params = [x, dy_given] + ([saved] if saved is not None else []) + [out]
+    return make_func(params, spec, "grad_weight")

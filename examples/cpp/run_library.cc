@@ -9,7 +9,10 @@
 // unaligned memory is accepted. Prints one line per check; exits 0 when every check passes.
 //
 // float32 and float64 libraries; any rank (1-D to 3-D), layout family, stride, padding,
-// dilation and groups.
+// dilation and groups; fused layers: forward's epilogue (bias, scale/shift, residual, activation:
+// y = act((conv + b) * scale + shift + residual)) and the adjoints' prologue through the
+// activation (dy * act'(saved), saved the pre-activation or the output), as the manifest's spec,
+// "epilogue" and "prologue" entries say.
 
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/error.h>
@@ -24,6 +27,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -40,7 +44,9 @@ struct Conv {
   std::string layout, dtype, padding_mode = "zeros";
   int64_t batch = 0, in_channels = 0, out_channels = 0, groups = 1;
   Shape in_size, kernel, stride, dilation, pad_before, out_size;
-  bool bias = false;
+  bool bias = false, scale_shift = false, residual = false;
+  std::string activation, derivative_from;  // empty: none
+  double negative_slope = 0.01;
   bool channels_last() const { return layout.back() == 'C'; }
   size_t ndim() const { return in_size.size(); }
 };
@@ -65,6 +71,16 @@ Conv ReadConv(const ffi::json::Object& spec) {
   if (spec.count("padding_mode")) {
     c.padding_mode = std::string(spec.at("padding_mode").cast<ffi::String>());
   }
+  auto text = [&](const char* key) {
+    std::optional<ffi::String> v = spec.count(key) ? spec.at(key).try_cast<ffi::String>()
+                                                   : std::nullopt;
+    return v ? std::string(*v) : std::string();
+  };
+  c.scale_shift = spec.count("scale_shift") && spec.at("scale_shift").cast<bool>();
+  c.residual = spec.count("residual") && spec.at("residual").cast<bool>();
+  c.activation = text("activation");
+  c.derivative_from = text("derivative_from");
+  if (spec.count("negative_slope")) c.negative_slope = spec.at("negative_slope").cast<double>();
   c.in_size = Ints(spec.at("in_size"));
   c.kernel = Ints(spec.at("kernel"));
   c.stride = Ints(spec.at("stride"));
@@ -125,6 +141,44 @@ bool Next(Shape& index, const Shape& extent) {
     index[d] = 0;
   }
   return false;
+}
+
+// PyTorch's activations and the derivatives its autograd takes (convc.reference has the same).
+double Activate(const Conv& c, double z) {
+  const std::string& a = c.activation;
+  double s = 1.0 / (1.0 + std::exp(-z));
+  if (a == "relu") return std::max(z, 0.0);
+  if (a == "relu6") return std::min(std::max(z, 0.0), 6.0);
+  if (a == "leaky_relu") return z >= 0 ? z : z * c.negative_slope;
+  if (a == "sigmoid") return s;
+  if (a == "silu") return z * s;
+  if (a == "gelu") return 0.5 * z * (1 + std::erf(z / std::sqrt(2.0)));
+  if (a == "gelu_tanh") {
+    return 0.5 * z * (1 + std::tanh(std::sqrt(2 / M_PI) * (z + 0.044715 * z * z * z)));
+  }
+  if (a == "hardswish") return z * std::min(std::max(z + 3, 0.0), 6.0) / 6;
+  return z;
+}
+
+// act'(v), v the pre-activation or, with derivative_from "output", the activation's output.
+double Derivative(const Conv& c, double v) {
+  const std::string& a = c.activation;
+  bool from_output = c.derivative_from == "output";
+  double s = from_output ? v : 1.0 / (1.0 + std::exp(-v));
+  if (a == "relu") return v > 0;
+  if (a == "relu6") return v > 0 && v < 6;
+  if (a == "leaky_relu") return v > 0 ? 1.0 : c.negative_slope;
+  if (a == "sigmoid") return s * (1 - s);
+  if (a == "silu") return s * (1 + v * (1 - s));
+  if (a == "gelu") {
+    return 0.5 * (1 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-v * v / 2) / std::sqrt(2 * M_PI);
+  }
+  if (a == "gelu_tanh") {
+    double beta = std::sqrt(2 / M_PI), t = std::tanh(beta * (v + 0.044715 * v * v * v));
+    return 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * beta * (1 + 3 * 0.044715 * v * v);
+  }
+  if (a == "hardswish") return v < -3 ? 0.0 : v <= 3 ? v / 3 + 0.5 : 1.0;
+  return 1.0;
 }
 
 struct Reference {
@@ -291,17 +345,43 @@ int main(int argc, char** argv) {
       Shape y_shape = op == "forward" ? shapes["y"] : shapes["dy"];
       std::vector<double> x = Data(Product(x_shape), 1), w = Data(Product(w_shape), 2);
       std::vector<double> dy = Data(Product(y_shape), 3), b = Data(c.out_channels, 4);
+      std::vector<double> scale = Data(c.out_channels, 5), shift = Data(c.out_channels, 6);
+      std::vector<double> residual = Data(Product(y_shape), 7), saved = Data(Product(y_shape), 8);
+      for (double& v : saved) v = 5.5 * v + 1.5;  // over every piece of the activations: [-4, 7)
+      if (c.derivative_from == "output") {
+        for (double& v : saved) v = Activate(c, v);
+      }
       // Round the inputs to the library's precision so the reference sees the same numbers.
       if (dtype.bits == 32) {
-        for (auto* v : {&x, &w, &dy, &b}) {
+        for (auto* v : {&x, &w, &dy, &b, &scale, &shift, &residual, &saved}) {
           for (double& e : *v) e = static_cast<float>(e);
         }
       }
-      Reference want = Convolve(c, x, w, b, dy);
+      // The adjoints' prologue: the convolution's gradient is dy * act'(saved).
+      std::vector<double> dconv = dy;
+      if (op != "forward" && !c.derivative_from.empty()) {
+        for (size_t i = 0; i < dconv.size(); ++i) dconv[i] = dy[i] * Derivative(c, saved[i]);
+      }
+      Reference want = Convolve(c, x, w, b, dconv);
+      if (op == "forward") {  // the epilogue, per element (o: the element's output channel)
+        int64_t spatial = Product(c.out_size);
+        for (size_t i = 0; i < want.y.size(); ++i) {
+          int64_t o = c.channels_last() ? i % c.out_channels : (i / spatial) % c.out_channels;
+          double v = want.y[i];
+          if (c.scale_shift) v = v * scale[o] + shift[o];
+          if (c.residual) v += residual[i];
+          want.y[i] = Activate(c, v);
+        }
+      }
 
       std::map<std::string, ffi::Tensor> tensors = {
           {"x", FromValues(x_shape, dtype, x)}, {"w", FromValues(w_shape, dtype, w)},
           {"b", FromValues({c.out_channels}, dtype, b)}, {"dy", FromValues(y_shape, dtype, dy)},
+          {"scale", FromValues({c.out_channels}, dtype, scale)},
+          {"shift", FromValues({c.out_channels}, dtype, shift)},
+          {"residual", FromValues(y_shape, dtype, residual)},
+          {"pre_activation", FromValues(y_shape, dtype, saved)},
+          {"activation_output", FromValues(y_shape, dtype, saved)},
           {"y", NewTensor(y_shape, dtype)}, {"dx", NewTensor(x_shape, dtype)},
           {"dw", NewTensor(w_shape, dtype)}};
       std::vector<ffi::AnyView> args;
@@ -318,6 +398,12 @@ int main(int argc, char** argv) {
       failures += !ok;
       std::printf("%-12s %-12s max relative error %.3g (tolerance %.0e) %s\n", name.c_str(),
                   op.c_str(), error, tolerance, ok ? "PASS" : "FAIL");
+      for (const char* part : {"epilogue", "prologue"}) {
+        if (entry.count(part) && !entry.at(part).cast<ffi::json::Array>().empty()) {
+          std::printf("%-12s %-12s %s %s\n", name.c_str(), op.c_str(), part,
+                      std::string(ffi::json::Stringify(entry.at(part))).c_str());
+        }
+      }
 
       // A DLTensor over std::vector memory one element past an aligned address: accepted.
       std::vector<char> raw(ffi::GetDataSize(tensors.at(out)) + 128);

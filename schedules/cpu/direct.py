@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from convc.ops import FOLD, reduction_spec_of
+from convc.ops import FOLD, PROLOGUE, reduction_spec_of
 from convc.ops.common import acc_dtype
 from convc.ops.grad_input import is_gather_grad_input
 from convc.target import info
@@ -236,8 +236,26 @@ def schedule_direct(func, target, knobs=None):
     return finish_fold(sch, target)
 
 
+def finish_prologue(sch, target) -> None:
+    """grad_input's activation-derivative prologue ("dy_act"): computed inside the padding /
+    zero-insertion stage where that stage is a root pass over dy anyway (act' once per element,
+    no extra pass); where the reduction reads dy itself (1x1 stride 1, phased reads of dy_pad
+    aside, channels-last depthwise, the gather) one vectorized parallel pass at the root, so a
+    costly derivative (silu, gelu: exp / erf) is not recomputed per tap and channel tile."""
+    stage = find(sch, PROLOGUE)
+    if stage is None:
+        return
+    consumers = [sch.get(block).name_hint for block in sch.get_consumers(stage)]
+    if consumers and all(name in ("dy_pad", "dy_dilated") for name in consumers):
+        sch.compute_inline(stage)
+    else:
+        parallel_block(sch, stage, target)
+
+
 def finish_fold(sch, target):
-    """grad_input of a ring padding: its "fold" (the ring added back) in parallel at the root."""
+    """grad_input of a ring padding: its "fold" (the ring added back) in parallel at the root;
+    the prologue on dy (finish_prologue)."""
+    finish_prologue(sch, target)
     fold = find(sch, FOLD)
     if fold is not None:
         parallel_block(sch, fold, target)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 
-from convc.ops import spec_of
+from convc.ops import PROLOGUE, spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
@@ -59,16 +59,23 @@ def schedule_grad_weight(func, target, knobs=None):
         if pad is None:  # no padding: a packed, channels-last copy of x
             pad = sch.cache_read(block, "x", "global")
         sch.transform_layout(pad, ("write", 0), channels_last_map(nd))
-        packed_dy = sch.cache_read(block, "dy", "global")
+        act = find(sch, PROLOGUE)
+        packed_dy = sch.cache_read(block, "dy" if act is None else PROLOGUE, "global")
+        if act is not None:  # dy * act'(saved) computed in the packing copy: no extra pass
+            sch.compute_inline(act)
         sch.transform_layout(packed_dy, ("write", 0), channels_last_map(nd))
         # (n, c, *p) -> (n, *p, c): tiled transpositions of the channel and innermost axes.
         transpose_stage(sch, packed_dy, write_axis=1, other_axis=-1, target=target)
         transpose_stage(sch, pad, write_axis=1, other_axis=-1, target=target)
-    elif pad is not None and cg == 1 and kg == 1:
+    elif find(sch, PROLOGUE) is not None:
+        # Channels-last reads dy as given: dy * act'(saved) is one vectorized parallel pass at the
+        # root (in the reduction it would be recomputed per tap and channel tile).
+        parallel_block(sch, find(sch, PROLOGUE), target)
+    if cl and pad is not None and cg == 1 and kg == 1:
         # Depthwise reads x as vectors: the padding folded into the reads pays (3x3 NHWC 49 -> 67
         # GFLOP/s); elsewhere a bound test per broadcast cost a third (c4 3x3 219 -> 146).
         sch.compute_inline(pad)
-    elif pad is not None:
+    elif cl and pad is not None:
         parallel_block(sch, pad, target)
 
     chunks = knobs.get("chunks", reduction_chunks(spec, target))

@@ -28,7 +28,7 @@ import math
 import tvm
 from tvm import s_tir
 
-from convc.ops import spec_of
+from convc.ops import OPERAND_STAGES, spec_of
 from convc.ops.common import acc_dtype
 from convc.target import info
 
@@ -96,14 +96,14 @@ def schedule(func, target):
         sch.reorder(*outer, *inner)
         if plan.split_k == 1:
             tiled = tile_reduction(sch, block, loops[:nsp], plan.spatial, outer, inner,
-                                   operand_stages=("pad",), epilogue=block_by_name(sch, "output"))
+                                   operand_stages=OPERAND_STAGES["grad_weight"], epilogue=block_by_name(sch, "output"))
             return sch, tiled
         steps = sch.fuse(*outer)
         split, _ = sch.split(steps, [plan.split_k, None])
         partial = sch.rfactor(split, 0)  # "dw_rf": the split index becomes a spatial axis
         loops = sch.get_loops(partial)  # rfactor made new loops: (*spatial, split, rest, *inner)
         tiled = tile_reduction(sch, partial, loops[:nsp + 1], (*plan.spatial, Tile()),
-                               loops[nsp + 1:nsp + 2], loops[nsp + 2:], operand_stages=("pad",))
+                               loops[nsp + 1:nsp + 2], loops[nsp + 2:], operand_stages=OPERAND_STAGES["grad_weight"])
         # The sum over the splits: per thread, right after its partial tile, atomically; the zero
         # fill hoisted out in front as its own kernel (decompose_reduction copies the bindings).
         final = sch.get_sblock("dw")
