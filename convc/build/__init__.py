@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tvm
 
-from ..dispatch import choose
+from ..dispatch import choose, resolve_algorithm
 from ..ops import declare
 from ..spec import ConvSpec
 from . import cuda, llvm
@@ -20,7 +20,7 @@ from .artifact import Artifact
 
 def schedule(spec: ConvSpec, op: str, target, log_dir=None):
     """The scheduled IRModule of one kernel (function name = op) and how it was chosen."""
-    func = declare(spec, op).with_attr("global_symbol", op)
+    func = declare(resolve_algorithm(spec, op, target), op).with_attr("global_symbol", op)
     sch, how = choose(func, target, log_dir)
     (_, scheduled), = list(sch.mod.functions_items())
     return tvm.IRModule({op: scheduled.with_attr("global_symbol", op)}), how

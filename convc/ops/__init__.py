@@ -9,8 +9,10 @@ from ..spec import ConvSpec, check_op
 from .forward import forward
 from .grad_input import grad_input, ring_unpadded
 from .grad_weight import grad_weight
+from . import winograd
 
 DECLARATIONS = {"forward": forward, "grad_input": grad_input, "grad_weight": grad_weight}
+WINOGRAD = {"forward": winograd.forward, "grad_input": winograd.grad_input}
 
 # The reduction stage of each op, by name (schedules and tuning records find blocks by name).
 REDUCTION = {"forward": "conv", "grad_input": "dx", "grad_weight": "dw"}
@@ -48,8 +50,24 @@ def shapes(spec: ConvSpec, op: str) -> tuple:
 
 
 def declare(spec: ConvSpec, op: str = "forward"):
-    """The PrimFunc computing `op` for `spec` (destination-passing, see ARGUMENTS)."""
-    return DECLARATIONS[check_op(op)](spec)
+    """The PrimFunc computing `op` for `spec` (destination-passing, see ARGUMENTS).
+
+    spec.algorithm "winograd" declares forward and grad_input by Winograd (ops.winograd; grad_weight
+    stays direct); "auto" and "direct" declare the direct correlation (dispatch.resolve_algorithm
+    turns "auto" into "winograd" where that was measured faster, before declaring)."""
+    op = check_op(op)
+    if spec.algorithm == "winograd" and op != "grad_weight":
+        reason = winograd.unsupported(spec, op)
+        if reason is not None:
+            raise ValueError(f"algorithm='winograd' cannot compute {op} of this layer: {reason}")
+        return WINOGRAD[op](spec, winograd.choose_tile(spec))
+    return DECLARATIONS[op](spec)
+
+
+def is_winograd(func) -> bool:
+    """The PrimFunc was declared by Winograd (it has the "wino_gemm" stage)."""
+    spec, op = spec_of(func)
+    return spec is not None and spec.algorithm == "winograd" and op != "grad_weight"
 
 
 def spec_of(func) -> tuple[ConvSpec, str]:
