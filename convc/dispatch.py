@@ -36,9 +36,27 @@ def resolve_algorithm(spec, op: str, target):
 
 
 def prefers_winograd(spec, op: str, target) -> int:
-    """The Winograd tile that was measured faster than the direct schedules for layers like this
-    on CPUs like `target`, or 0 (direct). A conservative rule over measurements, below."""
-    return 0
+    """The Winograd tile measured faster than the direct schedules for layers like this on CPUs
+    like `target`, or 0 (direct). A conservative rule over what was measured:
+
+    Zen 5 (LLVM znver5, AVX-512, 2 cores, fp32 peak ~500 GFLOP/s), 2026-12-02, paired rounds,
+    median of 7, effective GFLOP/s (direct FLOPs / time) direct -> Winograd, forward NCHW / NHWC:
+    c2 (64ch 56x56, 196 tiles of 4x4) 244 -> 648 / 397 -> 888 (m=4); c3 (128ch 28x28, 49 tiles)
+    236 -> 658 / 403 -> 776 (m=4); batch-8 c3 (392 tiles) 313 -> 752 / 433 -> 973 (m=4); c4
+    (256ch 14x14: 16 tiles of 4x4, 49 of 2x2) 225 -> 497 / 417 -> 481 (m=2; m=4 332-339); c5
+    (512ch 7x7, 16 tiles of 2x2) 176 -> 146 / 344 -> 143 (m=2: slower). grad_input alike: c2
+    306 -> 666 / 410 -> 953, c3 231 -> 463 / 328 -> 479, c4 146 -> 321 / 187 -> 191 (m=2),
+    batch-8 c3 241 -> 524 / 389 -> 705. The filter transform runs per call (alpha^2 C K values
+    written and read again), so Winograd pays from about MIN_TILES tiles: m=4 from 40 tiles of
+    4x4, else m=2 from 40 tiles of 2x2, else direct. Only where measured: float32, ungrouped, 64
+    or more channels each side, zero padding, 512-bit vectors (other CPUs and dtypes keep direct;
+    algorithm="winograd" forces it anywhere it is supported)."""
+    cpu = info(target)
+    if (spec.dtype != "float32" or spec.groups != 1 or min(spec.in_channels, spec.out_channels) < 64
+            or spec.padding_mode != "zeros" or cpu.vector_bits < 512):
+        return 0
+    m = winograd.choose_tile(spec, op)
+    return m if winograd.tiles(spec, op, m) >= winograd.MIN_TILES else 0
 
 
 def choose(func, target, log_dir=None):

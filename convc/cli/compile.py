@@ -45,6 +45,12 @@ def add_parser(subparsers):
     p.add_argument("--dilation", default="1", help="an int or a comma list (default: %(default)s)")
     p.add_argument("--groups", default="1", help="(default: %(default)s)")
     add_padding_mode(p)
+    p.add_argument("--algorithm", default="auto", choices=("auto", "direct", "winograd"),
+                   help="forward and grad_input: Winograd where measured faster (auto, default), "
+                        "always direct, or Winograd (2-D 3x3 stride-1 layers only)")
+    p.add_argument("--winograd-m", type=int, default=0, choices=(0, 2, 4, 6),
+                   help="Winograd's output tile F(m x m, 3 x 3) with --algorithm winograd "
+                        "(default 0: chosen per layer)")
     p.add_argument("--layout", default=None,
                    help="NCW/NCHW/NCDHW (default) or NWC/NHWC/NDHWC; the weight layout follows")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
@@ -156,7 +162,8 @@ def run(args) -> int:
         ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
         ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias,
         padding_mode=args.padding_mode, scale_shift=args.scale_shift, residual=args.residual,
-        activation=activation(args.activation))
+        activation=activation(args.activation), algorithm=args.algorithm,
+        winograd_m=args.winograd_m)
     target = resolve(target_of(args.target, args.arch))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CrossCompileWarning)

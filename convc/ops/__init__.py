@@ -60,7 +60,7 @@ def declare(spec: ConvSpec, op: str = "forward"):
         reason = winograd.unsupported(spec, op)
         if reason is not None:
             raise ValueError(f"algorithm='winograd' cannot compute {op} of this layer: {reason}")
-        return WINOGRAD[op](spec, winograd.choose_tile(spec))
+        return WINOGRAD[op](spec, winograd.choose_tile(spec, op))
     return DECLARATIONS[op](spec)
 
 

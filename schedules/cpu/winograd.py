@@ -170,7 +170,7 @@ def schedule_winograd(func, target, knobs=None):
         return None
     spec, op = spec_of(func)
     knobs = knobs or {}
-    m = choose_tile(spec)
+    m = choose_tile(spec, op)
     forward = op == "forward"
     in_channels = spec.in_channels if forward else spec.out_channels
     out_channels = spec.out_channels if forward else spec.in_channels
