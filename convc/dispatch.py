@@ -45,8 +45,10 @@ def prefers_winograd(spec, op: str, target) -> int:
     236 -> 658 / 403 -> 776 (m=4); batch-8 c3 (392 tiles) 313 -> 752 / 433 -> 973 (m=4); c4
     (256ch 14x14: 16 tiles of 4x4, 49 of 2x2) 225 -> 497 / 417 -> 481 (m=2; m=4 332-339); c5
     (512ch 7x7, 16 tiles of 2x2) 176 -> 146 / 344 -> 143 (m=2: slower). grad_input alike: c2
-    306 -> 666 / 410 -> 953, c3 231 -> 463 / 328 -> 479, c4 146 -> 321 / 187 -> 191 (m=2),
-    batch-8 c3 241 -> 524 / 389 -> 705. The filter transform runs per call (alpha^2 C K values
+    306 -> 666 / 410 -> 953, c3 231 -> 463 / 328 -> 479, c4 146 -> 321 / 187 -> 191 (m=2;
+    a second run 240 -> 427 / 383 -> 303: channels-last grad_input gathers its flipped filter
+    across the weight's rows in the transform, so with m=2 it stays direct), batch-8 c3
+    241 -> 524 / 389 -> 705. The filter transform runs per call (alpha^2 C K values
     written and read again), so Winograd pays from about MIN_TILES tiles: m=4 from 40 tiles of
     4x4, else m=2 from 40 tiles of 2x2, else direct. Only where measured: float32, ungrouped, 64
     or more channels each side, zero padding, 512-bit vectors (other CPUs and dtypes keep direct;
@@ -56,6 +58,8 @@ def prefers_winograd(spec, op: str, target) -> int:
             or spec.padding_mode != "zeros" or cpu.vector_bits < 512):
         return 0
     m = winograd.choose_tile(spec, op)
+    if m == 2 and op == "grad_input" and spec.channels_last:
+        return 0
     return m if winograd.tiles(spec, op, m) >= winograd.MIN_TILES else 0
 
 
