@@ -64,6 +64,28 @@ def declare(spec: ConvSpec, op: str = "forward"):
     return DECLARATIONS[op](spec)
 
 
+def base_op(op: str) -> str:
+    """The op a prepack / packed function belongs to: "forward_packed" -> "forward"."""
+    return op.removesuffix("_prepack").removesuffix("_packed")
+
+
+def declare_packed(spec: ConvSpec, op: str) -> tuple:
+    """("<op>_prepack": w -> u, "<op>_packed": the op taking u in w's place) for a spec whose
+    algorithm is "winograd" (the transformed filter computed once, see convc.kernel.prepack)."""
+    op = check_op(op)
+    if spec.algorithm != "winograd" or op == "grad_weight":
+        raise ValueError(f"prepacked weights are implemented for Winograd forward and grad_input "
+                         f"only: {op} of this layer is computed by the direct schedules")
+    declare(spec, op)  # the same checks
+    m = winograd.choose_tile(spec, op)
+    return winograd.prepack(spec, op, m), WINOGRAD[op](spec, m, packed=True)
+
+
+def packed_shape(spec: ConvSpec, op: str) -> tuple:
+    """Shape of the transformed filter "<op>_prepack" writes (spec's algorithm "winograd")."""
+    return winograd.packed_shape(spec, op, winograd.choose_tile(spec, op))
+
+
 def is_winograd(func) -> bool:
     """The PrimFunc was declared by Winograd (it has the "wino_gemm" stage)."""
     spec, op = spec_of(func)

@@ -112,17 +112,34 @@ def _per_point(index, count, expression):
     return result
 
 
-def winograd_correlate(data, weight_at, *, spec: ConvSpec, in_channels: int, out_channels: int,
+def filter_transform(weight_at, *, group_channels: int, out_channels: int, m: int, dtype: str):
+    """U = G g G^T per (input channel of a group, output channel): "wino_g" and "wino_u", of
+    shape (alpha, alpha, group_channels, out_channels) in dtype (the accumulator's).
+
+    weight_at(o, c, r1, r2): the filter element of output channel o, group input channel c, taps
+    (r1, r2)."""
+    _, _, G = matrices(m)
+    alpha = m + 2
+    g1 = te.compute((alpha, 3, group_channels, out_channels), lambda e1, r2, c, k: _per_point(
+        e1, alpha, lambda i: _combination(
+            [(G[i, r1], weight_at(k, c, r1, r2).astype(dtype)) for r1 in range(3)], dtype)),
+        name="wino_g")
+    return te.compute((alpha, alpha, group_channels, out_channels), lambda e1, e2, c, k: _per_point(
+        e2, alpha, lambda j: _combination([(G[j, r2], g1[e1, r2, c, k]) for r2 in range(3)],
+                                          dtype)), name="wino_u")
+
+
+def winograd_correlate(data, u, *, spec: ConvSpec, in_channels: int, out_channels: int,
                        out_size, m: int, name: str):
     """The stages of the module docstring for a 3x3 stride-1 correlation.
 
     data: activations (spec's layout) already padded, of spatial size >= tiles * m + 2.
-    weight_at(o, c, r1, r2): the filter element of output channel o, group input channel c, taps
-    (r1, r2). Returns the output stage `name` of shape (N, out_channels, *out_size) in the layout.
+    u: the transformed filter (filter_transform, or a prepacked parameter).
+    Returns the output stage `name` of shape (N, out_channels, *out_size) in the layout.
     """
     cl, groups = spec.channels_last, spec.groups
     acc = acc_dtype(spec.dtype)
-    A, B, G = matrices(m)
+    A, B, _ = matrices(m)
     alpha = m + 2
     cg, kg = in_channels // groups, out_channels // groups
     batch = int(data.shape[0])
@@ -143,13 +160,6 @@ def winograd_correlate(data, weight_at, *, spec: ConvSpec, in_channels: int, out
     v = te.compute((alpha, alpha, tiles, in_channels), lambda e1, e2, p, c: _per_point(
         e2, alpha, lambda j: _combination([(B[r2, j], t[e1, r2, p, c]) for r2 in range(alpha)],
                                           acc)), name="wino_v")
-    g1 = te.compute((alpha, 3, cg, out_channels), lambda e1, r2, c, k: _per_point(
-        e1, alpha, lambda i: _combination(
-            [(G[i, r1], weight_at(k, c, r1, r2).astype(acc)) for r1 in range(3)], acc)),
-        name="wino_g")
-    u = te.compute((alpha, alpha, cg, out_channels), lambda e1, e2, c, k: _per_point(
-        e2, alpha, lambda j: _combination([(G[j, r2], g1[e1, r2, c, k]) for r2 in range(3)],
-                                          acc)), name="wino_u")
     rc = te.reduce_axis((0, cg), name="rc")
 
     def gemm(e1, e2, p, k):
@@ -175,8 +185,41 @@ def _whole_tiles(out_size, m: int):
     return [math.ceil(o / m) * m + 2 for o in out_size]
 
 
-def forward(spec: ConvSpec, m: int):
-    """y = conv(x, W) (+ epilogue) by Winograd F(m x m, 3 x 3); parameters as ops.forward's."""
+def packed_shape(spec: ConvSpec, op: str, m: int) -> tuple:
+    """Shape of the transformed filter of `op`: (alpha, alpha, input channels per group, output
+    channels) of the correlation op computes (grad_input: C and K trade places)."""
+    groups = spec.groups
+    if op == "forward":
+        return (m + 2, m + 2, spec.in_channels // groups, spec.out_channels)
+    return (m + 2, m + 2, spec.out_channels // groups, spec.in_channels)
+
+
+def _weight_reader(spec: ConvSpec, op: str, w):
+    """weight_at(o, c, r1, r2) of the correlation `op` computes, reading the user's weight w."""
+    cl = spec.channels_last
+    if op == "forward":
+        return lambda k, c, r1, r2: w[(r1, r2, c, k) if cl else (k, c, r1, r2)]
+    flipped = flip_swap(w, spec)  # (C, K/g, 3, 3) or (3, 3, K/g, C)
+    return lambda c, k, r1, r2: flipped[(r1, r2, k, c) if cl else (c, k, r1, r2)]
+
+
+def _transformed(spec: ConvSpec, op: str, m: int, w):
+    shape = packed_shape(spec, op, m)
+    return filter_transform(_weight_reader(spec, op, w), group_channels=shape[2],
+                            out_channels=shape[3], m=m, dtype=acc_dtype(spec.dtype))
+
+
+def _filter(spec: ConvSpec, op: str, m: int, w, packed: bool):
+    """-> (the parameter in w's place, U): w and its transform, or U itself as the parameter."""
+    if packed:
+        u = te.placeholder(packed_shape(spec, op, m), acc_dtype(spec.dtype), name="u")
+        return u, u
+    return w, _transformed(spec, op, m, w)
+
+
+def forward(spec: ConvSpec, m: int, packed: bool = False):
+    """y = conv(x, W) (+ epilogue) by Winograd F(m x m, 3 x 3); parameters as ops.forward's
+    (packed: the transformed filter u of packed_shape in w's place, "forward_packed")."""
     x, w, b, scale, shift, residual = forward_params(spec)
     cl = spec.channels_last
     size = _whole_tiles(spec.out_size, m)
@@ -190,21 +233,20 @@ def forward(spec: ConvSpec, m: int):
         xp = dilate_pad(ring, cl, size, (1, 1), (0, 0), name="wino_pad")
     if xp is x:  # no padding at all and whole tiles: keep a named stage the schedules expect
         xp = te.compute(x.shape, lambda *i: x[i], name="pad")
-
-    def weight_at(k, c, r1, r2):
-        return w[(r1, r2, c, k) if cl else (k, c, r1, r2)]
-
-    conv = winograd_correlate(xp, weight_at, spec=spec, in_channels=spec.in_channels,
+    param, u = _filter(spec, "forward", m, w, packed)
+    conv = winograd_correlate(xp, u, spec=spec, in_channels=spec.in_channels,
                               out_channels=spec.out_channels, out_size=spec.out_size, m=m,
                               name="conv")
     y = epilogue(conv, spec, b, scale, shift, residual)
     extra_params = [t for t in (b, scale, shift, residual) if t is not None]
-    return make_func([x, w, *extra_params, y], spec, "forward")
+    return make_func([x, param, *extra_params, y], spec,
+                     "forward_packed" if packed else "forward")
 
 
-def grad_input(spec: ConvSpec, m: int):
+def grad_input(spec: ConvSpec, m: int, packed: bool = False):
     """dx = W^T dy by Winograd: a 3x3 stride-1 correlation of dy, padded by 2 - pad_before (cropped
-    where negative) up to whole tiles, with the flipped, channel-swapped filter."""
+    where negative) up to whole tiles, with the flipped, channel-swapped filter (packed: its
+    transform u in w's place, "grad_input_packed")."""
     cl = spec.channels_last
     dy = te.placeholder(spec.output_shape, spec.dtype, name="dy")
     w = te.placeholder(spec.weight_shape, spec.dtype, name="w")
@@ -212,14 +254,17 @@ def grad_input(spec: ConvSpec, m: int):
     dy_padded = dilate_pad(dy, cl, _whole_tiles(spec.in_size, m), (1, 1), before, name="dy_dilated")
     if dy_padded is dy:
         dy_padded = te.compute(dy.shape, lambda *i: dy[i], name="dy_dilated")
-    flipped = flip_swap(w, spec)
-
-    def weight_at(c, k, r1, r2):  # flipped is (C, K/g, 3, 3) or (3, 3, K/g, C)
-        return flipped[(r1, r2, k, c) if cl else (c, k, r1, r2)]
-
-    dx = winograd_correlate(dy_padded, weight_at, spec=spec, in_channels=spec.out_channels,
+    param, u = _filter(spec, "grad_input", m, w, packed)
+    dx = winograd_correlate(dy_padded, u, spec=spec, in_channels=spec.out_channels,
                             out_channels=spec.in_channels, out_size=spec.in_size, m=m, name="dx")
-    return make_func([dy, w, epilogue(dx, spec)], spec, "grad_input")
+    return make_func([dy, param, epilogue(dx, spec)], spec,
+                     "grad_input_packed" if packed else "grad_input")
+
+
+def prepack(spec: ConvSpec, op: str, m: int):
+    """"<op>_prepack": w -> u, the transformed filter the "<op>_packed" function takes."""
+    w = te.placeholder(spec.weight_shape, spec.dtype, name="w")
+    return make_func([w, _transformed(spec, op, m, w)], spec, f"{op}_prepack")
 
 
 # Normwise relative error ||y - y_ref|| / ||y_ref|| against a float64 direct reference that float32

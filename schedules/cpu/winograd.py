@@ -23,7 +23,7 @@ Evidence: see the comment at prefers_winograd (convc/dispatch.py) and README "Wi
 
 from __future__ import annotations
 
-from convc.ops import EPILOGUE, is_winograd, spec_of
+from convc.ops import EPILOGUE, base_op, is_winograd, spec_of
 from convc.ops.winograd import choose_tile
 from convc.target import info
 
@@ -65,7 +65,7 @@ def _input_transform(sch, target, lanes: int, channels: int):
 def _filter_transform(sch, target, lanes: int, out_channels: int, vo: int):
     u, g = sch.get_sblock("wino_u"), sch.get_sblock("wino_g")
     e1, e2, c, k = sch.get_loops(u)
-    if out_channels % vo == 0:
+    if out_channels % vo == 0 and find(sch, "wino_gemm") is not None:
         # (e1, e2, c, k) -> (e1, e2, k // vo, c, k % vo): one GEMM tile's slab is contiguous
         sch.transform_layout(u, ("write", 0), index_map(
             lambda a, b, c_, k_: (a, b, k_ // vo, c_, k_ % vo), 4))
@@ -169,6 +169,7 @@ def schedule_winograd(func, target, knobs=None):
     if not is_winograd(func) or info(target).is_gpu:
         return None
     spec, op = spec_of(func)
+    op = base_op(op)
     knobs = knobs or {}
     m = choose_tile(spec, op)
     forward = op == "forward"
@@ -182,9 +183,12 @@ def schedule_winograd(func, target, knobs=None):
     sch = new_schedule(func)
     if find(sch, "w_flipped") is not None:
         sch.compute_inline(sch.get_sblock("w_flipped"))
+    if find(sch, "wino_u") is not None:  # absent where the filter comes prepacked
+        _filter_transform(sch, target, lanes, out_channels, vo)
+    if find(sch, "wino_gemm") is None:   # "<op>_prepack": the filter transform alone
+        return sch
     _padded_input(sch, target, spec, lanes)
     _input_transform(sch, target, lanes, in_channels)
-    _filter_transform(sch, target, lanes, out_channels, vo)
     _gemm(sch, target, vo, tp)
     _output_transform(sch, target, spec, m, lanes, out_channels, "conv" if forward else "dx")
     return sch
