@@ -189,3 +189,38 @@ def test_argument_errors():
     ring = ConvSpec.from_shapes(*shapes, padding=1, algorithm="winograd")
     with pytest.raises(ValueError, match="CPU"):
         resolve_algorithm(ring, "forward", resolve("cuda"))
+
+
+@pytest.mark.parametrize("layout, op", [("NCHW", "forward"), ("NHWC", "grad_input")])
+def test_prepack_round_trip_and_no_stale_pack(layout, op):
+    """kernel(x, kernel.prepack(w)) == kernel(x, w); a pack is a snapshot of the weight it was
+    made from: after the weight changes, the plain call follows the new values and the old pack
+    keeps the old ones (convc keeps no packs of its own that could go stale)."""
+    x, w = (2, 16, 9, 11), (24, 8, 3, 3)
+    spec = spec_of(x, w, layout, padding=1, groups=2, algorithm="winograd", bias=op == "forward")
+    data = operands(spec, 5)
+    kernel = convc.compile(spec, op)
+    args = kernel_inputs(spec, op, data)
+    weight = data["w"].copy()
+    packed = kernel.prepack(weight)
+    expected = reference(spec, op, **data)
+    assert_close(kernel(args[0], packed, *args[2:]), expected, "float32", "packed")
+    weight *= -2.0  # the same array, changed in place after packing
+    changed = reference(spec, op, **{**data, "w": weight})
+    assert_close(kernel(args[0], weight, *args[2:]), changed, "float32", "unpacked after change")
+    assert_close(kernel(args[0], kernel.prepack(weight), *args[2:]), changed, "float32", "repacked")
+    assert_close(kernel(args[0], packed, *args[2:]), expected, "float32", "old pack: a snapshot")
+
+
+def test_prepack_errors():
+    spec = ConvSpec.from_shapes((1, 16, 8, 8), (16, 16, 3, 3), padding=1, algorithm="winograd")
+    other = ConvSpec.from_shapes((1, 16, 8, 8), (16, 16, 3, 3), padding=2, algorithm="winograd")
+    w = np.ones(spec.weight_shape, "float32")
+    packed = convc.compile(spec, "forward").prepack(w)
+    with pytest.raises(ValueError, match="packed for"):
+        convc.compile(other, "forward")(np.ones(other.input_shape, "float32"), packed)
+    direct = ConvSpec.from_shapes((1, 16, 8, 8), (16, 16, 3, 3), padding=1, algorithm="direct")
+    with pytest.raises(ValueError, match="direct schedules"):
+        convc.compile(direct, "forward").prepack(w)
+    with pytest.raises(ValueError, match="shape"):
+        convc.compile(spec, "forward").prepack(np.ones((16, 16, 5, 5), "float32"))
