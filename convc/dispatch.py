@@ -46,9 +46,10 @@ def prefers_winograd(spec, op: str, target) -> int:
     (256ch 14x14: 16 tiles of 4x4, 49 of 2x2) 225 -> 497 / 417 -> 481 (m=2; m=4 332-339); c5
     (512ch 7x7, 16 tiles of 2x2) 176 -> 146 / 344 -> 143 (m=2: slower). grad_input alike: c2
     306 -> 666 / 410 -> 953, c3 231 -> 463 / 328 -> 479, c4 146 -> 321 / 187 -> 191 (m=2;
-    a second run 240 -> 427 / 383 -> 303: channels-last grad_input gathers its flipped filter
-    across the weight's rows in the transform, so with m=2 it stays direct), batch-8 c3
-    241 -> 524 / 389 -> 705. The filter transform runs per call (alpha^2 C K values
+    a second run 240 -> 427 / 383 -> 303 with the filter transform at the root; fused into the
+    GEMM 424 -> 671 / 390 -> 425), batch-8 c3 241 -> 524 / 389 -> 705. c5 with the fused filter
+    transform: NCHW 202 -> 252 forward, 219 -> 330 grad_input, NHWC 432 -> 376, 170 -> 118
+    (below MIN_TILES: direct). The filter transform runs per call (alpha^2 C K values
     written and read again), so Winograd pays from about MIN_TILES tiles: m=4 from 40 tiles of
     4x4, else m=2 from 40 tiles of 2x2, else direct. Only where measured: float32, ungrouped, 64
     or more channels each side, zero padding, 512-bit vectors (other CPUs and dtypes keep direct;
@@ -58,9 +59,15 @@ def prefers_winograd(spec, op: str, target) -> int:
             or spec.padding_mode != "zeros" or cpu.vector_bits < 512):
         return 0
     m = winograd.choose_tile(spec, op)
-    if m == 2 and op == "grad_input" and spec.channels_last:
+    if not spec.channels_last and winograd.transformed_input_bytes(spec, op, m) > LARGE_TRANSFORM:
         return 0
     return m if winograd.tiles(spec, op, m) >= winograd.MIN_TILES else 0
+
+
+# Channels-first layers whose transformed input (alpha^2 x tiles x C values) outgrows this stay
+# direct: VGG's 64ch 224x224 (29 MiB) grad_input NCHW ran at 224 effective GFLOP/s against the
+# direct schedules' 265 (NHWC 513 against 396).
+LARGE_TRANSFORM = 16 << 20
 
 
 def choose(func, target, log_dir=None):

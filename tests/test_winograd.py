@@ -224,3 +224,47 @@ def test_prepack_errors():
         convc.compile(direct, "forward").prepack(w)
     with pytest.raises(ValueError, match="shape"):
         convc.compile(spec, "forward").prepack(np.ones((16, 16, 5, 5), "float32"))
+
+
+def test_cli_compile_algorithm(tmp_path):
+    """--algorithm winograd --winograd-m 4 reaches the spec, the manifest and the library."""
+    from convc import cli as convc_cli
+    from convc.export import load
+
+    out = tmp_path / "wino.so"
+    assert convc_cli.main(["compile", "--op", "conv2d", "--input", "2,9,10,16",
+                           "--weight", "3,3,16,16", "--layout", "NHWC", "--padding", "1",
+                           "--algorithm", "winograd", "--winograd-m", "4",
+                           "--kernels", "forward,grad_input", "-o", str(out)]) == 0
+    lib = load(out)
+    spec = ConvSpec.from_dict(lib.manifest["functions"]["forward"]["spec"])
+    assert (spec.algorithm, spec.winograd_m) == ("winograd", 4)
+    data = operands(spec, 6)
+    for op in ("forward", "grad_input"):
+        assert_close(lib[op](*kernel_inputs(spec, op, data)), reference(spec, op, **data),
+                     "float32", f"cli winograd {op}")
+    assert convc_cli.main(["compile", "--op", "conv2d", "--input", "1,16,9,9", "--weight",
+                           "16,16,3,3", "--stride", "2", "--algorithm", "winograd",
+                           "-o", str(out)]) != 0
+
+
+@pytest.mark.parametrize("fuse_filter", [False, True])
+def test_filter_transform_at_root_and_fused(fuse_filter):
+    """Both places of the filter transform (the rule's knob) compute the same convolution."""
+    import tvm
+
+    from convc.ops import declare
+    from convc.schedules.cpu import winograd_rule
+
+    spec = ConvSpec.from_shapes((2, 7, 10, 32), (3, 3, 32, 64), padding=1, layout="NHWC",
+                                algorithm="winograd", winograd_m=2)
+    target = resolve(None)
+    for op in ("forward", "grad_input"):
+        sch = winograd_rule(declare(spec, op), target, {"fuse_filter": fuse_filter})
+        assert sch is not None
+        function = tvm.compile(sch.mod, target=target)["main"]
+        data = operands(spec, 7)
+        inputs = kernel_inputs(spec, op, data)
+        out = np.empty(spec.output_shape if op == "forward" else spec.input_shape, "float32")
+        function(*inputs, out)
+        assert_close(out, reference(spec, op, **data), "float32", f"{op} fuse={fuse_filter}")

@@ -76,6 +76,12 @@ def tiles(spec: ConvSpec, op: str, m: int) -> int:
     return spec.batch * math.prod(math.ceil(s / m) for s in size)
 
 
+def transformed_input_bytes(spec: ConvSpec, op: str, m: int) -> int:
+    """Bytes of "wino_v": alpha^2 x tiles x input channels of the correlation, 4 or 8 each."""
+    channels = spec.in_channels if op == "forward" else spec.out_channels
+    return (m + 2) ** 2 * tiles(spec, op, m) * channels * (8 if spec.dtype == "float64" else 4)
+
+
 def choose_tile(spec: ConvSpec, op: str = "forward") -> int:
     """m: spec.winograd_m when given, else F(4, 3) where the layer has MIN_TILES tiles of 4 x 4,
     else F(2, 3). F(6, 3) only when asked for: less accurate, and slower than F(4, 3) on every

@@ -8,8 +8,14 @@ Five root stages, each computed in parallel:
 * the input transform "wino_v" per (tile, channel vector), its row pass "wino_t" computed inside
   it in registers: every (e1, e2) point unrolled, so each is a short sum of vectors with the
   matrices' constants folded in;
-* the filter transform "wino_u" (its row pass "wino_g" inside it), per call, the same way; laid out
-  (e1, e2, channel block, c, vo) so that one GEMM tile streams one contiguous slab;
+* the filter transform "wino_u" (its row pass "wino_g" inside it), per call, the same way: by
+  default inside the GEMM's parallel loop over output-channel blocks (alpha^2 x Cg x vo values
+  computed just before the GEMM reads them, from L2), else at the root, laid out (e1, e2,
+  channel block, c, vo) so that one GEMM tile streams one contiguous slab. Fused against root
+  (Zen 5, 2 threads, paired rounds, effective GFLOP/s, NHWC / NCHW): c4 F(2,3) forward 524 ->
+  651 / 544 -> 704, grad_input 272 -> 425 / 519 -> 671; c5 F(2,3) forward 166 -> 376 / 141 ->
+  252, grad_input 46 -> 118 / 146 -> 330; c3 F(4,3) forward 551 -> 720 / 734 -> 743,
+  grad_input 468 -> 492 / 703 -> 742 (direct: c4 390-424, c5 170-432, c3 339-436);
 * the batched GEMM "wino_gemm": per (e1, e2) point a (tiles x Cg) x (Cg x K) product with a
   register tile of `tp` tiles x `vo` output channels (24-28 accumulators), the whole reduction
   inside it; the (point, channel block) pairs go parallel and each walks all tiles, so its filter
@@ -95,16 +101,40 @@ def gemm_tile(out_per_group: int, tiles: int, lanes: int, target) -> tuple[int, 
     return vo, pick_tile(tiles, most, minimum=max(1, most // 2))
 
 
-def _gemm(sch, target, vo: int, tp: int):
+def _fused_filter(sch, lanes: int, ko, vo: int):
+    """The filter transform of one output-channel block, computed inside the GEMM's loop over
+    those blocks: its alpha^2 x Cg x vo values go from registers to L2 and are read there."""
+    u, g = sch.get_sblock("wino_u"), sch.get_sblock("wino_g")
+    sch.compute_at(u, ko)
+    e1, e2, c, k = sch.get_loops(u)[-4:]
+    sch.reorder(c, e1, e2, k)
+    sch.compute_at(g, c)
+    for loop in sch.get_loops(g)[-3:-1]:
+        sch.unroll(loop)
+    if vo > 1:
+        sch.vectorize(sch.get_loops(g)[-1])
+        sch.vectorize(k)
+    sch.unroll(e1)
+    sch.unroll(e2)
+
+
+def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False, lanes: int = 16):
     block = sch.get_sblock("wino_gemm")
     e1, e2, p, k, rc = sch.get_loops(block)
     e = sch.fuse(e1, e2)
     ko, ki = sch.split(k, [None, vo])
     po, pi = sch.split(p, [None, tp])
-    sch.reorder(e, ko, po, rc, pi, ki)
+    if fuse_filter:
+        sch.reorder(ko, e, po, rc, pi, ki)
+    else:
+        sch.reorder(e, ko, po, rc, pi, ki)
     accumulator = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(accumulator, po)
-    parallel_outer(sch, [e, ko], target)
+    if fuse_filter:
+        sch.parallel(ko)
+        _fused_filter(sch, lanes, ko, vo)
+    else:
+        parallel_outer(sch, [e, ko], target)
     sch.unroll(pi)
     if vo > 1:
         sch.vectorize(ki)
@@ -183,13 +213,17 @@ def schedule_winograd(func, target, knobs=None):
     sch = new_schedule(func)
     if find(sch, "w_flipped") is not None:
         sch.compute_inline(sch.get_sblock("w_flipped"))
-    if find(sch, "wino_u") is not None:  # absent where the filter comes prepacked
+    # The filter transform inside the GEMM's loop over output-channel blocks wherever those blocks
+    # give every core work (see the module docstring for the measurements).
+    fuse_filter = (knobs.get("fuse_filter", out_channels // vo >= info(target).num_cores)
+                   and find(sch, "wino_gemm") is not None and find(sch, "wino_u") is not None)
+    if find(sch, "wino_u") is not None and not fuse_filter:  # absent where the filter comes prepacked
         _filter_transform(sch, target, lanes, out_channels, vo)
     if find(sch, "wino_gemm") is None:   # "<op>_prepack": the filter transform alone
         return sch
     _padded_input(sch, target, spec, lanes)
     _input_transform(sch, target, lanes, in_channels)
-    _gemm(sch, target, vo, tp)
+    _gemm(sch, target, vo, tp, fuse_filter, lanes)
     _output_transform(sch, target, spec, m, lanes, out_channels, "conv" if forward else "dx")
     return sch
 
@@ -198,4 +232,4 @@ def winograd_knobs(func, target) -> list:
     """Alternatives to the rule's own GEMM tile (its own first)."""
     if not is_winograd(func):
         return []
-    return [{}]
+    return [{}, {"fuse_filter": False}]
