@@ -145,9 +145,12 @@ def test_auto_chooses_by_measured_rule():
     c3 = ConvSpec.from_shapes((1, 128, 28, 28), (128, 128, 3, 3), padding=1)
     c5 = ConvSpec.from_shapes((1, 512, 7, 7), (512, 512, 3, 3), padding=1)
     strided = ConvSpec.from_shapes((1, 128, 28, 28), (128, 128, 3, 3), stride=2, padding=1)
+    c5_last = ConvSpec.from_shapes((1, 7, 7, 512), (3, 3, 512, 512), padding=1, layout="NHWC")
+    tiny = ConvSpec.from_shapes((1, 512, 4, 4), (512, 512, 3, 3), padding=1)
     for op in ("forward", "grad_input"):
-        assert resolve_algorithm(c5, op, cpu) is c5                 # too few tiles: direct
-        assert resolve_algorithm(strided, op, cpu) is strided       # not Winograd's
+        assert resolve_algorithm(c5_last, op, cpu) is c5_last    # too few tiles: direct
+        assert resolve_algorithm(tiny, op, cpu) is tiny          # (4 tiles, channels-first)
+        assert resolve_algorithm(strided, op, cpu) is strided    # not Winograd's
     assert resolve_algorithm(c3, "grad_weight", cpu) is c3
     if convc.target.info(cpu).vector_bits >= 512:  # the rule only covers what was measured
         chosen = resolve_algorithm(c3, "forward", cpu)
