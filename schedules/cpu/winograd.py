@@ -30,7 +30,7 @@ Evidence: see the comment at prefers_winograd (convc/dispatch.py) and README "Wi
 from __future__ import annotations
 
 from convc.ops import EPILOGUE, base_op, is_winograd, spec_of
-from convc.ops.winograd import choose_tile
+from convc.ops.winograd import choose_tile, tiles
 from convc.target import info
 
 from .common import (channels_last_map, extent, find, index_map, label, new_schedule,
@@ -101,7 +101,7 @@ def gemm_tile(out_per_group: int, tiles: int, lanes: int, target) -> tuple[int, 
     return vo, pick_tile(tiles, most, minimum=max(1, most // 2))
 
 
-def _fused_filter(sch, lanes: int, ko, vo: int):
+def _fused_filter(sch, ko, vo: int):
     """The filter transform of one output-channel block, computed inside the GEMM's loop over
     those blocks: its alpha^2 x Cg x vo values go from registers to L2 and are read there."""
     u, g = sch.get_sblock("wino_u"), sch.get_sblock("wino_g")
@@ -118,7 +118,7 @@ def _fused_filter(sch, lanes: int, ko, vo: int):
     sch.unroll(e2)
 
 
-def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False, lanes: int = 16):
+def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False):
     block = sch.get_sblock("wino_gemm")
     e1, e2, p, k, rc = sch.get_loops(block)
     e = sch.fuse(e1, e2)
@@ -132,7 +132,7 @@ def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False, lanes: int =
     sch.reverse_compute_at(accumulator, po)
     if fuse_filter:
         sch.parallel(ko)
-        _fused_filter(sch, lanes, ko, vo)
+        _fused_filter(sch, ko, vo)
     else:
         parallel_outer(sch, [e, ko], target)
     sch.unroll(pi)
@@ -174,13 +174,12 @@ def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, 
 
 def _padded_input(sch, target, spec, lanes: int):
     """The padded input stage, channels-last, computed in parallel (channels vectorized)."""
-    for name in ("pad", "dy_pad"):
-        if find(sch, "wino_pad") is not None and find(sch, name) is not None:
-            sch.compute_inline(sch.get_sblock(name))  # the ring read straight into the zero-extended copy
-    for name in ("wino_pad", "pad", "dy_dilated"):
-        block = find(sch, name)
-        if block is not None:
-            break
+    block = find(sch, "wino_pad")  # a ring padding, zero-extended to whole tiles
+    if block is not None:
+        sch.compute_inline(sch.get_sblock("pad"))  # the ring read straight into that copy
+    else:
+        block = find(sch, "pad")
+        block = block if block is not None else sch.get_sblock("dy_dilated")
     if not spec.channels_last:
         sch.transform_layout(block, ("write", 0), channels_last_map(2))
     n, *rest = sch.get_loops(block)
@@ -195,7 +194,8 @@ def _padded_input(sch, target, spec, lanes: int):
 
 
 def schedule_winograd(func, target, knobs=None):
-    """The rule: Winograd declarations only; `knobs` may give {"vo": .., "tp": ..}."""
+    """The rule: Winograd declarations only (forward, grad_input and their _prepack / _packed
+    functions); `knobs` may give {"vo": .., "tp": .., "fuse_filter": ..}."""
     if not is_winograd(func) or info(target).is_gpu:
         return None
     spec, op = spec_of(func)
@@ -205,10 +205,8 @@ def schedule_winograd(func, target, knobs=None):
     forward = op == "forward"
     in_channels = spec.in_channels if forward else spec.out_channels
     out_channels = spec.out_channels if forward else spec.in_channels
-    size = spec.out_size if forward else spec.in_size
-    tiles = spec.batch * -(-size[0] // m) * -(-size[1] // m)
     lanes = info(target).lanes("float64" if spec.dtype == "float64" else "float32")
-    vo, tp = gemm_tile(out_channels // spec.groups, tiles, lanes, target)
+    vo, tp = gemm_tile(out_channels // spec.groups, tiles(spec, op, m), lanes, target)
     vo, tp = knobs.get("vo", vo), knobs.get("tp", tp)
     sch = new_schedule(func)
     if find(sch, "w_flipped") is not None:
@@ -223,7 +221,7 @@ def schedule_winograd(func, target, knobs=None):
         return sch
     _padded_input(sch, target, spec, lanes)
     _input_transform(sch, target, lanes, in_channels)
-    _gemm(sch, target, vo, tp, fuse_filter, lanes)
+    _gemm(sch, target, vo, tp, fuse_filter)
     _output_transform(sch, target, spec, m, lanes, out_channels, "conv" if forward else "dx")
     return sch
 
