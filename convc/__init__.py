@@ -7,9 +7,19 @@
 
     spec = convc.ConvSpec.from_shapes((1, 64, 56, 56), (64, 64, 3, 3), padding=1)
     kernel = convc.compile(spec, "grad_weight")       # a Kernel: callable, .tir, .source, .how
+    y  = convc.conv_transpose2d(x, w, b, stride=2, output_padding=1)   # F.conv_transpose2d
 """
 
 import os as _os
+
+# PyTorch's OpenMP threads (libgomp) spin 300,000 times after each parallel region by default.
+# In a model that alternates PyTorch ops (batch norm, ReLU, pooling) with convc kernels
+# (convc.torch), those spinning threads hold both cores while TVM's pool runs the next conv: a
+# ResNet-18 training step (batch 8, 112x112, 2 cores) took 342-460 ms with convc's layers against
+# PyTorch's 108-121 ms, and 115-120 ms with 10,000 spins, PyTorch's own step unchanged (108-121 ms).
+# libgomp reads this when it loads, i.e. when torch is first imported (tvm-ffi imports it, below):
+# it applies when convc is imported first, else set GOMP_SPINCOUNT=10000 in the environment.
+_os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from .version import __version__
 
@@ -29,6 +39,11 @@ _os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "10000")
 from .api import (conv1d, conv1d_grad_bias, conv1d_grad_input, conv1d_grad_weight, conv2d,
                   conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight, conv3d,
                   conv3d_grad_bias, conv3d_grad_input, conv3d_grad_weight)
+from .api_transpose import (conv_transpose1d, conv_transpose1d_grad_input,
+                            conv_transpose1d_grad_weight, conv_transpose2d,
+                            conv_transpose2d_grad_input, conv_transpose2d_grad_weight,
+                            conv_transpose3d, conv_transpose3d_grad_input,
+                            conv_transpose3d_grad_weight)
 from .batch_norm import fold_batch_norm
 from .export import export_library, load
 from .kernel import Kernel, compile
@@ -41,4 +56,7 @@ __all__ = [
     "conv1d_grad_input", "conv2d_grad_input", "conv3d_grad_input",
     "conv1d_grad_weight", "conv2d_grad_weight", "conv3d_grad_weight",
     "conv1d_grad_bias", "conv2d_grad_bias", "conv3d_grad_bias", "fold_batch_norm",
+    "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "conv_transpose1d_grad_input", "conv_transpose2d_grad_input", "conv_transpose3d_grad_input",
+    "conv_transpose1d_grad_weight", "conv_transpose2d_grad_weight", "conv_transpose3d_grad_weight",
 ]

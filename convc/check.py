@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import reference as ref
-from .spec import ConvSpec
+from .spec import TRANSPOSE_OPS, ConvSpec
+from .transpose import transposed_of
 
 # Error allowed, relative to the largest magnitude of the reference result (at least 1).
 TOLERANCE = {
@@ -48,6 +49,38 @@ def operands(spec: ConvSpec, seed: int = 0) -> dict:
     if spec.residual:
         data["residual"] = draw(spec.output_shape)
     return data
+
+
+def transpose_operands(spec: ConvSpec, seed: int = 0) -> dict:
+    """operands() for the transposed ops of the equivalent convolution `spec`, in their own
+    words: x the transposed input (spec's output shape), w, b (None without bias; one entry per
+    transposed output channel) and dy (spec's input shape)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(shape):
+        return rng.uniform(-1, 1, size=shape).astype(spec.dtype)
+
+    return {"x": draw(spec.output_shape), "w": draw(spec.weight_shape),
+            "b": draw((spec.in_channels,)) if spec.bias else None, "dy": draw(spec.input_shape)}
+
+
+def transpose_reference(spec: ConvSpec, op: str, x=None, w=None, b=None, dy=None):
+    """The reference result of a transposed op (convc.transpose) in spec's layout (float64), from
+    convc.reference's own transposed convolution (not the convolution's adjoints)."""
+    t = transposed_of(spec)
+    args = (spec.stride, list(t.padding), t.output_padding, spec.dilation, spec.groups)
+    if op == "conv_transpose":
+        y = ref.conv_transpose(_to_cf(spec, x), _to_cf(spec, w, True), *args, bias=b)
+        return _from_cf(spec, y)
+    if op == "conv_transpose_grad_input":
+        size = (spec.batch, spec.out_channels, *spec.out_size)
+        return _from_cf(spec, ref.conv_transpose_grad_input(size, _to_cf(spec, w, True),
+                                                            _to_cf(spec, dy), *args))
+    if op == "conv_transpose_grad_weight":
+        size = (spec.out_channels, spec.in_channels // spec.groups, *spec.kernel)
+        return _from_cf(spec, ref.conv_transpose_grad_weight(_to_cf(spec, x), size,
+                                                             _to_cf(spec, dy), *args), True)
+    raise ValueError(f"op={op!r}")
 
 
 def _to_cf(spec, array, weight=False):
@@ -95,6 +128,12 @@ def kernel_inputs(spec: ConvSpec, op: str, data: dict) -> list:
                 + ([data["residual"]] if spec.residual else []))
     if op == "grad_input":
         return [data["dy"], data["w"]]
+    if op == "conv_transpose":  # a transpose_operands() dict from here on
+        return [data["x"], data["w"]] + ([data["b"]] if spec.bias else [])
+    if op == "conv_transpose_grad_input":
+        return [data["dy"], data["w"]]
+    if op == "conv_transpose_grad_weight":
+        return [data["dy"], data["x"]]
     return [data["x"], data["dy"]]
 
 
@@ -102,5 +141,5 @@ def check_kernel(kernel, data: dict, expected=None) -> float:
     """Run `kernel` on `data` (an operands() dict); return its error relative to the reference."""
     spec, op = kernel.spec, kernel.op
     if expected is None:
-        expected = reference(spec, op, **data)
+        expected = (transpose_reference if op in TRANSPOSE_OPS else reference)(spec, op, **data)
     return relative_error(kernel(*kernel_inputs(spec, op, data)), expected)

@@ -8,7 +8,10 @@ load them back as validating callables.
 The library needs neither TVM nor convc at run time: `tvm_ffi.load_module("lib.so")["forward"]`
 (Python) or `tvm::ffi::Module::LoadFromFile` (C++) runs it with only apache-tvm-ffi. Its functions
 are destination-passing, named by op: forward(x, w[, b], y), grad_input(dy, w, dx),
-grad_weight(x, dy, dw). Their parameters assume only element alignment (see convc.ops.common.
+grad_weight(x, dy, dw); a transposed convolution's conv_transpose(x, w[, b], y),
+conv_transpose_grad_input(dy, w, dx), conv_transpose_grad_weight(dy, x, dw) (dy first: see
+convc.transpose), their entries carrying "transpose" (the op's own stride, padding,
+output_padding, groups, dilation and shapes). Their parameters assume only element alignment (see convc.ops.common.
 make_func), so a raw call with an unaligned array is computed in place, and one with the wrong
 shape, dtype or strides raises instead of crashing. The library carries its own thread pool
 (convc/export_runtime.py), so parallel kernels run without libtvm_runtime too.
@@ -45,7 +48,8 @@ from .export_runtime import LINK_OPTIONS
 from .files import sha256, write_text_atomic
 from .kernel import CudaKernel, Kernel
 from .ops import arguments, shapes
-from .spec import OPS, ConvSpec, check_op
+from .spec import OPS, TRANSPOSE_OPS, ConvSpec, check_op
+from .transpose import TRANSPOSE_WEIGHT_LAYOUTS, transposed_of
 from .target import info, resolve, resolved
 from .version import __version__
 
@@ -265,11 +269,17 @@ def _manifest(entries, target, path: Path, artifact, link, extra) -> dict:
         names, arg_shapes = arguments(spec, op), shapes(spec, op)
         functions[name] = {
             "op": op, "how": how, "spec": spec.to_dict(), "flops": spec.flops,
-            "args": [_arg(spec, arg, shape, role="output" if i == len(names) - 1 else "input")
+            "args": [_arg(spec, arg, shape, "output" if i == len(names) - 1 else "input", op)
                      for i, (arg, shape) in enumerate(zip(names, arg_shapes))],
         }
         if op == "forward":
             functions[name]["epilogue"] = _epilogue(spec)
+        if op in TRANSPOSE_OPS:
+            # spec is the equivalent convolution (convc.transpose); this is the transposed op's
+            # own description, as F.conv_transposeNd takes it
+            functions[name]["transpose"] = transposed_of(spec).to_dict()
+        if op == "conv_transpose":
+            functions[name]["epilogue"] = ["bias (b)"] if spec.bias else []
     manifest = {
         "format": FORMAT, "convc": __version__, "tvm": tvm.__version__,
         "tvm_ffi": tvm_ffi.__version__, "target": json.loads(target.json),
@@ -294,8 +304,9 @@ def _epilogue(spec: ConvSpec) -> list:
     return steps
 
 
-def _arg(spec: ConvSpec, name: str, shape, role: str) -> dict:
-    layout = {"w": spec.weight_layout, "dw": spec.weight_layout, "b": "O", "scale": "O",
+def _arg(spec: ConvSpec, name: str, shape, role: str, op: str = "forward") -> dict:
+    weight = TRANSPOSE_WEIGHT_LAYOUTS[spec.layout] if op in TRANSPOSE_OPS else spec.weight_layout
+    layout = {"w": weight, "dw": weight, "b": "O", "scale": "O",
               "shift": "O"}.get(name, spec.layout)
     return {"name": name, "role": role, "shape": list(shape), "dtype": spec.dtype, "layout": layout}
 

@@ -38,7 +38,7 @@ import tvm
 import tvm_ffi
 
 from .files import write_text_atomic
-from .ops import spec_of
+from .ops import kernel_of, spec_of
 from .target import info, resolved
 
 FORMAT = 1
@@ -106,9 +106,9 @@ def canonical_module(func) -> tvm.IRModule:
 def workload_of(func) -> tuple[str, str]:
     """(workload key, kernel name) of a PrimFunc: ``(spec.key, op)`` for convc declarations,
     ``("tir-<structural hash>", "main")`` for anything else."""
-    spec, op = spec_of(func)
+    spec, _ = spec_of(func)
     if spec is not None:
-        return spec.key, op
+        return spec.key, kernel_of(func)
     return f"tir-{tvm_ffi.structural_hash(canonical_module(func)):016x}", "main"
 
 

@@ -144,6 +144,84 @@ def epilogue(y, scale=None, shift=None, residual=None, act=None, negative_slope=
     return activation(y, act, negative_slope)
 
 
+# --- transposed convolution (F.conv_transposeNd), read literally ---------------------------------
+# x (N, C_in, *in), w (C_in, C_out/groups, *k), dy / y (N, C_out, *out); `pad` (before, after)
+# pairs, output_padding per axis. Input element q with tap t lands on output q*s - p_b + t*d: a
+# scatter into a buffer that starts p_b positions before the output (never via the convolution).
+
+def transposed_size(in_size, kernel, stride, dilation, pad, output_padding):
+    return tuple((i - 1) * s - pb - pa + d * (k - 1) + op + 1
+                 for i, k, s, d, (pb, pa), op in zip(in_size, kernel, stride, dilation, pad,
+                                                       output_padding))
+
+
+def _scatter_buffer(in_size, kernel, stride, dilation, pad, out):
+    """Extent of the buffer every (q, t) lands in, from output position -p_b on."""
+    return [max((i - 1) * s + d * (k - 1) + 1, pb + o)
+            for i, k, s, d, (pb, _), o in zip(in_size, kernel, stride, dilation, pad, out)]
+
+
+def _crop(pad, out):
+    return tuple(slice(pb, pb + o) for (pb, _), o in zip(pad, out))
+
+
+def conv_transpose(x, w, stride, pad, output_padding, dilation, groups, bias=None):
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    n, c_in, *in_size = x.shape
+    _, og, *kernel = w.shape
+    out = transposed_size(in_size, kernel, stride, dilation, pad, output_padding)
+    buf = np.zeros((n, groups, og, *_scatter_buffer(in_size, kernel, stride, dilation, pad, out)))
+    xg = _grouped(x, groups)
+    wg = w.reshape(groups, c_in // groups, og, *kernel)
+    for tap in itertools.product(*[range(kk) for kk in kernel]):
+        region = (slice(None),) * 3 + _tap_slices(tap, in_size, stride, dilation)
+        buf[region] += np.einsum("ngc...,gco->ngo...", xg, wg[(Ellipsis, *tap)])
+    y = buf.reshape(n, groups * og, *buf.shape[3:])[(slice(None), slice(None)) + _crop(pad, out)]
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64).reshape((1, -1) + (1,) * len(out))
+    return y
+
+
+def _dy_buffer(dy, in_size, kernel, stride, dilation, pad, groups):
+    """dy placed in the scatter buffer (zeros where the crop dropped positions), grouped."""
+    n, c_out, *out = dy.shape
+    buf = np.zeros((n, c_out, *_scatter_buffer(in_size, kernel, stride, dilation, pad, out)))
+    buf[(slice(None), slice(None)) + _crop(pad, out)] = dy
+    return _grouped(buf, groups)
+
+
+def conv_transpose_grad_input(input_size, w, dy, stride, pad, output_padding, dilation, groups):
+    """dx[n, c, q] = sum over (o, t) of dy[n, o, q*s - p_b + t*d] * w[c, o, t]: a gather."""
+    w = np.asarray(w, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    n, c_in, *in_size = input_size
+    _, og, *kernel = w.shape
+    dyb = _dy_buffer(dy, in_size, kernel, stride, dilation, pad, groups)
+    wg = w.reshape(groups, c_in // groups, og, *kernel)
+    dx = np.zeros((n, groups, c_in // groups, *in_size))
+    for tap in itertools.product(*[range(kk) for kk in kernel]):
+        patch = dyb[(slice(None),) * 3 + _tap_slices(tap, in_size, stride, dilation)]
+        dx += np.einsum("ngo...,gco->ngc...", patch, wg[(Ellipsis, *tap)])
+    return dx.reshape(n, c_in, *in_size)
+
+
+def conv_transpose_grad_weight(x, weight_size, dy, stride, pad, output_padding, dilation, groups):
+    """dw[c, o, t] = sum over (n, q) of x[n, c, q] * dy[n, o, q*s - p_b + t*d]."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    n, c_in, *in_size = x.shape
+    _, og, *kernel = weight_size
+    dyb = _dy_buffer(dy, in_size, kernel, stride, dilation, pad, groups)
+    xg = _grouped(x, groups)
+    dw = np.zeros((groups, c_in // groups, og, *kernel))
+    for tap in itertools.product(*[range(kk) for kk in kernel]):
+        patch = dyb[(slice(None),) * 3 + _tap_slices(tap, in_size, stride, dilation)]
+        dw[(Ellipsis, *tap)] = np.einsum("ngcp,ngop->gco", xg.reshape(xg.shape[:3] + (-1,)),
+                                         patch.reshape(patch.shape[:3] + (-1,)))
+    return dw.reshape(c_in, og, *kernel)
+
+
 # --- im2col formulation ---------------------------------------------------------------------------
 
 def im2col(x, kernel, stride, pad, dilation, mode="zeros"):

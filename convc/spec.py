@@ -29,6 +29,13 @@ WEIGHT_LAYOUTS = {
 }
 DTYPES = ("float32", "float64", "float16")
 OPS = ("forward", "grad_input", "grad_weight")
+# The transposed convolution and its adjoints, each one of the three ops above of the equivalent
+# convolution (the ConvSpec whose input-gradient the transposed convolution is: convc.transpose),
+# with the roles of the operands moved: conv_transpose is grad_input (+ a bias of its output
+# channels), its grad_input is forward, its grad_weight is grad_weight with x and dy swapped.
+TRANSPOSE_OPS = {"conv_transpose": "grad_input", "conv_transpose_grad_input": "forward",
+                 "conv_transpose_grad_weight": "grad_weight"}
+KERNEL_OPS = OPS + tuple(TRANSPOSE_OPS)
 # How the ring around the input is filled: PyTorch's nn.ConvNd(padding_mode=...) names.
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 # Activations the forward epilogue applies last (PyTorch's names; gelu_tanh is
@@ -57,9 +64,14 @@ def check_layout(layout, ndim: int, name: str = "layout") -> str:
 
 
 def check_op(op) -> str:
-    if op not in OPS:
-        raise ValueError(f"op={op!r} is not a convc kernel: expected one of {OPS}")
+    if op not in KERNEL_OPS:
+        raise ValueError(f"op={op!r} is not a convc kernel: expected one of {KERNEL_OPS}")
     return op
+
+
+def conv_op(op: str) -> str:
+    """The convolution op whose kernel computes `op` (itself for the three conv ops)."""
+    return TRANSPOSE_OPS.get(op, op)
 
 
 def check_dtype(dtype, name: str = "dtype") -> str:
@@ -396,7 +408,12 @@ class ConvSpec:
             raise ValueError(f"stride={self.stride} must be positive in every dimension")
         if any(d < 1 for d in self.dilation):
             raise ValueError(f"dilation={self.dilation} must be positive in every dimension")
-        if any(p < 0 for p in self.pad_before + self.pad_after):
+        if any(p < 0 for p in self.pad_before):
+            raise ValueError(f"padding={self.pad_before}/{self.pad_after} must be non-negative")
+        if any(p < 0 for p in self.pad_after) and self.padding_mode != "zeros":
+            # A negative pad_after crops: the last elements of the input are never read. Only the
+            # equivalent convolution of a transposed one with a large output_padding has it
+            # (convc.transpose); from_shapes refuses negative padding as PyTorch does.
             raise ValueError(f"padding={self.pad_before}/{self.pad_after} must be non-negative")
         check_padding_mode(self.padding_mode)
         self._check_ring()

@@ -169,3 +169,16 @@ def test_zoo_distribution_and_table_order():
     assert "| 0.40 |" in first                                      # worst first
     text = zoo.distribution([r.ratio for r in rows])
     assert text.startswith("n=3 min 0.40") and "[0,0.5): 1" in text and "[2,inf): 1" in text
+
+
+def test_train_table_and_targets():
+    """convc bench --train's verdicts: the best memory format per model, against each target."""
+    from convc.bench import train
+
+    rows = [train.Row("resnet18", "train", "NCHW", 0.12, 0.10),
+            train.Row("resnet18", "train", "channels_last", 0.10, 0.20),
+            train.Row("resnet18", "inference", "NCHW", 0.035, 0.032)]
+    assert "| resnet18 | train (fwd+bwd+SGD) | NCHW | 120.0 | 100.0 | 1.20 |" in train.table(rows)
+    text = train.summary(rows)
+    assert "resnet18 train: PyTorch / convc 1.20 (best memory format, NCHW); target >= 1.0 reached" in text
+    assert "resnet18 inference: PyTorch / convc 1.09 (best memory format, NCHW); target >= 1.2 NOT reached" in text

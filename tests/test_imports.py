@@ -30,16 +30,21 @@ ROOT = Path(__file__).resolve().parent.parent
 # The pipeline, bottom first: a module may import from its own layer and the layers below.
 # The first matching prefix decides (so "convc.tuning" after "convc.records").
 LAYERS = [
-    ("base", ["convc.version", "convc.files", "convc.spec", "convc.target", "convc.reference",
-              "convc.check", "convc.tuning_logs"]),
+    ("base", ["convc.version", "convc.files", "convc.spec", "convc.transpose", "convc.target",
+              "convc.reference", "convc.check", "convc.tuning_logs"]),
     ("ops", ["convc.ops"]),
     ("schedules", ["convc.schedules"]),
     ("dispatch", ["convc.records", "convc.dispatch"]),
     ("build", ["convc.build", "convc.export_runtime"]),
     ("kernel", ["convc.kernel"]),
-    ("entry", ["convc.plans", "convc.api", "convc.batch_norm", "convc.export", "convc.tuning", "convc.cli",
-               "convc.bench", "convc.__main__", "convc"]),
+    ("entry", ["convc.plans", "convc.api", "convc.api_transpose", "convc.batch_norm",
+               "convc.export", "convc.tuning", "convc.cli", "convc.bench", "convc.__main__",
+               "convc", "convc.torch"]),
 ]
+# torch stays optional: a module-level `import torch` only in convc.torch; the package itself is
+# imported (inside functions) only by these, which need it for what they do.
+TORCH_PACKAGE = "convc.torch"
+IMPORTS_CONVC_TORCH = {"convc.bench.overhead", "convc.bench.train"}
 
 
 def package_sources(root: Path) -> dict:
@@ -165,6 +170,35 @@ def test_imports_point_down_the_pipeline():
               for m, deps in sorted(graph.items()) for d in sorted(deps)
               if layer_of(d) > layer_of(m)]
     assert not upward, "imports against the pipeline:\n" + "\n".join(upward)
+
+
+def _module_level_imports(path: Path) -> set:
+    """Top-level names imported by the module's own statements (not inside functions)."""
+    tree = ast.parse(path.read_text(), str(path))
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_torch_is_imported_at_module_level_only_by_convc_torch():
+    modules = package_sources(ROOT)
+    assert TORCH_PACKAGE in modules and f"{TORCH_PACKAGE}.ops" in modules
+    offenders = [name for name, path in sorted(modules.items())
+                 if "torch" in _module_level_imports(path)
+                 and not (name == TORCH_PACKAGE or name.startswith(TORCH_PACKAGE + "."))]
+    assert not offenders, f"import torch at module level outside {TORCH_PACKAGE}: {offenders}"
+
+
+def test_only_the_torch_benchmarks_import_convc_torch():
+    graph = import_graph(ROOT)
+    importers = {name for name, deps in graph.items()
+                 if any(d == TORCH_PACKAGE or d.startswith(TORCH_PACKAGE + ".") for d in deps)
+                 and not (name == TORCH_PACKAGE or name.startswith(TORCH_PACKAGE + "."))}
+    assert importers == IMPORTS_CONVC_TORCH
 
 
 # --- the checker itself ----------------------------------------------------------------------

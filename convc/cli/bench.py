@@ -41,6 +41,16 @@ def add_parser(subparsers):
                    help="instead: what a call costs beyond the compiled function (direct call, "
                         "Kernel, cached convc.conv2d with NumPy and torch, PyTorch's F.conv2d) on "
                         "a tiny conv, the SE 1x1 convs on 1x1 inputs and MobileNetV2's depthwise")
+    p.add_argument("--train", action="store_true",
+                   help="instead: convc inside PyTorch on torchvision's ResNet-18 and MobileNetV2 "
+                        "(batch 8, 112x112): one training step with convc's layers "
+                        "(convc.torch.convert) vs PyTorch's, one inference of the fused model "
+                        "(convc.torch.fuse) vs PyTorch eager; needs torch and torchvision "
+                        "(--models picks models)")
+    p.add_argument("--transpose", action="store_true",
+                   help="instead: conv_transpose2d on decoder layers (U-Net 2x2/2, DCGAN 4x4/2, "
+                        "64-512 channels, batch 1 and 8) beside F.conv_transpose2d; --ops may "
+                        "add conv_transpose_grad_input, conv_transpose_grad_weight")
     zoo = p.add_argument_group("zoo", "--zoo: every distinct convolution of torchvision's "
                                "classification models (convc/bench/zoo.json), convc in NCHW and "
                                "NHWC beside PyTorch contiguous and channels_last")
@@ -78,6 +88,8 @@ def run(args) -> int:
     target = resolve(args.target)
     if args.zoo:
         return run_zoo(args, target)
+    if args.transpose:
+        return run_transpose(args, target)
     # TVM's thread pool reads TVM_NUM_THREADS when the first kernel runs (none has yet). Without
     # it, TVM 0.27 takes half the logical CPUs on x86 ("ignore hyper-threading"): 1 thread on a
     # 2-vCPU machine, where PyTorch would get 2.
@@ -92,6 +104,8 @@ def run(args) -> int:
     threads = args.threads or info(target).num_cores
     if args.overhead:
         return _overhead(target, args.repeat, threads, args.stat)
+    if args.train:
+        return _train(target, args.models, args.repeat, threads, args.stat)
     peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
     try:
         import torch
@@ -115,6 +129,70 @@ def run(args) -> int:
     if args.plot:
         bench.plot(rows, args.plot, peak)
         print(f"plot: {args.plot}")
+    return 0
+
+
+def _train(target, models, repeat: int, threads: int, stat: str) -> int:
+    from convc.bench import train
+    from convc.target import resolve
+
+    if target.json != resolve(None).json:
+        raise ValueError("--train runs convc.torch, which compiles for this machine's CPU: "
+                         "leave --target unset")
+    models = _list(models, train.MODELS, "models") if models else list(train.MODELS)
+    import torch
+
+    print(f"convc bench --train  {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"machine: {_cpu_name()}, LLVM mcpu {target.info.arch}, {target.info.num_cores} cores; "
+          f"PyTorch {torch.__version__}; {threads} thread(s) each; {stat} of {repeat} rounds, "
+          "side by side; batch 8, 3x112x112, 10 classes")
+    rows = train.run(models, repeat=repeat, threads=threads, stat=stat,
+                     progress=lambda r: print(f"  {r.model} {r.mode} {r.memory_format} done",
+                                              flush=True))
+    print()
+    print(train.table(rows))
+    print()
+    print(train.summary(rows))
+    return 0
+
+
+def run_transpose(args, target) -> int:
+    import os
+
+    from convc import bench
+    from convc.bench import transpose
+    from convc.target import info
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads={args.threads} must be at least 1")
+    threads = args.threads or info(target).num_cores
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    if info(target).is_gpu:
+        raise ValueError(f"--target={args.target!r}: convc bench times CPU kernels only")
+    ops = (["conv_transpose"] if args.ops == ",".join(bench.OPS)
+           else _list(args.ops, transpose.OPS, "ops"))
+    layers = (list(transpose.DECODER_LAYERS) if args.layers == ",".join(bench.LAYERS)
+              else _list(args.layers, transpose.DECODER_LAYERS, "layers"))
+    layouts = _list(args.layouts, transpose.LAYOUTS, "layouts")
+    if args.repeat < 1:
+        raise ValueError(f"--repeat={args.repeat} must be at least 1")
+    peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "not installed"
+    print(f"convc bench --transpose  {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"machine: {_cpu_name()}, LLVM mcpu {info(target).arch}, {info(target).num_cores} "
+          f"cores; fp32 peak {peak:.1f} GFLOP/s; PyTorch {torch_version}; {threads} thread(s) "
+          f"each; {args.stat} of {args.repeat} paired rounds")
+    rows = transpose.run(layers, ops, layouts, args.repeat, target, threads, args.stat,
+                         progress=lambda r: print(f"  {r.layer:14s} {r.op:26s} ratio "
+                                                  f"{r.ratio or 0:5.2f}", flush=True))
+    print()
+    print(transpose.table(rows, peak))
+    print()
+    print(transpose.summary(rows))
     return 0
 
 

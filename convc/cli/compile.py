@@ -3,8 +3,12 @@
     convc compile --op conv2d --input 2,8,12,12 --weight 16,4,3,3 --bias --stride 2 --padding 1 \\
         --groups 2 -o lib.so
 
-writes lib.so (functions forward(x, w[, b], y), grad_input(dy, w, dx), grad_weight(x, dy, dw))
-and lib.json, its manifest (versions, target, every argument's name/shape/dtype/layout, how each
+    convc compile --op conv_transpose2d --input 1,64,16,16 --weight 64,32,4,4 --stride 2 \
+        --padding 1 --output-padding 0 --bias -o up.so
+
+writes lib.so (functions forward(x, w[, b], y), grad_input(dy, w, dx), grad_weight(x, dy, dw);
+for --op conv_transpose*: conv_transpose(x, w[, b], y), conv_transpose_grad_input(dy, w, dx),
+conv_transpose_grad_weight(dy, x, dw), the weight (in, out/groups, *k) as PyTorch's) and lib.json, its manifest (versions, target, every argument's name/shape/dtype/layout, how each
 schedule was chosen, the library's sha256). The library runs with only apache-tvm-ffi:
 `tvm_ffi.load_module("lib.so")["forward"](x, w, b, y)`; `convc.load("lib.so")` adds checks.
 """
@@ -16,7 +20,8 @@ import json
 import sys
 import warnings
 
-RANK = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
+RANK = {"conv1d": 1, "conv2d": 2, "conv3d": 3,
+        "conv_transpose1d": 1, "conv_transpose2d": 2, "conv_transpose3d": 3}
 AXES = {1: "N,C,W", 2: "N,C,H,W", 3: "N,C,D,H,W"}
 
 
@@ -24,11 +29,13 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "compile", help="compile kernels of one convolution into a shared library + manifest",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--op", required=True, choices=sorted(RANK), help="convolution rank")
+    p.add_argument("--op", required=True, choices=sorted(RANK),
+                   help="convolution rank, or a transposed convolution's")
     p.add_argument("--input", required=True, metavar="SHAPE",
                    help="batched input shape in the layout's order, e.g. 2,8,12,12 (N,C,H,W)")
     p.add_argument("--weight", required=True, metavar="SHAPE",
-                   help="weight shape: O,I/groups,*k (channels-first) or *k,I/groups,O (channels-last)")
+                   help="weight shape: O,I/groups,*k (channels-first) or *k,I/groups,O "
+                        "(channels-last); transposed: in,out/groups,*k or *k,out/groups,in")
     p.add_argument("--bias", action="store_true", help="forward adds a bias: forward(x, w, b, y)")
     p.add_argument("--scale-shift", action="store_true",
                    help="forward's epilogue multiplies by scale and adds shift per output channel "
@@ -44,6 +51,9 @@ def add_parser(subparsers):
                         "(default: %(default)s)")
     p.add_argument("--dilation", default="1", help="an int or a comma list (default: %(default)s)")
     p.add_argument("--groups", default="1", help="(default: %(default)s)")
+    p.add_argument("--output-padding", default=None,
+                   help="conv_transpose* only: an int or a comma list, smaller than stride or "
+                        "dilation (default: 0)")
     add_padding_mode(p)
     p.add_argument("--algorithm", default="auto", choices=("auto", "direct", "winograd"),
                    help="forward and grad_input: Winograd where measured faster (auto, default), "
@@ -54,8 +64,10 @@ def add_parser(subparsers):
     p.add_argument("--layout", default=None,
                    help="NCW/NCHW/NCDHW (default) or NWC/NHWC/NDHWC; the weight layout follows")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
-    p.add_argument("--kernels", default="forward,grad_input,grad_weight",
-                   help="comma list of forward, grad_input, grad_weight (default: all three)")
+    p.add_argument("--kernels", default=None,
+                   help="comma list of forward, grad_input, grad_weight (default: all three); "
+                        "for conv_transpose*: of conv_transpose, conv_transpose_grad_input, "
+                        "conv_transpose_grad_weight")
     p.add_argument("--target", default=None,
                    help="llvm (this CPU, default), cuda, or a JSON target such as "
                         '\'{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1"}\'')
@@ -157,18 +169,25 @@ def run(args) -> int:
     from convc.target import resolve
 
     rank = RANK[args.op]
-    spec = ConvSpec.from_shapes(
-        shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
-        ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
-        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias,
-        padding_mode=args.padding_mode, scale_shift=args.scale_shift, residual=args.residual,
-        activation=activation(args.activation), algorithm=args.algorithm,
-        winograd_m=args.winograd_m)
+    if args.op.startswith("conv_transpose"):
+        spec, kernels = _transposed(args, rank)
+    else:
+        if args.output_padding is not None:
+            raise ValueError(f"--output-padding applies to conv_transpose1d/2d/3d, not --op "
+                             f"{args.op}")
+        spec = ConvSpec.from_shapes(
+            shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
+            ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
+            ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias,
+            padding_mode=args.padding_mode, scale_shift=args.scale_shift, residual=args.residual,
+            activation=activation(args.activation), algorithm=args.algorithm,
+            winograd_m=args.winograd_m)
+        kernels = args.kernels or "forward,grad_input,grad_weight"
     target = resolve(target_of(args.target, args.arch))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CrossCompileWarning)
         try:
-            path = export_library(spec, args.output, ops=args.kernels, target=target,
+            path = export_library(spec, args.output, ops=kernels, target=target,
                                   log_dir=args.log_dir)
         except (NotImplementedError, RuntimeError) as err:
             print(f"convc compile: error: {err}", file=sys.stderr)
@@ -183,13 +202,38 @@ def run(args) -> int:
     return 0
 
 
+def _transposed(args, rank):
+    """--op conv_transpose*: the equivalent convolution (convc.transpose) and the kernels."""
+    from convc import transpose
+    from convc.spec import TRANSPOSE_OPS
+
+    fused = [flag for flag, given in (("--scale-shift", args.scale_shift),
+                                      ("--residual", args.residual),
+                                      ("--activation", args.activation is not None)) if given]
+    if fused:
+        raise ValueError(f"{', '.join(fused)}: --op {args.op} takes only --bias as its epilogue")
+    spec = transpose.from_shapes(
+        shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
+        ints(args.stride, "stride"), padding(args.padding),
+        ints(args.output_padding or "0", "output-padding"), ints(args.groups, "groups"),
+        ints(args.dilation, "dilation"), layout=args.layout, dtype=args.dtype, bias=args.bias,
+        padding_mode=args.padding_mode)
+    kernels = args.kernels or ",".join(TRANSPOSE_OPS)
+    wrong = [k for k in kernels.split(",") if k.strip() and k.strip() not in TRANSPOSE_OPS]
+    if wrong:
+        raise ValueError(f"--kernels={kernels!r}: {wrong} are not kernels of --op {args.op}: "
+                         f"expected some of {', '.join(TRANSPOSE_OPS)}")
+    return spec, kernels
+
+
 def _report(path, manifest: dict, meta) -> None:
     target = manifest["target"]
     where = target.get("arch") or target.get("mcpu") or "generic"
     print(f"wrote {path} ({manifest['artifact']}, {target['kind']} {target.get('mtriple', '')} "
           f"{where}) and {meta}")
+    width = max([12] + [len(name) for name in manifest["functions"]])
     for name, entry in manifest["functions"].items():
         args = [f"{a['name']}[{','.join(map(str, a['shape']))}]" for a in entry["args"]]
-        print(f"  {name:<12} {entry['how']:<13} {' '.join(args[:-1])} -> {args[-1]}  "
+        print(f"  {name:<{width}} {entry['how']:<13} {' '.join(args[:-1])} -> {args[-1]}  "
               f"{entry['spec']['dtype']} {entry['args'][0]['layout']}")
     print(f"sha256 {manifest['sha256']}")

@@ -41,8 +41,11 @@ def add_parser(subparsers):
     layer.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
     layer.add_argument("--layers", default=None, metavar="NAMES",
                        help="tune layers of the benchmark suite instead: a comma list or 'all'")
-    p.add_argument("--kernels", default="forward,grad_input,grad_weight",
-                   help="comma list of forward, grad_input, grad_weight (default: all three)")
+    p.add_argument("--kernels", default=None,
+                   help="comma list of forward, grad_input, grad_weight (default: all three); "
+                        "for --op conv_transpose*d of conv_transpose, conv_transpose_grad_input, "
+                        "conv_transpose_grad_weight")
+    p.add_argument("--output-padding", default=None, help="--op conv_transpose*d only (default: 0)")
     p.add_argument("--trials", type=int, default=64,
                    help="measured candidates per kernel, records already logged included "
                         "(default: %(default)s)")
@@ -82,6 +85,17 @@ def specs_of(args) -> list:
     if missing:
         raise ValueError(f"{', '.join(missing)} missing: describe the convolution, or give --layers")
     rank = RANK[args.op]
+    if args.op.startswith("conv_transpose"):
+        from convc import transpose
+
+        return [transpose.from_shapes(
+            shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
+            ints(args.stride, "stride"), padding(args.padding),
+            ints(args.output_padding or "0", "output-padding"), ints(args.groups, "groups"),
+            ints(args.dilation, "dilation"), layout=args.layout, dtype=args.dtype, bias=args.bias,
+            padding_mode=args.padding_mode)]
+    if args.output_padding is not None:
+        raise ValueError(f"--output-padding applies to conv_transpose1d/2d/3d, not --op {args.op}")
     return [ConvSpec.from_shapes(
         shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
         ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
@@ -115,8 +129,12 @@ def run(args) -> int:
     import convc.tuning as tuning
     from convc.target import resolve
 
+    from convc.spec import OPS, TRANSPOSE_OPS
+
     specs = specs_of(args)
-    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    transposed = bool(args.op and args.op.startswith("conv_transpose"))
+    kernels = [k.strip() for k in (args.kernels or ",".join(TRANSPOSE_OPS if transposed else OPS))
+               .split(",") if k.strip()]
     target = resolve(target_of(args.target, args.arch))
     try:
         if args.peer == "topi":
@@ -146,11 +164,13 @@ def run(args) -> int:
 def _summary(report) -> None:
     print(f"{report.workload}: {report.trials} trials in {report.tuning_s:.0f} s "
           f"({report.trials_per_minute:.1f}/min); records in {report.path}")
-    print(f"  {'kernel':<12} {'trials':>6} {'hand-written':>13} {'tuned':>13}  {'uses':<12} 90% at")
+    width = max([12] + [len(k.name) for k in report.kernels.values()])
+    print(f"  {'kernel':<{width}} {'trials':>6} {'hand-written':>13} {'tuned':>13}  {'uses':<12} "
+          "90% at")
     for k in report.kernels.values():
         reached = (f"{k.reached_90[1]} trials, {k.reached_90[0]:.0f} s" if k.reached_90
                    else "-")
-        print(f"  {k.name:<12} {k.trials_total:>6} {_gflops(k, k.hand_written_us):>13} "
+        print(f"  {k.name:<{width}} {k.trials_total:>6} {_gflops(k, k.hand_written_us):>13} "
               f"{_gflops(k, k.tuned_us):>13}  {k.verdict or '-':<12} {reached}")
 
 

@@ -31,7 +31,9 @@ def memo() -> dict:
 
 
 def compile(spec: ConvSpec, op: str = "forward", target=None) -> Kernel:  # noqa: A001 - public name
-    """Compile `op` ("forward", "grad_input", "grad_weight") of `spec` for `target`.
+    """Compile `op` ("forward", "grad_input", "grad_weight"; for a transposed convolution's
+    equivalent spec, convc.transpose, also "conv_transpose", "conv_transpose_grad_input",
+    "conv_transpose_grad_weight") of `spec` for `target`.
 
     target: None (this CPU), "llvm", "cuda", a dict, a JSON string or a resolved Target (see
     convc.target.resolve). The result is cached in memory and on disk; a second call for the

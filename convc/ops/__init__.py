@@ -1,17 +1,24 @@
 """Operator declarations: convolution and its two adjoints as TVM tensor expressions.
 
-One N-d, layout-generic declaration per op. Nothing here names a target: schedules do that.
+One N-d, layout-generic declaration per op. Nothing here names a target: schedules do that. The
+transposed convolution's three ops (transpose.py) are these declarations of the equivalent
+convolution (convc.transpose) under their own kernel names.
 """
 
 from __future__ import annotations
 
-from ..spec import ConvSpec, check_op
+from ..spec import TRANSPOSE_OPS, ConvSpec, check_op
 from .forward import forward
 from .grad_input import grad_input, ring_unpadded
 from .grad_weight import grad_weight
 from . import winograd
+from .transpose import (KERNEL_ATTR, conv_transpose, conv_transpose_grad_input,
+                        conv_transpose_grad_weight)
 
-DECLARATIONS = {"forward": forward, "grad_input": grad_input, "grad_weight": grad_weight}
+DECLARATIONS = {"forward": forward, "grad_input": grad_input, "grad_weight": grad_weight,
+                "conv_transpose": conv_transpose,
+                "conv_transpose_grad_input": conv_transpose_grad_input,
+                "conv_transpose_grad_weight": conv_transpose_grad_weight}
 WINOGRAD = {"forward": winograd.forward, "grad_input": winograd.grad_input}
 
 # The reduction stage of each op, by name (schedules and tuning records find blocks by name).
@@ -29,10 +36,18 @@ ARGUMENTS = {
     "forward+bias": ("x", "w", "b", "y"),  # + scale, shift, residual before y: see arguments()
     "grad_input": ("dy", "w", "dx"),
     "grad_weight": ("x", "dy", "dw"),
+    # The transposed ops, in their own words (x: the transposed input; see convc.transpose).
+    "conv_transpose": ("x", "w", "y"),
+    "conv_transpose+bias": ("x", "w", "b", "y"),
+    "conv_transpose_grad_input": ("dy", "w", "dx"),
+    # grad_weight of the equivalent convolution, whose "x" is the transposed op's dy: dy first.
+    "conv_transpose_grad_weight": ("dy", "x", "dw"),
 }
 
 
 def arguments(spec: ConvSpec, op: str) -> tuple:
+    if op == "conv_transpose":
+        return ARGUMENTS["conv_transpose+bias" if spec.bias else op]
     if op != "forward":
         return ARGUMENTS[op]
     return (("x", "w") + (("b",) if spec.bias else ()) + (("scale", "shift") if spec.scale_shift
@@ -42,6 +57,11 @@ def arguments(spec: ConvSpec, op: str) -> tuple:
 
 def shapes(spec: ConvSpec, op: str) -> tuple:
     """Shapes of the op's parameters, in order (destination last)."""
+    if op in TRANSPOSE_OPS:  # spec is the equivalent convolution: its output is the op's input
+        small, large = spec.output_shape, spec.input_shape
+        table = {"x": small, "w": spec.weight_shape, "b": (spec.in_channels,), "y": large,
+                 "dy": large, "dx": small, "dw": spec.weight_shape}
+        return tuple(table[name] for name in arguments(spec, op))
     table = {"x": spec.input_shape, "w": spec.weight_shape, "b": spec.bias_shape,
              "scale": spec.bias_shape, "shift": spec.bias_shape, "residual": spec.output_shape,
              "y": spec.output_shape, "dy": spec.output_shape, "dx": spec.input_shape,
@@ -98,6 +118,15 @@ def spec_of(func) -> tuple[ConvSpec, str]:
     if attrs is None or "convc.spec" not in attrs:
         return None, None
     return ConvSpec.from_json(str(attrs["convc.spec"])), str(attrs["convc.op"])
+
+
+def kernel_of(func) -> str | None:
+    """The kernel a convc PrimFunc is (a transposed op, or the conv op spec_of names), None for a
+    foreign one: what tuning records key it by."""
+    attrs = func.attrs
+    if attrs is None or "convc.op" not in attrs:
+        return None
+    return str(attrs[KERNEL_ATTR]) if KERNEL_ATTR in attrs else str(attrs["convc.op"])
 
 
 def reduction_spec_of(func) -> tuple[ConvSpec, str]:

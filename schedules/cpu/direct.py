@@ -74,6 +74,18 @@ MAX_UNROLLED_COPIES = 32
 MAX_PHASED_TAPS = 27
 # The width-vector phased variant unrolls taps x phases x a few channels of one vector each.
 MAX_PHASED_TAPS_B = 64
+# Phased family A: one channel vector, and accumulators (phases x positions x vectors) for at
+# most half the register file (16 of AVX-512's 32): the unrolled (tap, phase) body keeps the weight vectors and broadcasts
+# of several taps live beside the accumulators, and a wider tile of one vector reads fewer
+# operands per FMA than a narrower one of two (4x4/2: 31 loads for 64 FMAs, against 41). The
+# register-file budget of the other variants (2 vectors, 2 rows x 6 positions = 24 accumulators)
+# ran 1.1-1.9x slower. Zen 5, 2 threads, paired rounds, 2026-12-02, GFLOP/s old -> new, NHWC:
+# conv_transpose 4x4/2 128->64 16x16 b8 247 -> 411, 256->128 8x8 b8 217 -> 367, 2x2/2 128->64
+# 112x112 237 -> 390, 512->256 28x28 258 -> 343, 256->128 56x56 311 -> 291-402 (noise);
+# grad_input 3x3/2 128ch 56x56 319 -> 394, batch-8 64->128 312 -> 421, c4 3x3/2 297-335 -> 314-351,
+# depthwise 96ch 3x3/2 39 -> 73; NCHW: c4 3x3/2 231 -> 306, 4x4/2 512->256 b8 134 -> 218,
+# 2x2/2 128->64 173 -> 282.
+PHASED_VECTORS = 1
 WEIGHT_CHUNK_BYTES = 16 * 1024
 # Family B: most output rows in one register tile (see _width_vector).
 MAX_ROWS = 8
@@ -336,7 +348,12 @@ def direct_knobs(func, target) -> list[dict]:
     if spec is None or op not in ("forward", "grad_input"):
         return []
     p = plan(spec, op, target)
-    if not p.family_a or p.phased or op == "grad_input" and is_gather_grad_input(spec):
+    if p.family_a and p.phased:
+        # the phased tile: one channel vector (the rule's) or two, each at the width the
+        # accumulator budget gives (the rule's) or at two and one strides
+        s = spec.stride[-1]
+        return [{}, {"vectors": 2}, {"vectors": 1, "tw": 2 * s}, {"vectors": 2, "tw": s}]
+    if not p.family_a or op == "grad_input" and is_gather_grad_input(spec):
         return [{}]
     geo, grid, seen = p.geo, [], set()
     # How the weights are read: the rule's way, and the other one where there is a choice (the
@@ -458,7 +475,7 @@ def weight_slice_bytes(geo: Geometry, vo: int) -> int:
 
 def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=None, knobs=None):
     knobs = knobs or {}
-    most = knobs.get("vectors", default_vectors(geo, target))
+    most = knobs.get("vectors", PHASED_VECTORS if phased else default_vectors(geo, target))
     vo, by_group, tw_max = channel_tile(geo, target, most)
     # A partial last channel tile: the accumulator's write-back is made before the split, so that
     # its domain stays the real channels (made after, it would cover the padded lanes too).
@@ -580,9 +597,8 @@ def _channel_vector_phased(sch, block, geo, target, outer, o_o, o_i, sp, rc, rk,
     the zero products away, and only the taps that meet a real dy element remain (the sub-pixel
     decomposition of a transposed convolution, left to the simplifier). Measured on c4 3x3/2
     (28x28, 256 ch): 47 -> 98-110 GFLOP/s (one shared core, AVX-512)."""
-    regs = vector_registers(target)
     strides = geo.zero_stride
-    budget = max(1, (regs - vectors - 2) // vectors)
+    budget = max(1, vector_registers(target) // 2 // vectors)   # PHASED_VECTORS' comment
     mid, phases, phase_count = [], [], 1
     for axis, stride in zip(sp[:-1], strides[:-1]):
         if stride > 1 and phase_count * stride * strides[-1] <= budget:

@@ -1,0 +1,72 @@
+"""How PyTorch tensors map onto convc's layouts, without copying.
+
+A PyTorch activation is always indexed (N, C, *spatial); its memory decides the convc layout:
+stored contiguously it is channels-first (NCW/NCHW/NCDHW), stored as (N, *spatial, C) (what
+`memory_format=torch.channels_last` / `channels_last_3d` give; for 1-D, a transposed NWC tensor)
+it is channels-last, and convc's channels-last kernels read a permuted *view* of it: no copy.
+A weight is always PyTorch's (O, I/groups, *k); channels-last kernels take the HWIO family
+(*k, I/groups, O), a repacked copy (`pack_weight`, cached by the modules).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..spec import LAYOUTS
+
+# Per spatial rank: (N, C, *s) -> (N, *s, C) and back; weight (O, I, *k) -> (*k, I, O) and back.
+TO_LAST = {n: (0, *range(2, n + 2), 1) for n in LAYOUTS}
+FROM_LAST = {n: (0, n + 1, *range(1, n + 1)) for n in LAYOUTS}
+WEIGHT_TO_LAST = {n: (*range(2, n + 2), 1, 0) for n in LAYOUTS}
+WEIGHT_FROM_LAST = {n: (n + 1, n, *range(n)) for n in LAYOUTS}
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True when x (N, C, *spatial) is stored as a contiguous (N, *spatial, C) and not also as a
+    contiguous (N, C, *spatial) (a tensor with one channel or one position is both: it runs the
+    channels-first kernel)."""
+    if x.is_contiguous():
+        return False
+    return x.permute(TO_LAST[x.dim() - 2]).is_contiguous()
+
+
+def to_layout(x: torch.Tensor, last: bool) -> torch.Tensor:
+    """x (N, C, *spatial) as the kernel reads it: itself (channels-first) or its (N, *spatial, C)
+    view (channels-last), copied only where its memory is neither."""
+    if last:
+        view = x.permute(TO_LAST[x.dim() - 2])
+        return view if view.is_contiguous() else view.contiguous()
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def from_layout(y: torch.Tensor, last: bool) -> torch.Tensor:
+    """A kernel's output back as (N, C, *spatial) (a view: channels-last memory stays so)."""
+    return y.permute(FROM_LAST[y.dim() - 2]) if last else y
+
+
+def empty_output(like: torch.Tensor, shape, last: bool) -> torch.Tensor:
+    """A new (N, C, *spatial) tensor of `shape` stored in the layout's memory format: not a view
+    (a view made inside an op would trip autograd on a later in-place op, e.g. ReLU(inplace))."""
+    if not last:
+        return like.new_empty(shape)
+    strides = [0] * len(shape)
+    step = 1
+    for axis in reversed(TO_LAST[len(shape) - 2]):
+        strides[axis] = step
+        step *= shape[axis]
+    return like.new_empty_strided(tuple(shape), tuple(strides))
+
+
+def pack_weight(weight: torch.Tensor, last: bool) -> torch.Tensor:
+    """PyTorch's weight (O, I/groups, *k) as the kernel takes it: itself (channels-first) or a
+    contiguous (*k, I/groups, O) copy (channels-last)."""
+    if last:
+        return weight.permute(WEIGHT_TO_LAST[weight.dim() - 2]).contiguous()
+    return weight if weight.is_contiguous() else weight.contiguous()
+
+
+def unpack_weight(weight: torch.Tensor, last: bool) -> torch.Tensor:
+    """A kernel's weight-shaped output back as a contiguous (O, I/groups, *k)."""
+    if last:
+        return weight.permute(WEIGHT_FROM_LAST[weight.dim() - 2]).contiguous()
+    return weight

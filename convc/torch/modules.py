@@ -1,0 +1,161 @@
+"""Drop-in modules: `convc.torch.Conv1d/Conv2d/Conv3d` are torch.nn's, with convc's kernels.
+
+They subclass torch.nn.Conv{1,2,3}d and change only `_conv_forward`: same constructor,
+parameters, state_dict keys and repr; every padding_mode (convc fills the ring itself, no F.pad
+copy); unbatched inputs; channels_last inputs run the channels-last kernel on their own memory
+(the weight repacked once and reused while the weight's `_version` and storage are unchanged).
+Where convc has no kernel (a tensor off the CPU, a dtype other than float16/32/64) the module
+runs PyTorch's own convolution instead.
+
+`FusedConv{1,2,3}d` (made by convc.torch.fuse) compute activation(conv(x) + bias + residual) in
+one kernel, batch norm folded into weight and bias.
+
+Calls: inside torch.compile / torch.export the module calls the custom op torch.ops.convc.conv
+(convc.torch.ops); in eager mode it calls the op's implementation directly, through the same
+autograd (an autograd.Function with the op's backward) when a graph is recorded, skipping the
+dispatcher and the custom-op wrapper's per-call cost.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..spec import resolve_padding
+from .layout import is_channels_last, pack_weight
+from .ops import conv, conv_eager, conv_impl
+
+DTYPES = (torch.float32, torch.float64, torch.float16)
+# Activations of the fused epilogue, by the torch module that computes them (convc's names).
+ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu", nn.SiLU: "silu",
+               nn.Hardswish: "hardswish", nn.Sigmoid: "sigmoid", nn.GELU: "gelu"}
+
+
+def runs_on_convc(input: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (input.device.type == "cpu" and weight.device.type == "cpu"
+            and input.dtype in DTYPES and weight.dtype is input.dtype)
+
+
+class _ConvcConv:
+    """What the three convc modules share (a mixin before torch's class in the bases)."""
+
+    def _convc_args(self) -> tuple:
+        """(stride, padding as (before..., after...), dilation, groups, padding_mode), worked
+        out once per module (from torch's own attributes, so a converted module needs no setup)."""
+        args = self.__dict__.get("_convc_cached_args")
+        if args is None:
+            ndim = len(self.kernel_size)
+            before, after = resolve_padding(self.padding, ndim, self.kernel_size, self.stride,
+                                            self.dilation)
+            args = (list(self.stride), [*before, *after], list(self.dilation), self.groups,
+                    self.padding_mode)
+            self.__dict__["_convc_cached_args"] = args
+        return args
+
+    def _packed_weight(self, weight: torch.Tensor, last: bool):
+        """The channels-last kernel's weight (*k, I/groups, O), repacked only when `weight`
+        changed (a new tensor, new storage, or an in-place update: its _version). None for
+        channels-first kernels and inside torch.compile (the op repacks in the graph)."""
+        if not last or torch.compiler.is_compiling():
+            return None
+        key = (id(weight), weight._version, weight.data_ptr(), weight.dtype)
+        cached = self.__dict__.get("_convc_packed")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            packed = pack_weight(weight.detach(), True)
+        self.__dict__["_convc_packed"] = (key, packed)
+        return packed
+
+    def _convc(self, input, weight, bias, residual=None, activation="", negative_slope=0.01):
+        ndim = len(self.kernel_size)
+        unbatched = input.dim() == ndim + 1
+        if unbatched:
+            input = input.unsqueeze(0)
+            residual = None if residual is None else residual.unsqueeze(0)
+        last = is_channels_last(input)
+        packed = self._packed_weight(weight, last)
+        if torch.compiler.is_compiling():
+            call = conv                     # the custom op: what compile and export trace
+        elif torch.is_grad_enabled() and (
+                input.requires_grad or weight.requires_grad
+                or (bias is not None and bias.requires_grad)
+                or (residual is not None and residual.requires_grad)):
+            call = conv_eager               # the op's autograd, without the dispatcher's cost
+        else:
+            call = conv_impl                # nothing to record: the kernel call itself
+        y = call(input, weight, packed, bias, None, None, residual, *self._convc_args(),
+                 activation, negative_slope)
+        return y.squeeze(0) if unbatched else y
+
+    def _conv_forward(self, input, weight, bias):
+        if not runs_on_convc(input, weight):
+            return super()._conv_forward(input, weight, bias)
+        return self._convc(input, weight, bias)
+
+
+class Conv1d(_ConvcConv, nn.Conv1d):
+    __doc__ = nn.Conv1d.__doc__
+
+
+class Conv2d(_ConvcConv, nn.Conv2d):
+    __doc__ = nn.Conv2d.__doc__
+
+
+class Conv3d(_ConvcConv, nn.Conv3d):
+    __doc__ = nn.Conv3d.__doc__
+
+
+def _torch_activation(y, activation: str, negative_slope: float):
+    """The epilogue's activation with PyTorch (the fallback path of the fused modules)."""
+    if not activation:
+        return y
+    if activation == "leaky_relu":
+        return F.leaky_relu(y, negative_slope)
+    if activation == "gelu_tanh":
+        return F.gelu(y, approximate="tanh")
+    return {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu,
+            "hardswish": F.hardswish, "sigmoid": torch.sigmoid}[activation](y)
+
+
+class _FusedConv(_ConvcConv):
+    """activation(conv(x, weight) + bias + residual), one kernel (the activation applied in the
+    convolution's write-back). `activation`: "" or a name of convc.spec.ACTIVATIONS."""
+
+    activation: str = ""
+    negative_slope: float = 0.01
+
+    def forward(self, input, residual=None):
+        if not runs_on_convc(input, self.weight):
+            y = super()._conv_forward(input, self.weight, self.bias)
+            y = y if residual is None else y + residual
+            return _torch_activation(y, self.activation, self.negative_slope)
+        return self._convc(input, self.weight, self.bias, residual, self.activation,
+                           self.negative_slope)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        if self.activation:
+            text += f", activation={self.activation}"
+            if self.activation == "leaky_relu":
+                text += f", negative_slope={self.negative_slope}"
+        return text
+
+
+class FusedConv1d(_FusedConv, nn.Conv1d):
+    pass
+
+
+class FusedConv2d(_FusedConv, nn.Conv2d):
+    pass
+
+
+class FusedConv3d(_FusedConv, nn.Conv3d):
+    pass
+
+
+# torch.nn class -> the convc module that replaces it (convc.torch.convert), and the fused one.
+CONV = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.Conv3d: Conv3d}
+FUSED = {nn.Conv1d: FusedConv1d, nn.Conv2d: FusedConv2d, nn.Conv3d: FusedConv3d,
+         Conv1d: FusedConv1d, Conv2d: FusedConv2d, Conv3d: FusedConv3d}

@@ -1,0 +1,368 @@
+"""convc's kernels as PyTorch operators (namespace `convc`), visible to autograd, torch.compile
+and torch.export.
+
+    torch.ops.convc.conv(input, weight, packed_weight, bias, scale, shift, residual, stride,
+                         padding, dilation, groups, padding_mode, activation, negative_slope)
+        y = activation((conv(input, weight) + bias) * scale + shift + residual): the forward
+        with its fused epilogue (scale/shift/residual None and activation "" for a plain conv)
+    torch.ops.convc.conv_grad_input(grad_output, weight, packed_weight, input_size, stride,
+                                    padding, dilation, groups, padding_mode)
+    torch.ops.convc.conv_grad_weight(input, grad_output, weight_size, stride, padding,
+                                     dilation, groups, padding_mode)
+    torch.ops.convc.conv_grad_bias(grad_output)
+
+One op each for 1-D, 2-D and 3-D (the rank is the tensors'). Tensors are batched, indexed as
+PyTorch's (N, C, *spatial), weights (O, I/groups, *k); `padding` is (before..., after...), one
+pair per spatial axis. An activation stored channels-last runs convc's channels-last kernel on
+a view of its memory, and the output is stored the same way (convc.torch.layout);
+`packed_weight`, when given, is the weight already repacked for the channels-last kernel (the
+modules cache it), else it is repacked per call.
+
+Autograd: each op's backward calls the others as ops, so every gradient is itself
+differentiable (double backward, gradient penalties):
+
+    conv         -> conv_grad_input (input), conv_grad_weight (weight), conv_grad_bias (bias);
+                    with an epilogue, the pre-activation is recomputed (conv) and the
+                    activation's derivative is aten's (threshold_backward, ...)
+    grad_input   -> conv (grad_output), conv_grad_weight (weight)
+    grad_weight  -> conv_grad_input (input), conv (grad_output)
+    grad_bias    -> grad_output broadcast
+
+Only gradients that ctx.needs_input_grad asks for are computed (a frozen layer's weight gets no
+conv_grad_weight). `CALLS` counts kernel launches per op (the tests read it).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from .. import api
+from ..kernel import compile as compile_kernel
+from ..spec import LAYOUTS, ConvSpec, out_size
+from ..target import resolve
+from .layout import empty_output, from_layout, is_channels_last, pack_weight, to_layout, unpack_weight
+
+NAMESPACE = "convc"
+CALLS: collections.Counter = collections.Counter()
+_KERNELS: dict = {}     # call key -> compiled function and its output shape (in the layout)
+
+
+def _pairs(padding) -> tuple:
+    half = len(padding) // 2
+    return tuple(zip(padding[:half], padding[half:]))
+
+
+def _activation_arg(activation: str, negative_slope: float):
+    if not activation:
+        return None
+    if activation == "leaky_relu":
+        return ("leaky_relu", negative_slope)
+    if activation == "gelu_tanh":
+        return ("gelu", "tanh")
+    return activation
+
+
+def _kernel(op, x_shape, w_shape, stride, padding, dilation, groups, padding_mode, last, dtype,
+            epilogue=(False, False, False, "", 0.01)):
+    """(compiled function, destination shape) for one op, memoized by everything it depends on.
+    Shapes are in the kernel's layout."""
+    key = (op, x_shape, w_shape, tuple(stride), tuple(padding), tuple(dilation), groups,
+           padding_mode, last, dtype, epilogue)
+    found = _KERNELS.get(key)
+    if found is not None:
+        return found
+    bias, scale_shift, residual, activation, slope = epilogue
+    ndim = len(x_shape) - 2
+    spec = ConvSpec.from_shapes(x_shape, w_shape, stride, _pairs(padding), dilation, groups,
+                                layout=LAYOUTS[ndim][int(last)], dtype=str(dtype).split(".")[-1],
+                                bias=bias, padding_mode=padding_mode, scale_shift=scale_shift,
+                                residual=residual, activation=_activation_arg(activation, slope))
+    kernel = compile_kernel(spec, op, resolve(None))
+    found = _KERNELS[key] = (kernel.function, kernel.arg_shapes[-1])
+    return found
+
+
+def _indexed(shape, last: bool) -> tuple:
+    """A kernel's (N, *spatial, C) shape as PyTorch indexes it, (N, C, *spatial)."""
+    return (shape[0], shape[-1], *shape[1:-1]) if last else tuple(shape)
+
+
+def _output_size(in_size, kernel, stride, padding, dilation) -> tuple:
+    half = len(padding) // 2
+    return out_size(in_size, kernel, stride, dilation, padding[:half], padding[half:])
+
+
+# --- forward -----------------------------------------------------------------------------------
+
+def conv_impl(input: Tensor, weight: Tensor, packed_weight: Optional[Tensor], bias: Optional[Tensor],
+              scale: Optional[Tensor], shift: Optional[Tensor], residual: Optional[Tensor],
+              stride: List[int], padding: List[int], dilation: List[int], groups: int,
+              padding_mode: str, activation: str, negative_slope: float) -> Tensor:
+    """The kernel call itself (also what the modules call directly when no gradient is wanted)."""
+    input = input.detach()
+    last = is_channels_last(input)
+    x = to_layout(input, last)
+    w = (packed_weight if last and packed_weight is not None else pack_weight(weight, last)).detach()
+    extra = [t.detach() for t in (bias, scale, shift) if t is not None]
+    if residual is not None:
+        extra.append(to_layout(residual.detach(), last))
+    epilogue = (bias is not None, scale is not None, residual is not None, activation,
+                negative_slope)
+    function, shape = _kernel("forward", tuple(x.shape), tuple(w.shape), stride, padding, dilation,
+                              groups, padding_mode, last, input.dtype, epilogue)
+    y = empty_output(input, _indexed(shape, last), last)
+    function(x, w, *extra, to_layout(y, last))
+    CALLS["conv"] += 1
+    return y
+
+
+conv = torch.library.custom_op(f"{NAMESPACE}::conv", conv_impl, mutates_args=(), device_types="cpu")
+
+
+@conv.register_fake
+def _conv_fake(input, weight, packed_weight, bias, scale, shift, residual, stride, padding,
+               dilation, groups, padding_mode, activation, negative_slope):
+    size = _output_size(input.shape[2:], weight.shape[2:], stride, padding, dilation)
+    return empty_output(input, (input.shape[0], weight.shape[0], *size), is_channels_last(input))
+
+
+# --- adjoints ----------------------------------------------------------------------------------
+
+def grad_input_impl(grad_output: Tensor, weight: Tensor, packed_weight: Optional[Tensor],
+                    input_size: List[int], stride: List[int], padding: List[int],
+                    dilation: List[int], groups: int, padding_mode: str) -> Tensor:
+    grad_output = grad_output.detach()
+    last = is_channels_last(grad_output)
+    dy = to_layout(grad_output, last)
+    w = (packed_weight if last and packed_weight is not None else pack_weight(weight, last)).detach()
+    size = tuple(input_size)
+    x_shape = (size[0], *size[2:], size[1]) if last else size
+    function, shape = _kernel("grad_input", x_shape, tuple(w.shape), stride, padding, dilation,
+                              groups, padding_mode, last, grad_output.dtype)
+    dx = empty_output(grad_output, size, last)
+    function(dy, w, to_layout(dx, last))
+    CALLS["conv_grad_input"] += 1
+    return dx
+
+
+conv_grad_input = torch.library.custom_op(f"{NAMESPACE}::conv_grad_input", grad_input_impl,
+                                          mutates_args=(), device_types="cpu")
+
+
+@conv_grad_input.register_fake
+def _grad_input_fake(grad_output, weight, packed_weight, input_size, stride, padding, dilation,
+                     groups, padding_mode):
+    return empty_output(grad_output, tuple(input_size), is_channels_last(grad_output))
+
+
+def grad_weight_impl(input: Tensor, grad_output: Tensor, weight_size: List[int], stride: List[int],
+                     padding: List[int], dilation: List[int], groups: int,
+                     padding_mode: str) -> Tensor:
+    input = input.detach()
+    last = is_channels_last(input)
+    x = to_layout(input, last)
+    dy = to_layout(grad_output.detach(), last)
+    size = tuple(weight_size)
+    w_shape = (*size[2:], size[1], size[0]) if last else size
+    function, shape = _kernel("grad_weight", tuple(x.shape), w_shape, stride, padding, dilation,
+                              groups, padding_mode, last, input.dtype)
+    dw = torch.empty(shape, dtype=input.dtype)
+    function(x, dy, dw)
+    CALLS["conv_grad_weight"] += 1
+    return unpack_weight(dw, last)
+
+
+conv_grad_weight = torch.library.custom_op(f"{NAMESPACE}::conv_grad_weight", grad_weight_impl,
+                                           mutates_args=(), device_types="cpu")
+
+
+@conv_grad_weight.register_fake
+def _grad_weight_fake(input, grad_output, weight_size, stride, padding, dilation, groups,
+                      padding_mode):
+    return input.new_empty(tuple(weight_size))
+
+
+def grad_bias_impl(grad_output: Tensor) -> Tensor:
+    grad_output = grad_output.detach()
+    last = is_channels_last(grad_output)
+    ndim = grad_output.dim() - 2
+    layout = LAYOUTS[ndim][int(last)]
+    CALLS["conv_grad_bias"] += 1
+    return api._grad_bias(ndim, to_layout(grad_output, last), layout)
+
+
+conv_grad_bias = torch.library.custom_op(f"{NAMESPACE}::conv_grad_bias", grad_bias_impl,
+                                         mutates_args=(), device_types="cpu")
+
+
+@conv_grad_bias.register_fake
+def _grad_bias_fake(grad_output):
+    return grad_output.new_empty((grad_output.shape[1],))
+
+
+# --- autograd ----------------------------------------------------------------------------------
+
+def _per_channel(v: Tensor, ndim: int) -> Tensor:
+    """(C,) -> (1, C, 1, ...) for broadcasting over (N, C, *spatial)."""
+    return v.reshape(1, -1, *([1] * ndim))
+
+
+def _sum_per_channel(t: Tensor) -> Tensor:
+    return t.sum(dim=[d for d in range(t.dim()) if d != 1])
+
+
+def _activation_backward(dy: Tensor, z: Tensor, activation: str, slope: float) -> Tensor:
+    """dy * activation'(z), with aten's own derivative ops (each differentiable again)."""
+    aten = torch.ops.aten
+    if not activation:
+        return dy
+    if activation == "relu":
+        return aten.threshold_backward(dy, z, 0)
+    if activation == "relu6":
+        return aten.hardtanh_backward(dy, z, 0.0, 6.0)
+    if activation == "leaky_relu":
+        return aten.leaky_relu_backward(dy, z, slope, False)
+    if activation == "silu":
+        return aten.silu_backward(dy, z)
+    if activation in ("gelu", "gelu_tanh"):
+        return aten.gelu_backward(dy, z, approximate="tanh" if activation == "gelu_tanh" else "none")
+    if activation == "hardswish":
+        return aten.hardswish_backward(dy, z)
+    if activation == "sigmoid":
+        return aten.sigmoid_backward(dy, torch.sigmoid(z))
+    raise ValueError(f"activation={activation!r} has no derivative here")
+
+
+def _like_layout(t: Tensor, template: Tensor) -> Tensor:
+    """t stored in template's layout (gradients arrive in whatever memory the next op made)."""
+    last = is_channels_last(template)
+    return t if is_channels_last(t) == last else from_layout(to_layout(t, last), last)
+
+
+def _conv_setup(ctx, inputs, output):
+    input, weight, packed, bias, scale, shift, residual, *params = inputs
+    ctx.save_for_backward(input, weight, packed, bias, scale, shift, residual)
+    ctx.params = params
+
+
+def _conv_backward(ctx, dy):
+    input, weight, packed, bias, scale, shift, residual = ctx.saved_tensors
+    stride, padding, dilation, groups, mode, activation, slope = ctx.params
+    need = ctx.needs_input_grad
+    ndim = input.dim() - 2
+    dy = _like_layout(dy, input)
+    d_scale = d_shift = d_residual = None
+    du = dy
+    if scale is not None or residual is not None or activation:
+        u = conv(input, weight, packed, bias, None, None, None, stride, padding, dilation, groups,
+                 mode, "", slope)
+        z = u if scale is None else u * _per_channel(scale, ndim) + _per_channel(shift, ndim)
+        z = z if residual is None else z + residual
+        dz = _activation_backward(dy, z, activation, slope)
+        d_residual = dz if need[6] else None
+        du = dz
+        if scale is not None:
+            d_shift = _sum_per_channel(dz) if need[5] else None
+            d_scale = _sum_per_channel(dz * u) if need[4] else None
+            du = dz * _per_channel(scale, ndim)
+        du = _like_layout(du, input)
+    dx = dw = db = None
+    if need[0]:
+        dx = conv_grad_input(du, weight, packed, list(input.shape), stride, padding, dilation,
+                             groups, mode)
+    if need[1]:
+        dw = conv_grad_weight(input, du, list(weight.shape), stride, padding, dilation, groups, mode)
+    if bias is not None and need[3]:
+        db = conv_grad_bias(du)
+    return dx, dw, None, db, d_scale, d_shift, d_residual, None, None, None, None, None, None, None
+
+
+conv.register_autograd(_conv_backward, setup_context=_conv_setup)
+
+
+class _EagerConv(torch.autograd.Function):
+    """conv's registered autograd, for eager calls that record a graph, without the custom-op
+    wrapper's cost: torch 2.13's wrapper re-reads the op's 14-argument schema on every call
+    (torch._library.utils.fill_defaults, ~65 us of a ~100 us call on a tiny layer). The same
+    setup and backward as conv.register_autograd, so the gradients, and their own gradients
+    (the backward calls the ops), are the same."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = conv_impl(*inputs)
+        _conv_setup(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return _conv_backward(ctx, grad_output)
+
+
+def conv_eager(*inputs) -> Tensor:
+    """torch.ops.convc.conv's forward and autograd, called in eager mode (see _EagerConv)."""
+    return _EagerConv.apply(*inputs)
+
+
+def _grad_input_setup(ctx, inputs, output):
+    grad_output, weight, packed, input_size, *params = inputs
+    ctx.save_for_backward(grad_output, weight, packed)
+    ctx.params = params
+
+
+def _grad_input_backward(ctx, g):
+    grad_output, weight, packed = ctx.saved_tensors
+    stride, padding, dilation, groups, mode = ctx.params
+    need = ctx.needs_input_grad
+    g = _like_layout(g, grad_output)
+    d_dy = d_w = None
+    if need[0]:
+        d_dy = conv(g, weight, packed, None, None, None, None, stride, padding, dilation, groups,
+                    mode, "", 0.01)
+    if need[1]:
+        d_w = conv_grad_weight(g, grad_output, list(weight.shape), stride, padding, dilation,
+                               groups, mode)
+    return d_dy, d_w, None, None, None, None, None, None, None
+
+
+conv_grad_input.register_autograd(_grad_input_backward, setup_context=_grad_input_setup)
+
+
+def _grad_weight_setup(ctx, inputs, output):
+    input, grad_output, weight_size, *params = inputs
+    ctx.save_for_backward(input, grad_output)
+    ctx.params = params
+
+
+def _grad_weight_backward(ctx, g):
+    input, grad_output = ctx.saved_tensors
+    stride, padding, dilation, groups, mode = ctx.params
+    need = ctx.needs_input_grad
+    d_x = d_dy = None
+    if need[0]:
+        d_x = conv_grad_input(_like_layout(grad_output, input), g, None, list(input.shape), stride,
+                              padding, dilation, groups, mode)
+    if need[1]:
+        d_dy = conv(input, g, None, None, None, None, None, stride, padding, dilation, groups,
+                    mode, "", 0.01)
+    return d_x, d_dy, None, None, None, None, None, None
+
+
+conv_grad_weight.register_autograd(_grad_weight_backward, setup_context=_grad_weight_setup)
+
+
+def _grad_bias_setup(ctx, inputs, output):
+    ctx.shape = tuple(inputs[0].shape)
+
+
+def _grad_bias_backward(ctx, g):
+    return _per_channel(g, len(ctx.shape) - 2).expand(ctx.shape)
+
+
+conv_grad_bias.register_autograd(_grad_bias_backward, setup_context=_grad_bias_setup)
+
+OPS = {"conv": conv, "conv_grad_input": conv_grad_input, "conv_grad_weight": conv_grad_weight,
+       "conv_grad_bias": conv_grad_bias}
