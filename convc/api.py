@@ -123,13 +123,13 @@ def _cached(key_of, arrays, *args):
 # What each op's calls are keyed by: everything the full path checks, as given.
 
 def _forward_key(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                 fused, layout, target):
+                 fused, layout, target, algorithm):
     scale, shift, residual, activation = fused
     return ("forward", ndim, type(input), input.shape, input.dtype, weight.shape,
             None if bias is None else bias.shape, plain(stride), plain(padding), plain(dilation),
             plain(groups), plain(padding_mode), None if scale is None else scale.shape,
             None if shift is None else shift.shape, None if residual is None else residual.shape,
-            plain(activation), layout, given_key(target))
+            plain(activation), layout, given_key(target), plain(algorithm))
 
 
 def _prologue_key(through):
@@ -139,10 +139,11 @@ def _prologue_key(through):
 
 
 def _grad_input_key(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
-                    padding_mode, through, layout, target):
+                    padding_mode, through, layout, target, algorithm):
     return ("grad_input", ndim, type(grad_output), plain(input_size), weight.shape,
             grad_output.shape, grad_output.dtype, plain(stride), plain(padding), plain(dilation),
-            plain(groups), plain(padding_mode), _prologue_key(through), layout, given_key(target))
+            plain(groups), plain(padding_mode), _prologue_key(through), layout, given_key(target),
+            plain(algorithm))
 
 
 def _grad_weight_key(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
@@ -194,13 +195,13 @@ def _remember(key, kernel, template, expand, drop: bool) -> None:
 
 
 def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, fused,
-             layout, target):
+             layout, target, algorithm="auto"):
     """fused: (scale, shift, residual, activation) of the epilogue, as given."""
     scale, shift, residual, activation = fused
     named = {"bias": bias, "scale": scale, "shift": shift, "residual": residual}
     arrays = (input, weight, *(a for a in named.values() if a is not None))
     key, result = _cached(_forward_key, arrays, ndim, input, weight, bias, stride, padding,
-                          dilation, groups, padding_mode, fused, layout, target)
+                          dilation, groups, padding_mode, fused, layout, target, algorithm)
     if result is not None:
         return result
     layout = _layout(layout, ndim)
@@ -221,7 +222,8 @@ def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, paddi
     spec = ConvSpec.from_shapes(x.shape, w.shape, stride, padding, dilation, groups,
                                 layout=layout, dtype=str(x.dtype), bias=bias is not None,
                                 padding_mode=padding_mode, scale_shift=scale is not None,
-                                residual=residual is not None, activation=activation)
+                                residual=residual is not None, activation=activation,
+                                algorithm=algorithm)
     for name, array in given.items():
         expected = spec.output_shape if name == "residual" else spec.bias_shape
         if tuple(array.shape) != expected:
@@ -235,11 +237,12 @@ def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, paddi
 
 
 def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
-                padding_mode, through, layout, target):
+                padding_mode, through, layout, target, algorithm="auto"):
     """through: (activation, pre_activation, activation_output) of the prologue, as given."""
     arrays = (grad_output, *(a for a in through[1:] if a is not None), weight)
     key, result = _cached(_grad_input_key, arrays, ndim, input_size, weight, grad_output, stride,
-                          padding, dilation, groups, padding_mode, through, layout, target)
+                          padding, dilation, groups, padding_mode, through, layout, target,
+                          algorithm)
     if result is not None:
         return result
     activation, derivative_from, saved, saved_name = _saved(through)
@@ -254,7 +257,8 @@ def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation
     dy = dy[None] if unbatched else dy
     spec = ConvSpec.from_shapes(size, w.shape, stride, padding, dilation, groups,
                                 layout=layout, dtype=str(w.dtype), padding_mode=padding_mode,
-                                activation=activation, derivative_from=derivative_from)
+                                activation=activation, derivative_from=derivative_from,
+                                algorithm=algorithm)
     _check_grad_output(spec, dy, f"input_size={tuple(input_size)}, weight {tuple(w.shape)}")
     saved = [] if saved is None else [saved[None] if unbatched else saved]
     if saved:
@@ -314,16 +318,16 @@ def _grad_bias(ndim, grad_output, layout):
 def _make(ndim: int):
     def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
              padding_mode="zeros", scale=None, shift=None, residual=None, activation=None,
-             layout=None, target=None):
+             layout=None, target=None, algorithm="auto"):
         return _forward(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                        (scale, shift, residual, activation), layout, target)
+                        (scale, shift, residual, activation), layout, target, algorithm)
 
     def grad_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
                    padding_mode="zeros", activation=None, pre_activation=None,
-                   activation_output=None, layout=None, target=None):
+                   activation_output=None, layout=None, target=None, algorithm="auto"):
         return _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
                            padding_mode, (activation, pre_activation, activation_output), layout,
-                           target)
+                           target, algorithm)
 
     def grad_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
                     padding_mode="zeros", activation=None, pre_activation=None,
@@ -345,7 +349,9 @@ def _make(ndim: int):
                     "Fused epilogue, in the same kernel: y = activation((conv + bias) * scale + "
                     "shift + residual); scale, shift: (O,) (both or neither); residual: y's "
                     "shape; activation: None, 'relu', 'relu6', 'leaky_relu' or ('leaky_relu', "
-                    "slope), 'silu', 'gelu' or ('gelu', 'tanh'), 'hardswish', 'sigmoid'.")
+                    "slope), 'silu', 'gelu' or ('gelu', 'tanh'), 'hardswish', 'sigmoid'.\n"
+                    "algorithm: 'auto' (Winograd where measured faster), 'direct' or 'winograd' "
+                    "(2-D 3x3 stride-1 only; ValueError elsewhere).")
     grad_input.__name__ = grad_input.__qualname__ = f"conv{ndim}d_grad_input"
     through = ("\n\nThrough an activation after the convolution (y = activation(z), z the "
                "conv's result): activation= names it as conv{n}d's does, and exactly one of "

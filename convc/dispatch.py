@@ -9,11 +9,73 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from convc.schedules import RULES
 from convc.schedules.default import default
 
+from .ops import winograd
 from .target import info
 from .records import find_record
+
+
+def resolve_algorithm(spec, op: str, target):
+    """The spec to declare `op` of `spec` with on `target`: spec.algorithm "auto" becomes
+    "winograd" (with its tile) where Winograd was measured faster (prefers_winograd), else stays
+    (declared direct). A forced "winograd" on a GPU target is a ValueError: the Winograd
+    schedules are CPU-only."""
+    if spec.algorithm == "winograd" and op != "grad_weight" and info(target).is_gpu:
+        raise ValueError("algorithm='winograd' is implemented for CPU (LLVM) targets only: "
+                         f"target {info(target).key} is a GPU")
+    if spec.algorithm != "auto" or op == "grad_weight" or info(target).is_gpu:
+        return spec
+    if winograd.unsupported(spec, op) is not None or spec.batch == 0:
+        return spec
+    m = prefers_winograd(spec, op, target)
+    return dataclasses.replace(spec, algorithm="winograd", winograd_m=m) if m else spec
+
+
+def prefers_winograd(spec, op: str, target) -> int:
+    """The Winograd tile measured faster than the direct schedules for layers like this on CPUs
+    like `target`, or 0 (direct). A conservative rule over what was measured:
+
+    Zen 5 (LLVM znver5, AVX-512, 2 cores, fp32 peak ~500 GFLOP/s), 2026-12-02, paired rounds,
+    median of 7, effective GFLOP/s (direct FLOPs / time) direct -> Winograd, forward NCHW / NHWC:
+    c2 (64ch 56x56, 196 tiles of 4x4) 244 -> 648 / 397 -> 888 (m=4); c3 (128ch 28x28, 49 tiles)
+    236 -> 658 / 403 -> 776 (m=4); batch-8 c3 (392 tiles) 313 -> 752 / 433 -> 973 (m=4); c4
+    (256ch 14x14: 16 tiles of 4x4, 49 of 2x2) 225 -> 497 / 417 -> 481 (m=2; m=4 332-339); c5
+    (512ch 7x7, 16 tiles of 2x2) 176 -> 146 / 344 -> 143 (m=2: slower). grad_input alike: c2
+    306 -> 666 / 410 -> 953, c3 231 -> 463 / 328 -> 479, c4 146 -> 321 / 187 -> 191 (m=2;
+    a second run 240 -> 427 / 383 -> 303 with the filter transform at the root; fused into the
+    GEMM 424 -> 671 / 390 -> 425), batch-8 c3 241 -> 524 / 389 -> 705. c5 with the fused filter
+    transform: NCHW 202 -> 252 forward, 219 -> 330 grad_input, NHWC 432 -> 376, 170 -> 118
+    (below MIN_TILES: direct). The filter transform runs per call (alpha^2 C K values
+    written and read again), so Winograd pays from about MIN_TILES tiles: m=4 from 40 tiles of
+    4x4, else m=2 from 40 tiles of 2x2, else direct. Only where measured: float32, ungrouped, 64
+    or more channels each side in whole vectors (channel counts no vector divides leave the
+    transforms scalar), zero padding, 512-bit vectors (other CPUs and dtypes keep direct;
+    algorithm="winograd" forces it anywhere it is supported)."""
+    cpu = info(target)
+    lanes = cpu.lanes("float32")
+    if (spec.dtype != "float32" or spec.groups != 1 or min(spec.in_channels, spec.out_channels) < 64
+            or spec.in_channels % lanes or spec.out_channels % lanes
+            or spec.padding_mode != "zeros" or cpu.vector_bits < 512):
+        return 0
+    m = winograd.choose_tile(spec, op)
+    if not spec.channels_last and winograd.transformed_input_bytes(spec, op, m) > LARGE_TRANSFORM:
+        return 0
+    least = winograd.MIN_TILES if spec.channels_last else MIN_TILES_CHANNELS_FIRST
+    return m if winograd.tiles(spec, op, m) >= least else 0
+
+
+# Channels-first direct schedules are slower on small layers (c5 NCHW 140-200 GFLOP/s against
+# 370-430 NHWC), so Winograd with its fused filter transform pays there from fewer tiles: c5's 16
+# tiles of 2x2, forward 202 -> 252, grad_input 219 -> 330 (NHWC: 432 -> 376, 170 -> 118).
+MIN_TILES_CHANNELS_FIRST = 16
+# Channels-first layers whose transformed input (alpha^2 x tiles x C values) outgrows this stay
+# direct: VGG's 64ch 224x224 (29 MiB) grad_input NCHW ran at 224 effective GFLOP/s against the
+# direct schedules' 265 (NHWC 513 against 396).
+LARGE_TRANSFORM = 16 << 20
 
 
 def choose(func, target, log_dir=None):

@@ -40,6 +40,14 @@ KERNEL_OPS = OPS + tuple(TRANSPOSE_OPS)
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 # Activations the forward epilogue applies last (PyTorch's names; gelu_tanh is
 # F.gelu(approximate="tanh")).
+# How forward and grad_input are computed: "direct" (the correlation loop nest), "winograd"
+# (F(m x m, 3 x 3), convc.ops.winograd) or "auto" (Winograd where it was measured faster on the
+# target, convc.dispatch.resolve_algorithm). grad_weight is always direct.
+ALGORITHMS = ("auto", "direct", "winograd")
+WINOGRAD_TILES = (2, 4, 6)
+# Per-group GEMMs narrower than this (depthwise, 4-channel groups) leave the transforms, which cost
+# about as much per channel as the GEMM saves, nothing to amortize.
+WINOGRAD_MIN_GROUP_CHANNELS = 8
 ACTIVATIONS = ("relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh", "hardswish", "sigmoid")
 # The tensor of the forward pass an adjoint's activation-derivative prologue reads (dy * act'):
 # the activation's input ("pre_activation") or its output ("output", the forward's result, what
@@ -51,8 +59,8 @@ DERIVATIVE_FROM = ("pre_activation", "output")
 FROM_OUTPUT = ("relu", "relu6", "leaky_relu", "sigmoid")
 
 
-# ConvSpec fields left out of its serialization while None (see ConvSpec.to_dict).
-OPTIONAL_FIELDS = ("derivative_from",)
+# Fields left out of to_dict() at these defaults (see ConvSpec.to_dict)
+OPTIONAL_FIELDS = {"derivative_from": None, "algorithm": "auto", "winograd_m": 0}
 
 
 def default_layout(ndim: int) -> str:
@@ -107,6 +115,29 @@ def check_activation(activation, name: str = "activation"):
             return ("gelu_tanh" if arg == "tanh" else "gelu"), 0.01
     raise ValueError(f"{name}={activation!r} is not an activation: expected None, one of "
                      f"{ACTIVATIONS}, ('leaky_relu', negative_slope) or ('gelu', 'tanh')")
+
+
+def check_algorithm(algorithm, name: str = "algorithm") -> str:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"{name}={algorithm!r} is not an algorithm: expected one of {ALGORITHMS}")
+    return algorithm
+
+
+def winograd_limits(spec) -> str | None:
+    """Why Winograd F(m x m, 3 x 3) cannot compute this layer (in the user's words), or None."""
+    if spec.ndim != 2:
+        return f"a {spec.ndim}-D convolution: Winograd is implemented for 2-D convolutions only"
+    if tuple(spec.kernel) != (3, 3):
+        return f"kernel size {spec.kernel}: Winograd needs a 3x3 kernel"
+    if tuple(spec.stride) != (1, 1):
+        return f"stride={spec.stride}: Winograd needs stride 1"
+    if tuple(spec.dilation) != (1, 1):
+        return f"dilation={spec.dilation}: Winograd needs dilation 1"
+    cg, kg = spec.in_channels // spec.groups, spec.out_channels // spec.groups
+    if min(cg, kg) < WINOGRAD_MIN_GROUP_CHANNELS:
+        return (f"groups={spec.groups} leaves {cg} input and {kg} output channels per group: "
+                f"Winograd needs at least {WINOGRAD_MIN_GROUP_CHANNELS} of each")
+    return None
 
 
 def _is_int(value) -> bool:
@@ -215,6 +246,10 @@ class ConvSpec:
     # activation's derivative, computed from the forward's saved tensor named here (one of
     # DERIVATIVE_FROM); the forward ignores it.
     derivative_from: str | None = None
+    # "auto" | "direct" | "winograd" (ALGORITHMS); winograd_m: Winograd's output tile (2, 4 or 6;
+    # 0 = chosen per layer), only with algorithm="winograd".
+    algorithm: str = "auto"
+    winograd_m: int = 0
 
     def __post_init__(self):
         self.validate()
@@ -282,7 +317,10 @@ class ConvSpec:
                 + ("_scaleshift" if self.scale_shift else "") + ("_residual" if self.residual else "")
                 + (f"_{self.activation}" if self.activation else "")
                 + (f"{self.negative_slope!r}" if self.activation == "leaky_relu" else "")
-                + ("_d" + self.derivative_from[:3] if self.derivative_from else ""))
+                + ("_d" + self.derivative_from[:3] if self.derivative_from else "")
+                # "auto" and "direct" declare the same direct kernels (one key, one record);
+                # "auto" that resolves to Winograd is declared with algorithm="winograd".
+                + (f"_winograd{self.winograd_m or ''}" if self.algorithm == "winograd" else ""))
 
     @property
     def fused(self) -> bool:
@@ -310,8 +348,8 @@ class ConvSpec:
         existed, and the tuning records keyed by that TIR stay valid."""
         data = {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
                 for f in dataclasses.fields(self)}
-        for name in OPTIONAL_FIELDS:
-            if data[name] is None:
+        for name, default in OPTIONAL_FIELDS.items():
+            if data[name] == default:
                 del data[name]
         return data
 
@@ -331,7 +369,8 @@ class ConvSpec:
     def from_shapes(cls, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *,
                     layout=None, dtype="float32", bias=False,
                     padding_mode="zeros", scale_shift=False, residual=False,
-                    activation=None, derivative_from=None) -> "ConvSpec":
+                    activation=None, derivative_from=None, algorithm="auto",
+                    winograd_m=0) -> "ConvSpec":
         """Build a spec from a batched input shape and a weight shape in `layout`'s convention."""
         input_shape = _shape(input_shape, "input_shape")
         weight_shape = _shape(weight_shape, "weight_shape")
@@ -373,7 +412,8 @@ class ConvSpec:
                    dtype=check_dtype(dtype), bias=bool(bias),
                    padding_mode=check_padding_mode(padding_mode), scale_shift=bool(scale_shift),
                    residual=bool(residual), activation=activation, negative_slope=slope,
-                   derivative_from=derivative_from)
+                   derivative_from=derivative_from,
+                   algorithm=check_algorithm(algorithm), winograd_m=winograd_m)
 
     def validate(self) -> None:
         ndim = len(self.in_size)
@@ -414,6 +454,7 @@ class ConvSpec:
         if not isinstance(self.negative_slope, numbers.Real) or not math.isfinite(self.negative_slope):
             raise ValueError(f"negative_slope={self.negative_slope!r} must be a finite number")
         self._check_derivative()
+        self._check_algorithm()
         if self.groups < 1 or self.in_channels % self.groups:
             raise ValueError(
                 f"groups={self.groups}: in_channels={self.in_channels} must be divisible by groups"
@@ -430,6 +471,7 @@ class ConvSpec:
                     f"kernel size {self.kernel} with dilation {self.dilation} spans more than the "
                     f"padded input: input size {self.in_size}, padding {self.pad_before}/{self.pad_after}"
                 )
+        self.check_winograd()
 
 
     def _check_derivative(self) -> None:
@@ -453,6 +495,22 @@ class ConvSpec:
                 f"activation={what} cannot take its derivative from its output: expected the "
                 f"pre-activation (pre_activation=); from the output only {FROM_OUTPUT} "
                 "(leaky_relu with a slope >= 0)")
+
+    def _check_algorithm(self) -> None:
+        check_algorithm(self.algorithm)
+        if not _is_int(self.winograd_m) or self.winograd_m not in (0, *WINOGRAD_TILES):
+            raise ValueError(f"winograd_m={self.winograd_m!r} is not a Winograd tile: expected 0 "
+                             f"(chosen per layer) or one of {WINOGRAD_TILES}")
+        if self.winograd_m and self.algorithm != "winograd":
+            raise ValueError(f"winograd_m={self.winograd_m} needs algorithm='winograd', got "
+                             f"algorithm={self.algorithm!r}")
+
+    def check_winograd(self) -> None:
+        """algorithm="winograd" on a layer Winograd cannot compute: ValueError saying why."""
+        if self.algorithm == "winograd":
+            reason = winograd_limits(self)
+            if reason is not None:
+                raise ValueError(f"algorithm='winograd' cannot compute this layer: {reason}")
 
     def _check_ring(self) -> None:
         """PyTorch's limits on the ring a padding mode takes from the input (F.pad): reflect

@@ -15,6 +15,7 @@ import convc
 from conftest import check_spec, make_spec
 from convc.ops import declare
 from convc.schedules import RULES
+from convc.spec import ConvSpec
 from convc.target import resolve
 
 OPS = ("forward", "grad_input", "grad_weight")
@@ -111,8 +112,11 @@ def test_rules_decline_foreign_functions():
 def test_each_rule_takes_only_its_op():
     target = resolve("llvm")
     spec = _spec(CASES[0], "last")
+    winograd = ConvSpec.from_shapes((1, 8, 8, 16), (3, 3, 16, 16), padding=1, layout="NHWC",
+                                    algorithm="winograd")
     for rule in RULES["cpu"]:
-        taken = [op for op in OPS if rule(declare(spec, op), target) is not None]
+        taken = [op for op in OPS for s in (spec, winograd)
+                 if rule(declare(s, op), target) is not None]
         assert taken, f"{rule.__name__} took no op"
     for op in OPS:
         takers = [rule.__name__ for rule in RULES["cpu"] if rule(declare(spec, op), target) is not None]

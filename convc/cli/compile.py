@@ -63,6 +63,12 @@ def add_parser(subparsers):
                    help="conv_transpose* only: an int or a comma list, smaller than stride or "
                         "dilation (default: 0)")
     add_padding_mode(p)
+    p.add_argument("--algorithm", default="auto", choices=("auto", "direct", "winograd"),
+                   help="forward and grad_input: Winograd where measured faster (auto, default), "
+                        "always direct, or Winograd (2-D 3x3 stride-1 layers only)")
+    p.add_argument("--winograd-m", type=int, default=0, choices=(0, 2, 4, 6),
+                   help="Winograd's output tile F(m x m, 3 x 3) with --algorithm winograd "
+                        "(default 0: chosen per layer)")
     p.add_argument("--layout", default=None,
                    help="NCW/NCHW/NCDHW (default) or NWC/NHWC/NDHWC; the weight layout follows")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
@@ -186,7 +192,8 @@ def run(args) -> int:
             activation=activation(args.activation),
             derivative_from=args.derivative_from or (
                 "pre_activation" if args.activation
-                and any(k.strip() != "forward" for k in kernels.split(",")) else None))
+                and any(k.strip() != "forward" for k in kernels.split(",")) else None),
+            algorithm=args.algorithm, winograd_m=args.winograd_m)
     target = resolve(target_of(args.target, args.arch))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CrossCompileWarning)

@@ -10,6 +10,7 @@ from ..build import llvm
 from ..ops import arguments, shapes
 from ..spec import ConvSpec
 from .arrays import aligned_allocator, as_array, ready, safe
+from .prepack import PackedWeight, pack
 
 
 def _fill_zeros(*arrays) -> None:
@@ -61,6 +62,8 @@ class Kernel:
         return self.spec.flops
 
     def __call__(self, *inputs, out=None):
+        if len(inputs) > 1 and type(inputs[1]) is PackedWeight:
+            return inputs[1].run(self, inputs, out)
         dtype = self.dtype
         if out is None and len(inputs) == len(self._input_shapes):
             for array, shape in zip(inputs, self._input_shapes):
@@ -69,6 +72,13 @@ class Kernel:
             else:
                 return self.launch(inputs)
         return self.run(self.checked(inputs), out)
+
+    def prepack(self, weight) -> PackedWeight:
+        """The weight transformed once for this kernel (Winograd forward and grad_input on CPUs;
+        ValueError for kernels of the direct schedules): a PackedWeight that later calls take in
+        the weight's place, `kernel(x, packed)`. A snapshot of the weight's values: pack again
+        after changing the weight."""
+        return pack(self, weight)
 
     def launch(self, arrays):
         """Run on NumPy arrays known to fit (this kernel's shapes and dtype, and `ready`: used as

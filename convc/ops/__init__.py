@@ -12,6 +12,7 @@ from .common import SAVED
 from .forward import forward
 from .grad_input import grad_input, ring_unpadded
 from .grad_weight import grad_weight
+from . import winograd
 from .transpose import (KERNEL_ATTR, conv_transpose, conv_transpose_grad_input,
                         conv_transpose_grad_weight)
 
@@ -19,6 +20,7 @@ DECLARATIONS = {"forward": forward, "grad_input": grad_input, "grad_weight": gra
                 "conv_transpose": conv_transpose,
                 "conv_transpose_grad_input": conv_transpose_grad_input,
                 "conv_transpose_grad_weight": conv_transpose_grad_weight}
+WINOGRAD = {"forward": winograd.forward, "grad_input": winograd.grad_input}
 
 # The reduction stage of each op, by name (schedules and tuning records find blocks by name).
 REDUCTION = {"forward": "conv", "grad_input": "dx", "grad_weight": "dw"}
@@ -78,8 +80,46 @@ def shapes(spec: ConvSpec, op: str) -> tuple:
 
 
 def declare(spec: ConvSpec, op: str = "forward"):
-    """The PrimFunc computing `op` for `spec` (destination-passing, see ARGUMENTS)."""
-    return DECLARATIONS[check_op(op)](spec)
+    """The PrimFunc computing `op` for `spec` (destination-passing, see ARGUMENTS).
+
+    spec.algorithm "winograd" declares forward and grad_input by Winograd (ops.winograd; grad_weight
+    stays direct); "auto" and "direct" declare the direct correlation (dispatch.resolve_algorithm
+    turns "auto" into "winograd" where that was measured faster, before declaring)."""
+    op = check_op(op)
+    if spec.algorithm == "winograd" and op != "grad_weight":
+        reason = winograd.unsupported(spec, op)
+        if reason is not None:
+            raise ValueError(f"algorithm='winograd' cannot compute {op} of this layer: {reason}")
+        return WINOGRAD[op](spec, winograd.choose_tile(spec, op))
+    return DECLARATIONS[op](spec)
+
+
+def base_op(op: str) -> str:
+    """The op a prepack / packed function belongs to: "forward_packed" -> "forward"."""
+    return op.removesuffix("_prepack").removesuffix("_packed")
+
+
+def declare_packed(spec: ConvSpec, op: str) -> tuple:
+    """("<op>_prepack": w -> u, "<op>_packed": the op taking u in w's place) for a spec whose
+    algorithm is "winograd" (the transformed filter computed once, see convc.kernel.prepack)."""
+    op = check_op(op)
+    if spec.algorithm != "winograd" or op == "grad_weight":
+        raise ValueError(f"prepacked weights are implemented for Winograd forward and grad_input "
+                         f"only: {op} of this layer is computed by the direct schedules")
+    declare(spec, op)  # the same checks
+    m = winograd.choose_tile(spec, op)
+    return winograd.prepack(spec, op, m), WINOGRAD[op](spec, m, packed=True)
+
+
+def packed_shape(spec: ConvSpec, op: str) -> tuple:
+    """Shape of the transformed filter "<op>_prepack" writes (spec's algorithm "winograd")."""
+    return winograd.packed_shape(spec, op, winograd.choose_tile(spec, op))
+
+
+def is_winograd(func) -> bool:
+    """The PrimFunc was declared by Winograd (it has the "wino_gemm" stage)."""
+    spec, op = spec_of(func)
+    return spec is not None and spec.algorithm == "winograd" and op != "grad_weight"
 
 
 def spec_of(func) -> tuple[ConvSpec, str]:

@@ -22,14 +22,7 @@ def forward(spec: ConvSpec):
     float32 for float16), "output" (bias and/or cast, absent when neither applies).
     """
     cl = spec.channels_last
-    x = te.placeholder(spec.input_shape, spec.dtype, name="x")
-    w = te.placeholder(spec.weight_shape, spec.dtype, name="w")
-    b = te.placeholder(spec.bias_shape, spec.dtype, name="b") if spec.bias else None
-    scale, shift = ((te.placeholder(spec.bias_shape, spec.dtype, name="scale"),
-                     te.placeholder(spec.bias_shape, spec.dtype, name="shift"))
-                    if spec.scale_shift else (None, None))
-    residual = (te.placeholder(spec.output_shape, spec.dtype, name="residual") if spec.residual
-                else None)
+    x, w, b, scale, shift, residual = forward_params(spec)
     xp = pad(x, cl, spec.pad_before, spec.pad_after, spec.padding_mode)
     conv = correlate(xp, w, channels_last=cl, groups=spec.groups, out_channels=spec.out_channels,
                      kernel=spec.kernel, out_size=spec.out_size, stride=spec.stride,
@@ -38,3 +31,16 @@ def forward(spec: ConvSpec):
     extra = [t for t in (b, scale, shift, residual) if t is not None]
     params = [x, w, *extra, y]
     return make_func(params, spec, "forward")
+
+
+def forward_params(spec: ConvSpec):
+    """The forward's input placeholders: (x, w, b, scale, shift, residual), None where absent."""
+    x = te.placeholder(spec.input_shape, spec.dtype, name="x")
+    w = te.placeholder(spec.weight_shape, spec.dtype, name="w")
+    b = te.placeholder(spec.bias_shape, spec.dtype, name="b") if spec.bias else None
+    scale, shift = ((te.placeholder(spec.bias_shape, spec.dtype, name="scale"),
+                     te.placeholder(spec.bias_shape, spec.dtype, name="shift"))
+                    if spec.scale_shift else (None, None))
+    residual = (te.placeholder(spec.output_shape, spec.dtype, name="residual") if spec.residual
+                else None)
+    return x, w, b, scale, shift, residual

@@ -9,6 +9,7 @@ float16/32/64, bias); a schedule primitive that refuses an unforeseen shape make
 decline, so dispatch falls back to the default schedule instead of failing.
 
     direct.py       forward and grad_input: register-blocked direct convolution (1x1 as GEMM)
+    winograd.py     forward and grad_input declared by Winograd: transforms and a batched GEMM
     grad_weight.py  grad_weight: output-stationary register tile, reduction over batch and space
     common.py       tile choice, parallel outer loops, the local accumulator
 """
@@ -20,6 +21,7 @@ import warnings
 
 from .direct import direct_knobs, schedule_direct
 from .grad_weight import grad_weight_knobs, schedule_grad_weight
+from .winograd import schedule_winograd, winograd_knobs
 
 
 def declining(rule, grid):
@@ -44,6 +46,7 @@ def declining(rule, grid):
 
 direct_rule = declining(schedule_direct, direct_knobs)
 grad_weight_rule = declining(schedule_grad_weight, grad_weight_knobs)
+winograd_rule = declining(schedule_winograd, winograd_knobs)
 
-# In dispatch order; each declines what is not its op.
-RULES = [direct_rule, grad_weight_rule]
+# In dispatch order; each declines what is not its op (direct declines Winograd declarations).
+RULES = [winograd_rule, direct_rule, grad_weight_rule]

@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from convc.ops import FOLD, PROLOGUE, reduction_spec_of
+from convc.ops import FOLD, PROLOGUE, is_winograd, reduction_spec_of
 from convc.ops.common import acc_dtype
 from convc.ops.grad_input import is_gather_grad_input
 from convc.target import info
@@ -166,7 +166,7 @@ def plan(spec, op, target) -> Plan:
 def schedule_direct(func, target, knobs=None):
     """The rule; `knobs` (see direct_knobs) overrides the tile choices the rule makes itself."""
     spec, op = reduction_spec_of(func)
-    if spec is None or op not in ("forward", "grad_input"):
+    if spec is None or op not in ("forward", "grad_input") or is_winograd(func):
         return None
     knobs = knobs or {}
     p = plan(spec, op, target)

@@ -1,0 +1,233 @@
+"""Winograd F(m x m, 3 x 3) on the CPU: forward and grad_input declared by convc.ops.winograd.
+
+Five root stages, each computed in parallel:
+
+* the padded input ("pad" / "dy_dilated"; "wino_pad" after a ring padding), laid out channels-last
+  whatever the layout (a channels-first input is transposed once here), so that every read of the
+  input transform is a vector of channels;
+* the input transform "wino_v" per (tile, channel vector), its row pass "wino_t" computed inside
+  it in registers: every (e1, e2) point unrolled, so each is a short sum of vectors with the
+  matrices' constants folded in;
+* the filter transform "wino_u" (its row pass "wino_g" inside it), per call, the same way: by
+  default inside the GEMM's parallel loop over output-channel blocks (alpha^2 x Cg x vo values
+  computed just before the GEMM reads them, from L2), else at the root, laid out (e1, e2,
+  channel block, c, vo) so that one GEMM tile streams one contiguous slab. Fused against root
+  (Zen 5, 2 threads, paired rounds, effective GFLOP/s, NHWC / NCHW): c4 F(2,3) forward 524 ->
+  651 / 544 -> 704, grad_input 272 -> 425 / 519 -> 671; c5 F(2,3) forward 166 -> 376 / 141 ->
+  252, grad_input 46 -> 118 / 146 -> 330; c3 F(4,3) forward 551 -> 720 / 734 -> 743,
+  grad_input 468 -> 492 / 703 -> 742 (direct: c4 390-424, c5 170-432, c3 339-436);
+* the batched GEMM "wino_gemm": per (e1, e2) point a (tiles x Cg) x (Cg x K) product with a
+  register tile of `tp` tiles x `vo` output channels (24-28 accumulators), the whole reduction
+  inside it; the (point, channel block) pairs go parallel and each walks all tiles, so its filter
+  slab (Cg x vo) stays in L1/L2;
+* the output transform, in the epilogue's (or the untiling stage's) loop nest split into whole m x m
+  tiles: the column pass "wino_o" computed per (tile, channel vector), the row pass and the
+  epilogue (bias, scale/shift, residual, activation, cast) unrolled into the store.
+
+Evidence: see the comment at prefers_winograd (convc/dispatch.py) and README "Winograd".
+"""
+
+from __future__ import annotations
+
+from convc.ops import EPILOGUE, base_op, is_winograd, spec_of
+from convc.ops.winograd import choose_tile, tiles
+from convc.target import info
+
+from .common import (channels_last_map, extent, find, index_map, label, new_schedule,
+                     parallel_outer, pick_tile, vector_registers)
+
+
+def _vector(size: int, lanes: int) -> int:
+    """The widest of lanes, lanes/2, lanes/4 that divides `size` (1 where none does)."""
+    for width in (lanes, lanes // 2, lanes // 4):
+        if width >= 2 and size % width == 0:
+            return width
+    return 1
+
+
+def _split_vector(sch, loop, width: int):
+    outer, inner = sch.split(loop, [None, width])
+    if width > 1:
+        sch.vectorize(inner)
+    return outer, inner
+
+
+def _input_transform(sch, target, lanes: int, channels: int):
+    v, t = sch.get_sblock("wino_v"), sch.get_sblock("wino_t")
+    e1, e2, p, c = sch.get_loops(v)
+    co, ci = sch.split(c, [None, _vector(channels, lanes)])
+    sch.reorder(p, co, e1, e2, ci)
+    sch.compute_at(t, co)
+    for loop in sch.get_loops(t)[-3:-1]:
+        sch.unroll(loop)
+    if _vector(channels, lanes) > 1:
+        sch.vectorize(sch.get_loops(t)[-1])
+        sch.vectorize(ci)
+    sch.unroll(e1)
+    sch.unroll(e2)
+    parallel_outer(sch, [p, co], target)
+
+
+def _filter_transform(sch, target, lanes: int, out_channels: int, vo: int):
+    u, g = sch.get_sblock("wino_u"), sch.get_sblock("wino_g")
+    e1, e2, c, k = sch.get_loops(u)
+    if out_channels % vo == 0 and find(sch, "wino_gemm") is not None:
+        # (e1, e2, c, k) -> (e1, e2, k // vo, c, k % vo): one GEMM tile's slab is contiguous
+        sch.transform_layout(u, ("write", 0), index_map(
+            lambda a, b, c_, k_: (a, b, k_ // vo, c_, k_ % vo), 4))
+    ko, ki = sch.split(k, [None, _vector(out_channels, lanes)])
+    sch.reorder(c, ko, e1, e2, ki)
+    sch.compute_at(g, ko)
+    for loop in sch.get_loops(g)[-3:-1]:
+        sch.unroll(loop)
+    if _vector(out_channels, lanes) > 1:
+        sch.vectorize(sch.get_loops(g)[-1])
+        sch.vectorize(ki)
+    sch.unroll(e1)
+    sch.unroll(e2)
+    parallel_outer(sch, [c, ko], target)
+
+
+def gemm_tile(out_per_group: int, tiles: int, lanes: int, target) -> tuple[int, int]:
+    """(vo, tp): output channels (two vectors where they divide the group, else one, else the
+    widest part of one that does) x tiles per register tile: 2 x 14 = 28 accumulators + 2 filter
+    vectors + 1 broadcast of 32 vector registers (half that on 16)."""
+    if out_per_group % (2 * lanes) == 0:
+        vo = 2 * lanes
+    else:
+        vo = lanes if out_per_group % lanes == 0 else _vector(out_per_group, lanes)
+    accumulators = vector_registers(target) - 4
+    most = min(14 if accumulators > 16 else 6, accumulators // max(1, vo // lanes))
+    return vo, pick_tile(tiles, most, minimum=max(1, most // 2))
+
+
+def _fused_filter(sch, ko, vo: int):
+    """The filter transform of one output-channel block, computed inside the GEMM's loop over
+    those blocks: its alpha^2 x Cg x vo values go from registers to L2 and are read there."""
+    u, g = sch.get_sblock("wino_u"), sch.get_sblock("wino_g")
+    sch.compute_at(u, ko)
+    e1, e2, c, k = sch.get_loops(u)[-4:]
+    sch.reorder(c, e1, e2, k)
+    sch.compute_at(g, c)
+    for loop in sch.get_loops(g)[-3:-1]:
+        sch.unroll(loop)
+    if vo > 1:
+        sch.vectorize(sch.get_loops(g)[-1])
+        sch.vectorize(k)
+    sch.unroll(e1)
+    sch.unroll(e2)
+
+
+def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False):
+    block = sch.get_sblock("wino_gemm")
+    e1, e2, p, k, rc = sch.get_loops(block)
+    e = sch.fuse(e1, e2)
+    ko, ki = sch.split(k, [None, vo])
+    po, pi = sch.split(p, [None, tp])
+    if fuse_filter:
+        sch.reorder(ko, e, po, rc, pi, ki)
+    else:
+        sch.reorder(e, ko, po, rc, pi, ki)
+    accumulator = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(accumulator, po)
+    if fuse_filter:
+        sch.parallel(ko)
+        _fused_filter(sch, ko, vo)
+    else:
+        parallel_outer(sch, [e, ko], target)
+    sch.unroll(pi)
+    if vo > 1:
+        sch.vectorize(ki)
+        sch.vectorize(sch.get_loops(accumulator)[-1])
+    sch.decompose_reduction(block, rc)
+    label(sch, block, f"winograd gemm v{vo} t{tp}")
+
+
+def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, name: str):
+    final = find(sch, EPILOGUE)
+    if final is not None:
+        sch.compute_inline(sch.get_sblock(name))
+    else:
+        final = sch.get_sblock(name)
+    n, *rest = sch.get_loops(final)
+    if spec.channels_last:
+        h, w, k = rest
+    else:
+        k, h, w = rest
+    th, i1 = sch.split(h, [None, m])
+    tw, i2 = sch.split(w, [None, m])
+    width = _vector(out_channels, lanes)
+    ko, ki = sch.split(k, [None, width])
+    sch.reorder(n, th, tw, ko, i1, i2, ki)
+    o = sch.get_sblock("wino_o")
+    sch.compute_at(o, ko)
+    for loop in sch.get_loops(o)[-3:-1]:
+        sch.unroll(loop)
+    if width > 1:
+        sch.vectorize(sch.get_loops(o)[-1])
+        if spec.channels_last:
+            sch.vectorize(ki)
+    sch.unroll(i1)
+    sch.unroll(i2)
+    parallel_outer(sch, [n, th, tw], target)
+
+
+def _padded_input(sch, target, spec, lanes: int):
+    """The padded input stage, channels-last, computed in parallel (channels vectorized)."""
+    block = find(sch, "wino_pad")  # a ring padding, zero-extended to whole tiles
+    if block is not None:
+        sch.compute_inline(sch.get_sblock("pad"))  # the ring read straight into that copy
+    else:
+        block = find(sch, "pad")
+        block = block if block is not None else sch.get_sblock("dy_dilated")
+    if not spec.channels_last:
+        sch.transform_layout(block, ("write", 0), channels_last_map(2))
+    n, *rest = sch.get_loops(block)
+    c, h, w = (rest[2], rest[0], rest[1]) if spec.channels_last else rest
+    sch.reorder(n, h, w, c)
+    channels = extent(sch, c)
+    width = _vector(channels, lanes)
+    if width > 1:
+        outer, inner = sch.split(c, [None, width])
+        sch.vectorize(inner)
+    parallel_outer(sch, [n, h, w], target)
+
+
+def schedule_winograd(func, target, knobs=None):
+    """The rule: Winograd declarations only (forward, grad_input and their _prepack / _packed
+    functions); `knobs` may give {"vo": .., "tp": .., "fuse_filter": ..}."""
+    if not is_winograd(func) or info(target).is_gpu:
+        return None
+    spec, op = spec_of(func)
+    op = base_op(op)
+    knobs = knobs or {}
+    m = choose_tile(spec, op)
+    forward = op == "forward"
+    in_channels = spec.in_channels if forward else spec.out_channels
+    out_channels = spec.out_channels if forward else spec.in_channels
+    lanes = info(target).lanes("float64" if spec.dtype == "float64" else "float32")
+    vo, tp = gemm_tile(out_channels // spec.groups, tiles(spec, op, m), lanes, target)
+    vo, tp = knobs.get("vo", vo), knobs.get("tp", tp)
+    sch = new_schedule(func)
+    if find(sch, "w_flipped") is not None:
+        sch.compute_inline(sch.get_sblock("w_flipped"))
+    # The filter transform inside the GEMM's loop over output-channel blocks wherever those blocks
+    # give every core work (see the module docstring for the measurements).
+    fuse_filter = (knobs.get("fuse_filter", out_channels // vo >= info(target).num_cores)
+                   and find(sch, "wino_gemm") is not None and find(sch, "wino_u") is not None)
+    if find(sch, "wino_u") is not None and not fuse_filter:  # absent where the filter comes prepacked
+        _filter_transform(sch, target, lanes, out_channels, vo)
+    if find(sch, "wino_gemm") is None:   # "<op>_prepack": the filter transform alone
+        return sch
+    _padded_input(sch, target, spec, lanes)
+    _input_transform(sch, target, lanes, in_channels)
+    _gemm(sch, target, vo, tp, fuse_filter)
+    _output_transform(sch, target, spec, m, lanes, out_channels, "conv" if forward else "dx")
+    return sch
+
+
+def winograd_knobs(func, target) -> list:
+    """Alternatives to the rule's own GEMM tile (its own first)."""
+    if not is_winograd(func):
+        return []
+    return [{}, {"fuse_filter": False}]

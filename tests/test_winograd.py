@@ -1,0 +1,273 @@
+"""Winograd F(m x m, 3 x 3) forward and grad_input (convc.ops.winograd, schedules/cpu/winograd.py).
+
+Each m against the float64 NumPy reference with a normwise bound (ERROR_BOUND) and the usual
+elementwise tolerance, over shapes that exercise what the tiles make hard: spatial sizes that are
+not multiples of m, batch > 1, groups, asymmetric and larger-than-1 padding (grad_input crops dy),
+both layouts; the fused epilogue, a ring padding, float16 and float64; `algorithm="auto"`'s choice;
+the errors for layers Winograd cannot compute.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convc
+from convc.check import kernel_inputs, operands, reference, relative_error
+from convc.dispatch import resolve_algorithm
+from convc.ops.winograd import ERROR_BOUND, matrices
+from convc.spec import ConvSpec
+from convc.target import resolve
+
+from conftest import assert_close
+
+
+def normwise(actual, expected) -> float:
+    actual = np.asarray(actual, np.float64)
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def spec_of(input_cf, weight_cf, layout, **kw):
+    """A spec from channels-first shapes, in `layout`."""
+    n, c, *size = input_cf
+    k, cg, *kernel = weight_cf
+    if layout == "NHWC":
+        return ConvSpec.from_shapes((n, *size, c), (*kernel, cg, k), layout="NHWC", **kw)
+    return ConvSpec.from_shapes(input_cf, weight_cf, layout="NCHW", **kw)
+
+
+def check(spec, op, seed=0, bound=None):
+    """Compile `op` of `spec`, compare with the reference; returns the kernel."""
+    data = operands(spec, seed)
+    kernel = convc.compile(spec, op)
+    got = kernel(*kernel_inputs(spec, op, data))
+    expected = reference(spec, op, **data)
+    what = f"{op} {spec.key} [{kernel.how}]"
+    assert_close(got, expected, spec.dtype, what)
+    if bound is not None:
+        err = normwise(got, expected)
+        assert err <= bound, f"{what}: normwise error {err:.3g} > {bound}"
+    return kernel
+
+
+def is_winograd_kernel(kernel) -> bool:
+    return "wino_gemm" in kernel.tir
+
+
+# (channels-first input, weight, padding, groups): odd sizes (no m divides 9, 11, 13 or 7 + pad),
+# batch 2, groups of 8 and 12 channels, asymmetric and 2-wide padding.
+CASES = {
+    "forward": ((2, 16, 9, 11), (24, 16, 3, 3), 1, 1),
+    "grad_input": ((1, 24, 7, 13), (16, 12, 3, 3), ((0, 2), (2, 1)), 2),
+}
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("m", [2, 4, 6])
+@pytest.mark.parametrize("op", ["forward", "grad_input"])
+def test_each_tile_against_reference(op, m, layout):
+    x, w, padding, groups = CASES[op]
+    spec = spec_of(x, w, layout, padding=padding, groups=groups, algorithm="winograd",
+                   winograd_m=m)
+    kernel = check(spec, op, bound=ERROR_BOUND[m])
+    assert kernel.how == "hand-written" and is_winograd_kernel(kernel)
+    assert f"winograd{m}" in spec.key
+
+
+def test_transform_matrices_compute_a_correlation():
+    """y = A^T [(G g) * (B^T d)] is the 1-D correlation, for every m (float64)."""
+    rng = np.random.default_rng(0)
+    for m in (2, 4, 6):
+        a, b, g = matrices(m)
+        d, taps = rng.standard_normal(m + 2), rng.standard_normal(3)
+        expected = [d[i:i + 3] @ taps for i in range(m)]
+        np.testing.assert_allclose(a.T @ ((g @ taps) * (b.T @ d)), expected, atol=1e-12)
+
+
+def test_batch_padding_none_and_epilogue():
+    """Batch 3, no padding (the tiles' zero extension alone), bias, scale/shift, residual, relu."""
+    spec = ConvSpec.from_shapes((3, 8, 10, 10), (8, 8, 3, 3), padding=0, bias=True,
+                                scale_shift=True, residual=True, activation="relu",
+                                algorithm="winograd", winograd_m=4)
+    data = operands(spec, 1)
+    kernel = convc.compile(spec, "forward")
+    got = kernel(*kernel_inputs(spec, "forward", data))
+    assert is_winograd_kernel(kernel)
+    assert_close(got, reference(spec, "forward", **data), "float32", spec.key)
+
+
+def test_ring_padding_forward():
+    spec = ConvSpec.from_shapes((1, 5, 9, 16), (3, 3, 16, 16), padding=(1, 2),
+                                layout="NHWC", padding_mode="reflect", algorithm="winograd")
+    assert is_winograd_kernel(check(spec, "forward", bound=ERROR_BOUND[2]))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_dtypes(dtype):
+    """float16 is transformed and accumulated in float32; float64 in float64."""
+    spec = ConvSpec.from_shapes((1, 16, 10, 10), (16, 16, 3, 3), padding=1, dtype=dtype,
+                                algorithm="winograd", winograd_m=4)
+    data = operands(spec, 2)
+    kernel = convc.compile(spec, "forward")
+    got = kernel(*kernel_inputs(spec, "forward", data))
+    assert got.dtype == np.dtype(dtype) and is_winograd_kernel(kernel)
+    err = normwise(got, reference(spec, "forward", **data))
+    assert err <= (1e-3 if dtype == "float16" else 1e-13), f"{dtype}: {err:.3g}"
+
+
+def test_repeated_calls_agree():
+    """Two threads share the tiles: repeated calls give identical results (no race)."""
+    spec = ConvSpec.from_shapes((2, 8, 13, 7), (16, 8, 3, 3), padding=1, algorithm="winograd")
+    data = operands(spec, 3)
+    kernel = convc.compile(spec, "forward")
+    first = kernel(*kernel_inputs(spec, "forward", data))
+    for _ in range(5):
+        np.testing.assert_array_equal(kernel(*kernel_inputs(spec, "forward", data)), first)
+
+
+def test_functional_api_and_torch():
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (2, 16, 12, 12)).astype("float32")
+    w = rng.uniform(-1, 1, (32, 16, 3, 3)).astype("float32")
+    y = convc.conv2d(x, w, padding=1, algorithm="winograd")
+    direct = convc.conv2d(x, w, padding=1, algorithm="direct")
+    assert relative_error(y, direct) < 2e-5
+    dx = convc.conv2d_grad_input(x.shape, w, y, padding=1, algorithm="winograd")
+    assert relative_error(dx, convc.conv2d_grad_input(x.shape, w, y, padding=1)) < 2e-5
+    torch = pytest.importorskip("torch")
+    expected = torch.nn.functional.conv2d(torch.from_numpy(x).double(),
+                                          torch.from_numpy(w).double(), padding=1).numpy()
+    assert normwise(y, expected) <= ERROR_BOUND[4]
+
+
+def test_auto_chooses_by_measured_rule():
+    cpu = resolve(None)
+    c3 = ConvSpec.from_shapes((1, 128, 28, 28), (128, 128, 3, 3), padding=1)
+    c5 = ConvSpec.from_shapes((1, 512, 7, 7), (512, 512, 3, 3), padding=1)
+    strided = ConvSpec.from_shapes((1, 128, 28, 28), (128, 128, 3, 3), stride=2, padding=1)
+    c5_last = ConvSpec.from_shapes((1, 7, 7, 512), (3, 3, 512, 512), padding=1, layout="NHWC")
+    tiny = ConvSpec.from_shapes((1, 512, 4, 4), (512, 512, 3, 3), padding=1)
+    for op in ("forward", "grad_input"):
+        assert resolve_algorithm(c5_last, op, cpu) is c5_last    # too few tiles: direct
+        assert resolve_algorithm(tiny, op, cpu) is tiny          # (4 tiles, channels-first)
+        assert resolve_algorithm(strided, op, cpu) is strided    # not Winograd's
+    assert resolve_algorithm(c3, "grad_weight", cpu) is c3
+    if convc.target.info(cpu).vector_bits >= 512:  # the rule only covers what was measured
+        chosen = resolve_algorithm(c3, "forward", cpu)
+        assert (chosen.algorithm, chosen.winograd_m) == ("winograd", 4)
+    forced = ConvSpec.from_shapes((1, 512, 7, 7), (512, 512, 3, 3), padding=1,
+                                  algorithm="direct")
+    assert resolve_algorithm(forced, "forward", cpu) is forced
+    assert forced.key == c5.key  # direct and auto share kernels and tuning records
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(input_shape=(1, 16, 9, 9), weight_shape=(16, 16, 3, 3), stride=2), "stride"),
+    (dict(input_shape=(1, 16, 9, 9), weight_shape=(16, 16, 5, 5)), "kernel size"),
+    (dict(input_shape=(1, 16, 9, 9), weight_shape=(16, 16, 3, 3), dilation=2), "dilation"),
+    (dict(input_shape=(1, 16, 9, 9), weight_shape=(16, 1, 3, 3), groups=16), "groups=16"),
+    (dict(input_shape=(1, 16, 9), weight_shape=(16, 16, 3)), "1-D"),
+])
+def test_forced_winograd_on_unsupported_layer(kwargs, words):
+    with pytest.raises(ValueError, match=f"algorithm='winograd' cannot compute.*{words}"):
+        ConvSpec.from_shapes(**kwargs, algorithm="winograd")
+
+
+def test_argument_errors():
+    shapes = ((1, 16, 9, 9), (16, 16, 3, 3))
+    with pytest.raises(ValueError, match="algorithm='fast' is not an algorithm"):
+        ConvSpec.from_shapes(*shapes, algorithm="fast")
+    with pytest.raises(ValueError, match="winograd_m=3 is not a Winograd tile"):
+        ConvSpec.from_shapes(*shapes, algorithm="winograd", winograd_m=3)
+    with pytest.raises(ValueError, match="winograd_m=4 needs algorithm='winograd'"):
+        ConvSpec.from_shapes(*shapes, winograd_m=4)
+    x, w = np.zeros(shapes[0], "float32"), np.zeros(shapes[1], "float32")
+    with pytest.raises(ValueError, match="algorithm='fast'"):
+        convc.conv2d(x, w, algorithm="fast")
+    with pytest.raises(ValueError, match="stride"):
+        convc.conv2d(x, w, stride=2, algorithm="winograd")
+    with pytest.raises(ValueError, match="padding_mode='reflect'.*zero padding only"):
+        convc.conv2d_grad_input(x.shape, w, np.zeros((1, 16, 9, 9), "float32"), padding=1,
+                                padding_mode="reflect", algorithm="winograd")
+    ring = ConvSpec.from_shapes(*shapes, padding=1, algorithm="winograd")
+    with pytest.raises(ValueError, match="CPU"):
+        resolve_algorithm(ring, "forward", resolve("cuda"))
+
+
+@pytest.mark.parametrize("layout, op", [("NCHW", "forward"), ("NHWC", "grad_input")])
+def test_prepack_round_trip_and_no_stale_pack(layout, op):
+    """kernel(x, kernel.prepack(w)) == kernel(x, w); a pack is a snapshot of the weight it was
+    made from: after the weight changes, the plain call follows the new values and the old pack
+    keeps the old ones (convc keeps no packs of its own that could go stale)."""
+    x, w = (2, 16, 9, 11), (24, 8, 3, 3)
+    spec = spec_of(x, w, layout, padding=1, groups=2, algorithm="winograd", bias=op == "forward")
+    data = operands(spec, 5)
+    kernel = convc.compile(spec, op)
+    args = kernel_inputs(spec, op, data)
+    weight = data["w"].copy()
+    packed = kernel.prepack(weight)
+    expected = reference(spec, op, **data)
+    assert_close(kernel(args[0], packed, *args[2:]), expected, "float32", "packed")
+    weight *= -2.0  # the same array, changed in place after packing
+    changed = reference(spec, op, **{**data, "w": weight})
+    assert_close(kernel(args[0], weight, *args[2:]), changed, "float32", "unpacked after change")
+    assert_close(kernel(args[0], kernel.prepack(weight), *args[2:]), changed, "float32", "repacked")
+    assert_close(kernel(args[0], packed, *args[2:]), expected, "float32", "old pack: a snapshot")
+
+
+def test_prepack_errors():
+    spec = ConvSpec.from_shapes((1, 16, 8, 8), (16, 16, 3, 3), padding=1, algorithm="winograd")
+    other = ConvSpec.from_shapes((1, 16, 8, 8), (16, 16, 3, 3), padding=2, algorithm="winograd")
+    w = np.ones(spec.weight_shape, "float32")
+    packed = convc.compile(spec, "forward").prepack(w)
+    with pytest.raises(ValueError, match="packed for"):
+        convc.compile(other, "forward")(np.ones(other.input_shape, "float32"), packed)
+    direct = ConvSpec.from_shapes((1, 16, 8, 8), (16, 16, 3, 3), padding=1, algorithm="direct")
+    with pytest.raises(ValueError, match="direct schedules"):
+        convc.compile(direct, "forward").prepack(w)
+    with pytest.raises(ValueError, match="shape"):
+        convc.compile(spec, "forward").prepack(np.ones((16, 16, 5, 5), "float32"))
+
+
+def test_cli_compile_algorithm(tmp_path):
+    """--algorithm winograd --winograd-m 4 reaches the spec, the manifest and the library."""
+    from convc import cli as convc_cli
+    from convc.export import load
+
+    out = tmp_path / "wino.so"
+    assert convc_cli.main(["compile", "--op", "conv2d", "--input", "2,9,10,16",
+                           "--weight", "3,3,16,16", "--layout", "NHWC", "--padding", "1",
+                           "--algorithm", "winograd", "--winograd-m", "4",
+                           "--kernels", "forward,grad_input", "-o", str(out)]) == 0
+    lib = load(out)
+    spec = ConvSpec.from_dict(lib.manifest["functions"]["forward"]["spec"])
+    assert (spec.algorithm, spec.winograd_m) == ("winograd", 4)
+    data = operands(spec, 6)
+    for op in ("forward", "grad_input"):
+        assert_close(lib[op](*kernel_inputs(spec, op, data)), reference(spec, op, **data),
+                     "float32", f"cli winograd {op}")
+    assert convc_cli.main(["compile", "--op", "conv2d", "--input", "1,16,9,9", "--weight",
+                           "16,16,3,3", "--stride", "2", "--algorithm", "winograd",
+                           "-o", str(out)]) != 0
+
+
+@pytest.mark.parametrize("fuse_filter", [False, True])
+def test_filter_transform_at_root_and_fused(fuse_filter):
+    """Both places of the filter transform (the rule's knob) compute the same convolution."""
+    import tvm
+
+    from convc.ops import declare
+    from convc.schedules.cpu import winograd_rule
+
+    spec = ConvSpec.from_shapes((2, 7, 10, 32), (3, 3, 32, 64), padding=1, layout="NHWC",
+                                algorithm="winograd", winograd_m=2)
+    target = resolve(None)
+    for op in ("forward", "grad_input"):
+        sch = winograd_rule(declare(spec, op), target, {"fuse_filter": fuse_filter})
+        assert sch is not None
+        function = tvm.compile(sch.mod, target=target)["main"]
+        data = operands(spec, 7)
+        inputs = kernel_inputs(spec, op, data)
+        out = np.empty(spec.output_shape if op == "forward" else spec.input_shape, "float32")
+        function(*inputs, out)
+        assert_close(out, reference(spec, op, **data), "float32", f"{op} fuse={fuse_filter}")
