@@ -271,3 +271,17 @@ def test_filter_transform_at_root_and_fused(fuse_filter):
         out = np.empty(spec.output_shape if op == "forward" else spec.input_shape, "float32")
         function(*inputs, out)
         assert_close(out, reference(spec, op, **data), "float32", f"{op} fuse={fuse_filter}")
+
+
+def test_auto_keeps_grad_input_through_an_activation_direct():
+    """Winograd's grad_input has no activation-derivative prologue: auto must not choose it for a
+    spec with one (it would drop dy * act'), and forcing it names derivative_from."""
+    cpu = resolve(None)
+    through = ConvSpec.from_shapes((1, 128, 28, 28), (128, 128, 3, 3), padding=1,
+                                   activation="relu", derivative_from="pre_activation")
+    assert resolve_algorithm(through, "grad_input", cpu) is through
+    forced = ConvSpec.from_shapes((1, 128, 28, 28), (128, 128, 3, 3), padding=1,
+                                  activation="relu", derivative_from="pre_activation",
+                                  algorithm="winograd")
+    with pytest.raises(ValueError, match="derivative_from"):
+        convc.ops.declare(forced, "grad_input")
