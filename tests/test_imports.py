@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # The pipeline, bottom first: a module may import from its own layer and the layers below.
 # The first matching prefix decides (so "convc.tuning" after "convc.records").
 LAYERS = [
-    ("base", ["convc.version", "convc.files", "convc.spec", "convc.target", "convc.reference",
-              "convc.check", "convc.tuning_logs"]),
+    ("base", ["convc.version", "convc.files", "convc.spec", "convc.pool_spec", "convc.target",
+              "convc.reference", "convc.reference_pool", "convc.check", "convc.check_pool",
+              "convc.tuning_logs"]),
     ("ops", ["convc.ops"]),
     ("schedules", ["convc.schedules"]),
     ("dispatch", ["convc.records", "convc.dispatch"]),
