@@ -7,6 +7,9 @@
 
     spec = convc.ConvSpec.from_shapes((1, 64, 56, 56), (64, 64, 3, 3), padding=1)
     kernel = convc.compile(spec, "grad_weight")       # a Kernel: callable, .tir, .source, .how
+
+    y, idx = convc.max_pool2d(x, 3, 2, 1, return_indices=True)   # torch.nn.functional.max_pool2d
+    dx = convc.max_pool2d_grad_input(x, dy, 3, 2, 1)             # and avg/adaptive_avg, 1-D to 3-D
 """
 
 import os as _os
@@ -30,6 +33,13 @@ from .api import (conv1d, conv1d_grad_input, conv1d_grad_weight, conv2d, conv2d_
                   conv2d_grad_weight, conv3d, conv3d_grad_input, conv3d_grad_weight)
 from .export import export_library, load
 from .kernel import Kernel, compile
+from .pool_api import (adaptive_avg_pool1d, adaptive_avg_pool1d_grad_input, adaptive_avg_pool2d,
+                       adaptive_avg_pool2d_grad_input, adaptive_avg_pool3d,
+                       adaptive_avg_pool3d_grad_input, avg_pool1d, avg_pool1d_grad_input,
+                       avg_pool2d, avg_pool2d_grad_input, avg_pool3d, avg_pool3d_grad_input,
+                       max_pool1d, max_pool1d_grad_input, max_pool2d, max_pool2d_grad_input,
+                       max_pool3d, max_pool3d_grad_input)
+from .pool_spec import PoolSpec
 from .spec import ConvSpec
 from .tuning import tune
 
@@ -38,4 +48,12 @@ __all__ = [
     "conv1d", "conv2d", "conv3d",
     "conv1d_grad_input", "conv2d_grad_input", "conv3d_grad_input",
     "conv1d_grad_weight", "conv2d_grad_weight", "conv3d_grad_weight",
+    "PoolSpec",
+    "max_pool1d", "max_pool2d", "max_pool3d",
+    "max_pool1d_grad_input", "max_pool2d_grad_input", "max_pool3d_grad_input",
+    "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "avg_pool1d_grad_input", "avg_pool2d_grad_input", "avg_pool3d_grad_input",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+    "adaptive_avg_pool1d_grad_input", "adaptive_avg_pool2d_grad_input",
+    "adaptive_avg_pool3d_grad_input",
 ]

@@ -61,7 +61,7 @@ def adaptive_window(o: int, size: int, out: int) -> tuple[int, int]:
     return (o * size) // out, -((-(o + 1) * size) // out)
 
 
-def _flag(value, name: str) -> bool:
+def check_flag(value, name: str) -> bool:
     if isinstance(value, bool) or (_is_int(value) and value in (0, 1)):
         return bool(value)
     if type(value).__name__ == "bool_":  # numpy.bool_
@@ -209,7 +209,7 @@ class PoolSpec:
         kernel, stride, padding = _window(ndim, kernel_size, stride, padding)
         dilation = expand(dilation, ndim, "dilation", 1)
         return cls("max", layout, batch, channels, in_size, kernel, stride, padding, dilation,
-                   _flag(ceil_mode, "ceil_mode"), dtype=check_dtype(dtype))
+                   check_flag(ceil_mode, "ceil_mode"), dtype=check_dtype(dtype))
 
     @classmethod
     def avg_pool(cls, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -223,7 +223,8 @@ class PoolSpec:
             raise kind(f"divisor_override={divisor_override!r} is not valid: expected None or a "
                        "non-zero int")
         return cls("avg", layout, batch, channels, in_size, kernel, stride, padding, (1,) * ndim,
-                   _flag(ceil_mode, "ceil_mode"), _flag(count_include_pad, "count_include_pad"),
+                   check_flag(ceil_mode, "ceil_mode"),
+                   check_flag(count_include_pad, "count_include_pad"),
                    None if divisor_override is None else int(divisor_override),
                    dtype=check_dtype(dtype))
 
@@ -326,5 +327,6 @@ def is_pool(spec) -> bool:
     return isinstance(spec, PoolSpec)
 
 
-__all__ = ["ARGUMENTS", "INDEX_DTYPE", "OUTPUTS", "POOLS", "POOL_OPS", "PoolSpec", "adaptive_window", "is_pool",
+__all__ = ["ARGUMENTS", "INDEX_DTYPE", "OUTPUTS", "POOLS", "POOL_OPS", "PoolSpec",
+           "adaptive_window", "check_flag", "is_pool",
            "pooled_size"]
