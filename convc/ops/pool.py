@@ -12,7 +12,7 @@ dx once, with no scatter and no atomics:
     max:  dx[p] = sum_{o covers p} (argmax[o] == flat(p)) * dy[o]
 
 Stages: "pad" (max: -inf, avg: 0; absent without padding or overhang), "pool" (the forward
-reduction), "argmax" (max with indices: value and index found together), "scale" (the divisor's
+reduction), "argmax" and "indices" (max: where the maximum came from), "scale" (the divisor's
 reciprocal per output position, where it is not one constant), "dx" (the gather), "output" (the
 float16 cast, or avg's division).
 """
@@ -165,22 +165,6 @@ def _nanmax():
         lambda dtype: tvm.tirx.const(NEG_INF, dtype), name="nanmax")
 
 
-def _argmax(index_dtype: str):
-    """(index, value) reducer with PyTorch's order: the first valid element starts the window,
-    a greater value or a NaN takes over (ties keep the first; the last NaN wins). Padding comes
-    as index -1 and never wins."""
-    def combine(acc, element):
-        take = tvm.tirx.all(element[0] >= 0, tvm.tirx.any(
-            acc[0] < 0, element[1] > acc[1], tvm.tirx.isnan(element[1])))
-        return (tvm.tirx.Select(take, element[0], acc[0]),
-                tvm.tirx.Select(take, element[1], acc[1]))
-
-    def identity(index_type, value_type):
-        return (tvm.tirx.const(-1, index_type), tvm.tirx.const(NEG_INF, value_type))
-
-    return te.comm_reducer(combine, identity, name="argmax")
-
-
 # --- stages shared by the declarations ---------------------------------------------------------
 
 def _padded(x, spec: PoolSpec, axes, fill: float):
@@ -254,14 +238,9 @@ def _outputs(op: str) -> int:
 
 # --- the declarations --------------------------------------------------------------------------
 
-def max_forward(spec: PoolSpec):
-    """y[n, c, o] = max over the window of x (padding -inf; NaN wins and stays).
-
-    Tensors: x (N, C, *in) / (N, *in, C); y (N, C, *out) / (N, *out, C).
-    Stages: "pad" (-inf), "pool" (the reduction, in spec.dtype: max needs no wider type)."""
-    cl, axes = spec.channels_last, Axis.of(spec)
-    x = _placeholders(spec, "forward")["x"]
-    xp = _padded(x, spec, axes, NEG_INF)
+def _window_max(xp, spec: PoolSpec, axes, name: str = "pool"):
+    """max over each window of the -inf padded input: stage `name`, in spec.dtype."""
+    cl = spec.channels_last
     taps = [te.reduce_axis((0, a.kernel), name=f"r{i}") for i, a in enumerate(axes)]
     nanmax = _nanmax()
 
@@ -270,36 +249,61 @@ def max_forward(spec: PoolSpec):
         pos = [o * a.stride + r * a.dilation for o, r, a in zip(out, taps, axes)]
         return nanmax(xp[data_index(cl, n, c, pos)], axis=taps)
 
-    y = te.compute(spec.output_shape, element, name="pool")
+    return te.compute(spec.output_shape, element, name=name)
+
+
+def max_forward(spec: PoolSpec):
+    """y[n, c, o] = max over the window of x (padding -inf; NaN wins and stays).
+
+    Tensors: x (N, C, *in) / (N, *in, C); y (N, C, *out) / (N, *out, C).
+    Stages: "pad" (-inf), "pool" (the reduction, in spec.dtype: max needs no wider type)."""
+    axes = Axis.of(spec)
+    x = _placeholders(spec, "forward")["x"]
+    y = _window_max(_padded(x, spec, axes, NEG_INF), spec, axes)
     return make_func([x, y], spec, "forward", ATTR)
 
 
-def _argmax_stage(x, spec: PoolSpec, axes, index_dtype: str):
-    """(indices, values) of each window's maximum, PyTorch's order (see _argmax): "argmax"."""
+def _max_and_index(x, spec: PoolSpec, axes, index_dtype: str):
+    """(values, indices): each window's maximum ("pool") and where it came from, PyTorch's
+    choice: the first position holding the maximum in scan order, or, when the maximum is NaN,
+    the last NaN (its `val > maxval || isnan(val)` update).
+
+    The position is a second reduction over the window ("argmax": the least key, where the key
+    of a valid tap holding the maximum is its flat position, or for NaN, last - position), decoded
+    by "indices". Two single-output reductions rather than one over (value, index) pairs: TVM
+    0.27 vectorizes a two-output reduction block wrongly (every lane got the last lane's pair)."""
     cl = spec.channels_last
     xp = _padded(x, spec, axes, NEG_INF)
-    taps = [te.reduce_axis((0, a.kernel), name=f"r{i}") for i, a in enumerate(axes)]
-    argmax = _argmax(index_dtype)
+    values = _window_max(xp, spec, axes)
+    taps = [te.reduce_axis((0, a.kernel), name=f"t{i}") for i, a in enumerate(axes)]
+    last = tvm.tirx.const(math.prod(spec.in_size) - 1, index_dtype)
+    never = tvm.tirx.max_value(index_dtype)
 
-    def element(*idx):
+    def key(*idx):
         n, c, out = split_data_index(cl, idx)
         pos, conditions = zip(*[a.tap(o, r) for o, r, a in zip(out, taps, axes)])
-        inside = _all(conditions)
+        value = xp[data_index(cl, n, c, [o * a.stride + r * a.dilation
+                                          for o, r, a in zip(out, taps, axes)])]
+        best = values[idx]
+        nan = tvm.tirx.isnan(best)
         flat = _flat(pos, axes).astype(index_dtype)
-        index = flat if inside is None else tvm.tirx.Select(inside, flat, tvm.tirx.const(
-            -1, index_dtype))
-        padded = [o * a.stride + r * a.dilation for o, r, a in zip(out, taps, axes)]
-        return argmax((index, xp[data_index(cl, n, c, padded)]), axis=taps)
+        hit = tvm.tirx.any(value == best, tvm.tirx.all(nan, tvm.tirx.isnan(value)))
+        hit = hit if _all(conditions) is None else tvm.tirx.all(_all(conditions), hit)
+        return te.min(tvm.tirx.Select(hit, tvm.tirx.Select(nan, last - flat, flat), never),
+                      axis=taps)
 
-    return te.compute(spec.output_shape, element, name="argmax")
+    keys = te.compute(spec.output_shape, key, name="argmax")
+    indices = te.compute(spec.output_shape, lambda *i: tvm.tirx.Select(
+        tvm.tirx.isnan(values[i]), last - keys[i], keys[i]), name="indices")
+    return values, indices
 
 
 def max_forward_indices(spec: PoolSpec):
     """(y, indices) = the window's maximum and its flat input position (max_pool*d with
     return_indices=True). Tensors: x; y and indices (int64) shaped as the output.
-    Stages: "pad" (-inf), "argmax" (one reduction writing both)."""
+    Stages: "pad" (-inf), "pool" (values), "argmax" and "indices" (positions)."""
     x = _placeholders(spec, "forward_indices")["x"]
-    indices, values = _argmax_stage(x, spec, Axis.of(spec), INDEX_DTYPE)
+    values, indices = _max_and_index(x, spec, Axis.of(spec), INDEX_DTYPE)
     return make_func([x, values, indices], spec, "forward_indices", ATTR)
 
 
@@ -336,12 +340,13 @@ def _max_adjoint(spec: PoolSpec, axes, dy, indices):
 
 def max_grad_input(spec: PoolSpec):
     """dx = the adjoint of max pooling at x, from x and dy: each window's argmax found again
-    (stage "argmax", int32 positions), then dy gathered into the positions it names ("dx").
-    Tensors: x, dy (output shape), dx (input shape). Stages: "pad", "argmax", "dx", "output"."""
+    ("pool", "argmax", "indices": int32 positions), then dy gathered into the positions it
+    names ("dx"). Tensors: x, dy (output shape), dx (input shape). Stages: "pad", "pool",
+    "argmax", "indices", "dx", "output" (float16)."""
     axes = Axis.of(spec)
     args = _placeholders(spec, "grad_input")
     index_dtype = "int32" if math.prod(spec.in_size) < 2 ** 31 else "int64"
-    indices, _ = _argmax_stage(args["x"], spec, axes, index_dtype)
+    _, indices = _max_and_index(args["x"], spec, axes, index_dtype)
     dx = _max_adjoint(spec, axes, args["dy"], indices)
     return make_func([args["x"], args["dy"], dx], spec, "grad_input", ATTR)
 
@@ -398,7 +403,7 @@ DECLARATIONS = {
     ("adaptive_avg", "grad_input"): avg_grad_input,
 }
 # The reduction stage of each kernel, by name (schedules find blocks by name).
-REDUCTION = {"forward": "pool", "forward_indices": "argmax", "grad_input": "dx",
+REDUCTION = {"forward": "pool", "forward_indices": "pool", "grad_input": "dx",
              "grad_input_indices": "dx"}
 
 
