@@ -19,7 +19,8 @@ import dataclasses
 import json
 import math
 
-from .spec import LAYOUTS, _is_int, _shape, check_dtype, check_layout, default_layout, expand
+from .spec import (LAYOUTS, ConvSpec, _is_int, _shape, check_dtype, check_layout, default_layout,
+                   expand)
 
 POOLS = ("max", "avg", "adaptive_avg")
 # The kernels of each pooling, in the order the library lists them. max: forward (values),
@@ -327,6 +328,10 @@ def is_pool(spec) -> bool:
     return isinstance(spec, PoolSpec)
 
 
+def spec_from_dict(data: dict):
+    """A ConvSpec or a PoolSpec from its to_dict() (a PoolSpec's has "pool")."""
+    return (PoolSpec if "pool" in data else ConvSpec).from_dict(data)
+
+
 __all__ = ["ARGUMENTS", "INDEX_DTYPE", "OUTPUTS", "POOLS", "POOL_OPS", "PoolSpec",
-           "adaptive_window", "check_flag", "is_pool",
-           "pooled_size"]
+           "adaptive_window", "check_flag", "is_pool", "pooled_size", "spec_from_dict"]

@@ -1,9 +1,14 @@
-"""`convc compile`: compile a convolution's kernels for a target into one shared library.
+"""`convc compile`: compile a convolution's (or a pooling's) kernels for a target into one shared
+library.
 
     convc compile --op conv2d --input 2,8,12,12 --weight 16,4,3,3 --bias --stride 2 --padding 1 \\
         --groups 2 -o lib.so
+    convc compile --op max_pool2d --input 8,64,112,112 --kernel-size 3 --stride 2 --padding 1 \\
+        -o pool.so
 
-writes lib.so (functions forward(x, w[, b], y), grad_input(dy, w, dx), grad_weight(x, dy, dw))
+writes lib.so (functions forward(x, w[, b], y), grad_input(dy, w, dx), grad_weight(x, dy, dw);
+a max pool's forward(x, y), forward_indices(x, y, indices), grad_input(x, dy, dx),
+grad_input_indices(dy, indices, dx); an avg pool's forward(x, y), grad_input(dy, dx))
 and lib.json, its manifest (versions, target, every argument's name/shape/dtype/layout, how each
 schedule was chosen, the library's sha256). The library runs with only apache-tvm-ffi:
 `tvm_ffi.load_module("lib.so")["forward"](x, w, b, y)`; `convc.load("lib.so")` adds checks.
@@ -17,6 +22,10 @@ import sys
 import warnings
 
 RANK = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
+# --op names of poolings -> (PoolSpec.pool, rank)
+POOL = {f"{name}{n}d": (pool, n) for n in (1, 2, 3)
+        for name, pool in (("max_pool", "max"), ("avg_pool", "avg"),
+                           ("adaptive_avg_pool", "adaptive_avg"))}
 AXES = {1: "N,C,W", 2: "N,C,H,W", 3: "N,C,D,H,W"}
 
 
@@ -24,13 +33,16 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "compile", help="compile kernels of one convolution into a shared library + manifest",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--op", required=True, choices=sorted(RANK), help="convolution rank")
+    p.add_argument("--op", required=True, choices=sorted(RANK) + sorted(POOL),
+                   help="convolution or pooling, and its rank")
     p.add_argument("--input", required=True, metavar="SHAPE",
                    help="batched input shape in the layout's order, e.g. 2,8,12,12 (N,C,H,W)")
-    p.add_argument("--weight", required=True, metavar="SHAPE",
-                   help="weight shape: O,I/groups,*k (channels-first) or *k,I/groups,O (channels-last)")
+    p.add_argument("--weight", metavar="SHAPE",
+                   help="(convolutions) weight shape: O,I/groups,*k (channels-first) or "
+                        "*k,I/groups,O (channels-last)")
     p.add_argument("--bias", action="store_true", help="forward adds a bias: forward(x, w, b, y)")
-    p.add_argument("--stride", default="1", help="an int or a comma list (default: %(default)s)")
+    p.add_argument("--stride", default=None,
+                   help="an int or a comma list (default: 1; poolings: the kernel size)")
     p.add_argument("--padding", default="0",
                    help="an int, a comma list, before:after pairs (1:2,0:1), 'same' or 'valid' "
                         "(default: %(default)s)")
@@ -39,8 +51,11 @@ def add_parser(subparsers):
     p.add_argument("--layout", default=None,
                    help="NCW/NCHW/NCDHW (default) or NWC/NHWC/NDHWC; the weight layout follows")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
-    p.add_argument("--kernels", default="forward,grad_input,grad_weight",
-                   help="comma list of forward, grad_input, grad_weight (default: all three)")
+    add_pool_arguments(p)
+    p.add_argument("--kernels", default=None,
+                   help="comma list of forward, grad_input, grad_weight (default: all three); "
+                        "poolings: forward, grad_input (max also forward_indices, "
+                        "grad_input_indices; default: all)")
     p.add_argument("--target", default=None,
                    help="llvm (this CPU, default), cuda, or a JSON target such as "
                         '\'{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1"}\'')
@@ -51,6 +66,55 @@ def add_parser(subparsers):
     p.add_argument("-o", "--output", required=True, metavar="LIB.so",
                    help="the library to write; the manifest goes beside it as LIB.json")
     return p
+
+
+def add_pool_arguments(p) -> None:
+    """The options of a pooling (besides --input, --stride, --padding, --dilation, --layout,
+    --dtype, which convolutions share)."""
+    pool = p.add_argument_group("poolings (--op max_pool2d, avg_pool2d, adaptive_avg_pool2d, ...)")
+    pool.add_argument("--kernel-size", default=None, metavar="K",
+                      help="an int or a comma list (max and avg pooling)")
+    pool.add_argument("--ceil-mode", action="store_true", help="ceil_mode=True")
+    pool.add_argument("--no-count-include-pad", action="store_true",
+                      help="avg pooling: count_include_pad=False")
+    pool.add_argument("--divisor-override", type=int, default=None, metavar="N",
+                      help="avg pooling (2-D, 3-D): divisor_override")
+    pool.add_argument("--output-size", default=None, metavar="SIZE",
+                      help="adaptive avg pooling: an int or a comma list")
+
+
+def pool_spec(args):
+    """The PoolSpec the flags describe (--op a pooling); ValueError naming a flag that does not
+    apply. --stride defaults to the kernel size, as stride=None in PyTorch."""
+    from convc.pool_spec import PoolSpec
+
+    pool, rank = POOL[args.op]
+    given = {"--weight": args.weight, "--bias": args.bias, "--groups": args.groups != "1"}
+    for flag, value in given.items():
+        if value:
+            raise ValueError(f"{flag} is for convolutions, not --op {args.op}")
+    x = shape(args.input, "input", rank, args.op)
+    dtype, layout = args.dtype, args.layout
+    if pool == "adaptive_avg":
+        if args.output_size is None:
+            raise ValueError(f"--op {args.op} needs --output-size")
+        return PoolSpec.adaptive_avg_pool(x, ints(args.output_size, "output-size"),
+                                          layout=layout, dtype=dtype)
+    if args.kernel_size is None:
+        raise ValueError(f"--op {args.op} needs --kernel-size")
+    kernel = ints(args.kernel_size, "kernel-size")
+    stride = None if args.stride in (None, "") else ints(args.stride, "stride")
+    pad = ints(args.padding, "padding")
+    if pool == "max":
+        return PoolSpec.max_pool(x, kernel, stride, pad, ints(args.dilation, "dilation"),
+                                 args.ceil_mode, layout=layout, dtype=dtype)
+    if args.dilation != "1":
+        raise ValueError(f"--dilation is not an option of --op {args.op}")
+    if args.divisor_override is not None and rank == 1:
+        raise ValueError("--divisor-override: avg_pool1d has none (as in PyTorch)")
+    return PoolSpec.avg_pool(x, kernel, stride, pad, args.ceil_mode,
+                             not args.no_count_include_pad, args.divisor_override,
+                             layout=layout, dtype=dtype)
 
 
 def ints(text: str, name: str):
@@ -116,20 +180,15 @@ def _target_config(text) -> dict:
 
 def run(args) -> int:
     from convc.export import CrossCompileWarning, export_library, manifest_path
-    from convc.spec import ConvSpec
     from convc.target import resolve
 
-    rank = RANK[args.op]
-    spec = ConvSpec.from_shapes(
-        shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
-        ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
-        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias)
+    spec = pool_spec(args) if args.op in POOL else conv_spec(args)
     target = resolve(target_of(args.target, args.arch))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CrossCompileWarning)
         try:
             path = export_library(spec, args.output, ops=args.kernels, target=target,
-                                  log_dir=args.log_dir)
+                                  log_dir=args.log_dir)  # kernels None: all the spec has
         except (NotImplementedError, RuntimeError) as err:
             print(f"convc compile: error: {err}", file=sys.stderr)
             return 1
@@ -143,13 +202,34 @@ def run(args) -> int:
     return 0
 
 
+def conv_spec(args):
+    """The ConvSpec the flags describe (--op a convolution)."""
+    from convc.spec import ConvSpec
+
+    rank = RANK[args.op]
+    if args.weight is None:
+        raise ValueError(f"--op {args.op} needs --weight")
+    pool_flags = {"--kernel-size": args.kernel_size, "--ceil-mode": args.ceil_mode,
+                  "--no-count-include-pad": args.no_count_include_pad,
+                  "--divisor-override": args.divisor_override, "--output-size": args.output_size}
+    for flag, value in pool_flags.items():
+        if value not in (None, False):
+            raise ValueError(f"{flag} is for poolings, not --op {args.op}")
+    return ConvSpec.from_shapes(
+        shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
+        ints(args.stride or "1", "stride"), padding(args.padding), ints(args.dilation, "dilation"),
+        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias)
+
+
 def _report(path, manifest: dict, meta) -> None:
     target = manifest["target"]
     where = target.get("arch") or target.get("mcpu") or "generic"
     print(f"wrote {path} ({manifest['artifact']}, {target['kind']} {target.get('mtriple', '')} "
           f"{where}) and {meta}")
     for name, entry in manifest["functions"].items():
-        args = [f"{a['name']}[{','.join(map(str, a['shape']))}]" for a in entry["args"]]
-        print(f"  {name:<12} {entry['how']:<13} {' '.join(args[:-1])} -> {args[-1]}  "
+        args = {role: " ".join(f"{a['name']}[{','.join(map(str, a['shape']))}]"
+                               for a in entry["args"] if a["role"] == role)
+                for role in ("input", "output")}
+        print(f"  {name:<12} {entry['how']:<13} {args['input']} -> {args['output']}  "
               f"{entry['spec']['dtype']} {entry['args'][0]['layout']}")
     print(f"sha256 {manifest['sha256']}")

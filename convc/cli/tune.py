@@ -18,19 +18,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .compile import RANK, ints, padding, shape, target_of
+from .compile import POOL, RANK, add_pool_arguments, ints, padding, pool_spec, shape, target_of
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "tune", help="auto-tune kernels (MetaSchedule + XGBoost) into a tuning log directory",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    layer = p.add_argument_group("the convolution (as for `convc compile`), or --layers")
-    layer.add_argument("--op", choices=sorted(RANK), help="convolution rank")
+    layer = p.add_argument_group("the convolution or pooling (as for `convc compile`), or --layers")
+    layer.add_argument("--op", choices=sorted(RANK) + sorted(POOL),
+                       help="convolution or pooling, and its rank")
     layer.add_argument("--input", metavar="SHAPE", help="batched input shape, e.g. 1,64,56,56")
     layer.add_argument("--weight", metavar="SHAPE", help="weight shape, e.g. 64,64,3,3")
     layer.add_argument("--bias", action="store_true", help="forward adds a bias")
-    layer.add_argument("--stride", default="1", help="an int or a comma list (default: %(default)s)")
+    layer.add_argument("--stride", default=None,
+                       help="an int or a comma list (default: 1; poolings: the kernel size)")
     layer.add_argument("--padding", default="0",
                        help="an int, a comma list, before:after pairs, 'same' or 'valid'")
     layer.add_argument("--dilation", default="1", help="an int or a comma list (default: %(default)s)")
@@ -40,8 +42,10 @@ def add_parser(subparsers):
     layer.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
     layer.add_argument("--layers", default=None, metavar="NAMES",
                        help="tune layers of the benchmark suite instead: a comma list or 'all'")
-    p.add_argument("--kernels", default="forward,grad_input,grad_weight",
-                   help="comma list of forward, grad_input, grad_weight (default: all three)")
+    add_pool_arguments(p)
+    p.add_argument("--kernels", default=None,
+                   help="comma list of forward, grad_input, grad_weight (default: all three; a "
+                        "pooling: all of its kernels)")
     p.add_argument("--trials", type=int, default=64,
                    help="measured candidates per kernel, records already logged included "
                         "(default: %(default)s)")
@@ -77,13 +81,17 @@ def specs_of(args) -> list:
         if args.op or args.input or args.weight:
             raise ValueError("--layers replaces --op/--input/--weight: give one or the other")
         return _suite(args.layers, args.layout, args.dtype)
+    if args.op in POOL:
+        if not args.input:
+            raise ValueError("--input missing: describe the pooling")
+        return [pool_spec(args)]
     missing = [f"--{name}" for name in ("op", "input", "weight") if not getattr(args, name)]
     if missing:
         raise ValueError(f"{', '.join(missing)} missing: describe the convolution, or give --layers")
     rank = RANK[args.op]
     return [ConvSpec.from_shapes(
         shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
-        ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
+        ints(args.stride or "1", "stride"), padding(args.padding), ints(args.dilation, "dilation"),
         ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias)]
 
 
@@ -114,14 +122,16 @@ def run(args) -> int:
     from convc.target import resolve
 
     specs = specs_of(args)
-    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    kernels = None if args.kernels is None else [k.strip() for k in args.kernels.split(",")
+                                                 if k.strip()]
     target = resolve(target_of(args.target, args.arch))
     try:
         if args.peer == "topi":
             from convc.bench import topi_peer
+            from convc.spec import OPS
 
-            reports = topi_peer.tune(specs, kernels, trials=args.trials, log_dir=args.log_dir,
-                                     target=target, quiet=args.quiet,
+            reports = topi_peer.tune(specs, kernels or OPS, trials=args.trials,
+                                     log_dir=args.log_dir, target=target, quiet=args.quiet,
                                      seed=args.seed, keep=args.keep)
         else:
             reports = tuning.tune(
