@@ -22,17 +22,17 @@ def _layout(spec: PoolSpec, array):
     return np.ascontiguousarray(to_channels_last(array)) if spec.channels_last else array
 
 
-def operands(spec: PoolSpec, seed: int = 0, ties: bool = False) -> dict:
+def operands(spec: PoolSpec, seed: int = 0, ties: bool = False, indices: bool = True) -> dict:
     """Random x and dy in spec's layout and dtype (uniform in [-1, 1]; with `ties`, x holds only
-    a few distinct values, so most windows have several maxima), and the saved indices of a max
-    pool (from the reference)."""
+    a few distinct values, so most windows have several maxima), and (`indices`) the saved
+    indices of a max pool, from the reference."""
     rng = np.random.default_rng(seed)
     if ties:
         x = rng.integers(-2, 3, size=spec.input_shape).astype(spec.dtype)
     else:
         x = rng.uniform(-1, 1, size=spec.input_shape).astype(spec.dtype)
     data = {"x": x, "dy": rng.uniform(-1, 1, size=spec.output_shape).astype(spec.dtype)}
-    if spec.pool == "max":
+    if spec.pool == "max" and indices:
         data["indices"] = reference(spec, "forward_indices", x)[1]
     return data
 
@@ -70,9 +70,20 @@ def kernel_inputs(spec: PoolSpec, op: str, data: dict) -> list:
                                                                else 1)]]
 
 
+def error(actual, expected) -> float:
+    """relative_error where both are finite; non-finite elements (NaN, a window of -inf) must
+    be the same in both (else inf)."""
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    finite = np.isfinite(expected)
+    if not np.array_equal(actual[~finite], expected[~finite], equal_nan=True):
+        return float("inf")
+    return relative_error(np.where(finite, actual, 0), np.where(finite, expected, 0))
+
+
 def check_kernel(kernel, data: dict) -> float:
     """Run a pooling kernel on `data` (an operands() dict); -> its error relative to the
-    reference (values; forward_indices' indices must match exactly, else AssertionError)."""
+    reference (see error; forward_indices' indices must match exactly, else AssertionError)."""
     spec, op = kernel.spec, kernel.op
     expected = reference(spec, op, **data)
     got = kernel(*kernel_inputs(spec, op, data))
@@ -82,5 +93,5 @@ def check_kernel(kernel, data: dict) -> float:
         if len(mismatch):
             raise AssertionError(f"{spec.key} forward_indices: {len(mismatch)} indices differ "
                                  f"from the reference, first at {tuple(mismatch[0])}")
-        return relative_error(np.nan_to_num(values), np.nan_to_num(want))
-    return relative_error(got, expected)
+        return error(values, want)
+    return error(got, expected)

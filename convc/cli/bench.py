@@ -41,6 +41,9 @@ def add_parser(subparsers):
                    help="instead: what a call costs beyond the compiled function (direct call, "
                         "Kernel, cached convc.conv2d with NumPy and torch, PyTorch's F.conv2d) on "
                         "a tiny conv, the SE 1x1 convs on 1x1 inputs and MobileNetV2's depthwise")
+    p.add_argument("--pool", action="store_true",
+                   help="instead: pooling forward and backward in GB/s beside PyTorch and a plain "
+                        "copy (convc/bench/pool.py)")
     zoo = p.add_argument_group("zoo", "--zoo: every distinct convolution of torchvision's "
                                "classification models (convc/bench/zoo.json), convc in NCHW and "
                                "NHWC beside PyTorch contiguous and channels_last")
@@ -89,6 +92,10 @@ def run(args) -> int:
     threads = args.threads or info(target).num_cores
     if args.overhead:
         return _overhead(target, args.repeat, threads, args.stat)
+    if args.pool:
+        from convc.bench import pool
+
+        return pool.main(target, args.repeat, threads, args.stat)
     peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
     try:
         import torch

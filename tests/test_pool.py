@@ -1,0 +1,329 @@
+"""Pooling and its adjoints: every kernel against the NumPy references (convc.reference_pool, in
+both layout families), PyTorch's semantics through the functional API when torch is installed,
+argument errors, and the schedules (hand-written everywhere, no races with 2 threads).
+
+Workloads are grouped by where they come from; shapes are small (the whole file runs in about a
+minute on 2 cores) and chosen so that no vector of 16 divides the channels or the width where
+"odd" is in the name.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import convc
+from conftest import torch_or_skip
+from convc.check import TOLERANCE, relative_error
+from convc.check_pool import check_kernel, kernel_inputs, operands, reference
+from convc.pool_spec import PoolSpec
+from convc.spec import LAYOUTS
+
+# name -> (pool, channels-first input shape, PoolSpec arguments)
+RESNET = {"resnet_maxpool_3x3s2": ("max", (2, 16, 13, 12), dict(kernel_size=3, stride=2,
+                                                                 padding=1))}
+VGG = {"vgg_maxpool_2x2s2_odd": ("max", (1, 20, 10, 9), dict(kernel_size=2, stride=2))}
+INCEPTION = {"inception_avg_3x3s1": ("avg", (1, 24, 9, 9), dict(kernel_size=3, stride=1,
+                                                                padding=1))}
+GLOBAL = {"global_avg": ("adaptive_avg", (2, 40, 7, 7), dict(output_size=1))}
+ODD = {
+    "max_ceil_overhang": ("max", (1, 5, 10, 11), dict(kernel_size=3, stride=2, padding=1,
+                                                      ceil_mode=True)),
+    "max_dilated": ("max", (2, 3, 11, 10), dict(kernel_size=(3, 2), stride=(2, 1),
+                                                padding=(1, 1), dilation=(2, 3))),
+    "max_stride_over_kernel": ("max", (1, 4, 9, 9), dict(kernel_size=2, stride=3)),
+    "avg_ceil_no_pad_count": ("avg", (1, 3, 10, 11), dict(kernel_size=3, stride=2, padding=1,
+                                                          ceil_mode=True,
+                                                          count_include_pad=False)),
+    "avg_ceil_pad_count": ("avg", (1, 3, 10, 11), dict(kernel_size=3, stride=2, padding=1,
+                                                       ceil_mode=True)),
+    "avg_divisor_override": ("avg", (1, 6, 8, 9), dict(kernel_size=(2, 3), stride=2,
+                                                       padding=1, divisor_override=5)),
+    "adaptive_irregular": ("adaptive_avg", (1, 5, 9, 8), dict(output_size=(4, 5))),
+    "adaptive_upsample": ("adaptive_avg", (1, 3, 3, 5), dict(output_size=(5, 7))),
+}
+ONE_D = {
+    "1d_max": ("max", (2, 3, 19), dict(kernel_size=4, stride=3, padding=2, dilation=2,
+                                       ceil_mode=True)),
+    "1d_avg": ("avg", (1, 5, 12), dict(kernel_size=3, stride=2, padding=1,
+                                       count_include_pad=False)),
+    "1d_adaptive": ("adaptive_avg", (1, 4, 10), dict(output_size=4)),
+}
+THREE_D = {
+    "3d_max": ("max", (1, 3, 6, 7, 5), dict(kernel_size=(2, 3, 2), stride=(2, 1, 2),
+                                            padding=(1, 1, 0), ceil_mode=True)),
+    "3d_avg": ("avg", (1, 18, 5, 6, 7), dict(kernel_size=3, stride=2, padding=1,
+                                             divisor_override=7)),
+    "3d_adaptive": ("adaptive_avg", (1, 3, 5, 6, 7), dict(output_size=(2, 3, 4))),
+}
+FAMILIES = {"resnet": RESNET, "vgg": VGG, "inception": INCEPTION, "global": GLOBAL, "odd": ODD,
+            "1d": ONE_D, "3d": THREE_D}
+BUILDERS = {"max": PoolSpec.max_pool, "avg": PoolSpec.avg_pool,
+            "adaptive_avg": PoolSpec.adaptive_avg_pool}
+
+
+def pool_spec(pool, shape, kwargs, channels_last=False, dtype="float32"):
+    ndim = len(shape) - 2
+    if channels_last:
+        n, c, *sp = shape
+        shape = (n, *sp, c)
+    return BUILDERS[pool](shape, **kwargs, layout=LAYOUTS[ndim][int(channels_last)], dtype=dtype)
+
+
+def spec_params():
+    params = []
+    for table in FAMILIES.values():
+        for name, (pool, shape, kwargs) in table.items():
+            for last in (False, True):
+                spec = pool_spec(pool, shape, kwargs, last)
+                params.append(pytest.param(spec, id=f"{name}-{spec.layout}"))
+    return params
+
+
+def _same(a, b) -> bool:
+    return np.array_equal(a, b, equal_nan=True)
+
+
+def _check_all(spec: PoolSpec, data: dict, repeat: int = 5):
+    """Every kernel of `spec`: hand-written, no rule declined, matches the reference, and gives
+    bitwise the same result `repeat` times (parallel over TVM_NUM_THREADS, 2 on this machine:
+    a tile whose write-back over-covered would race)."""
+    for op in spec.ops:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a declining rule warns
+            kernel = convc.compile(spec, op)
+        assert kernel.how == "hand-written", f"{op} {spec.key}: {kernel.how}"
+        error = check_kernel(kernel, data)
+        assert error <= TOLERANCE[spec.dtype], f"{op} {spec.key}: relative error {error:.3g}"
+        args = kernel_inputs(spec, op, data)
+        first = kernel(*args)
+        for _ in range(repeat - 1):
+            again = kernel(*args)
+            pairs = zip(first, again) if kernel.outputs > 1 else [(first, again)]
+            assert all(_same(a, b) for a, b in pairs), f"{op} {spec.key}: runs differ"
+
+
+@pytest.mark.parametrize("spec", spec_params())
+def test_kernels_match_reference(spec):
+    _check_all(spec, operands(spec))
+
+
+@pytest.mark.parametrize("spec", [pytest.param(pool_spec("max", (1, 20, 9, 11), dict(
+    kernel_size=3, stride=2, padding=1), last), id=f"max-{'NHWC' if last else 'NCHW'}")
+    for last in (False, True)])
+def test_ties_take_the_first_position(spec):
+    """A few distinct values: most windows hold their maximum more than once."""
+    _check_all(spec, operands(spec, ties=True), repeat=1)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+@pytest.mark.parametrize("name", ["resnet_maxpool_3x3s2", "avg_ceil_no_pad_count", "global_avg",
+                                  "3d_max"])
+def test_other_dtypes(name, dtype):
+    pool, shape, kwargs = {k: v for table in FAMILIES.values() for k, v in table.items()}[name]
+    spec = pool_spec(pool, shape, kwargs, channels_last=dtype == "float16", dtype=dtype)
+    _check_all(spec, operands(spec), repeat=2)
+
+
+def test_nan_is_a_maximum_and_propagates():
+    spec = PoolSpec.max_pool((1, 9, 8, 17), 3, 2, 1, layout="NHWC")
+    data = operands(spec, ties=True)
+    data["x"][0, 2, 3, :5] = np.nan          # one NaN in some windows
+    data["x"][0, 4, 4, 3:9] = np.nan         # two NaNs in a window: the last one is its index
+    data["x"][0, 4, 5, 3:9] = np.nan
+    data["indices"] = reference(spec, "forward_indices", data["x"])[1]
+    y, indices = convc.compile(spec, "forward_indices")(data["x"])
+    want, want_indices = reference(spec, "forward_indices", data["x"])
+    assert np.isnan(y).sum() == np.isnan(want).sum() > 0
+    assert _same(y, want) and np.array_equal(indices, want_indices)
+    assert _same(convc.compile(spec, "forward")(data["x"]), want)
+    for op in ("grad_input", "grad_input_indices"):
+        assert check_kernel(convc.compile(spec, op), data) <= 2e-5
+
+
+def test_padding_acts_as_minus_infinity():
+    """A window of -inf values: its maximum is -inf and its index the first input position (the
+    padding never wins)."""
+    spec = PoolSpec.max_pool((1, 2, 5, 5), 3, 2, 1)
+    x = np.full(spec.input_shape, -np.inf, "float32")
+    y, indices = convc.compile(spec, "forward_indices")(x)
+    assert np.all(y == -np.inf)
+    assert np.array_equal(indices[0, 0], [[0, 1, 3], [5, 6, 8], [15, 16, 18]])
+
+
+# --- schedules -------------------------------------------------------------------------------
+
+def test_schedules_vectorize_and_parallelize():
+    """Channels-last vectors run along the channels, channels-first ones along the width; the
+    outer loops are parallel; every reduction is in registers."""
+    for spec, vector in ((PoolSpec.max_pool((1, 56, 56, 64), 3, 2, 1, layout="NHWC"), 64),
+                         (PoolSpec.avg_pool((1, 64, 28, 28), 3, 1, 1), 16)):
+        kernel = convc.compile(spec, "forward")
+        assert "T.parallel(" in kernel.tir and f"T.vectorized({vector})" in kernel.tir
+        assert 'scope="local"' in kernel.tir
+        assert "load float," not in kernel.source      # no lane-by-lane loads
+
+
+def test_tuner_grid_schedules_are_correct():
+    """Every alternative the rule offers the tuner (convc.tuning.space) computes the same."""
+    import tvm
+
+    from convc.ops import declare
+    from convc.tuning.space import hand_grid
+
+    spec = pool_spec("max", (1, 20, 9, 11), dict(kernel_size=3, stride=2, padding=1), True)
+    data = operands(spec)
+    for op in ("forward", "grad_input_indices"):
+        grid = hand_grid(declare(spec, op).with_attr("global_symbol", op), convc.target.resolve(None))
+        assert len(grid) > 3 and all(knobs is not None for knobs, _ in grid)
+        expected = reference(spec, op, **data)
+        for knobs, sch in grid:
+            function = tvm.compile(sch.mod, target=convc.target.resolve(None))["main"]
+            out = np.empty(spec.output_shape if op == "forward" else spec.input_shape, "float32")
+            function(*kernel_inputs(spec, op, data), out)
+            assert relative_error(out, expected) <= 2e-5, f"{op} {knobs}"
+
+
+# --- the functional API against PyTorch --------------------------------------------------------
+
+def _torch_case(F, torch, pool, x, kwargs):
+    """(PyTorch's result and its input gradient for grad_output g, convc's)."""
+    ndim = x.ndim - 2
+    functions = {"max": getattr(F, f"max_pool{ndim}d"), "avg": getattr(F, f"avg_pool{ndim}d"),
+                 "adaptive_avg": getattr(F, f"adaptive_avg_pool{ndim}d")}
+    xt = torch.from_numpy(x).requires_grad_()
+    if pool == "max":
+        y, indices = functions[pool](xt, **kwargs, return_indices=True)
+    else:
+        y, indices = functions[pool](xt, **kwargs), None
+    g = torch.from_numpy(np.random.default_rng(1).uniform(-1, 1, y.shape).astype(x.dtype))
+    y.backward(g)
+    return y.detach().numpy(), None if indices is None else indices.numpy(), \
+        xt.grad.numpy(), g.numpy()
+
+
+def _convc_case(pool, x, g, kwargs, layout=None, unbatched=False):
+    ndim = x.ndim - 2 + unbatched
+    if pool == "max":
+        y, indices = getattr(convc, f"max_pool{ndim}d")(x, **kwargs, return_indices=True,
+                                                        layout=layout)
+        grad = getattr(convc, f"max_pool{ndim}d_grad_input")
+        dx = grad(x, g, **kwargs, layout=layout)
+        dx_saved = grad(x.shape, g, **kwargs, indices=indices, layout=layout)
+        assert _same(dx, dx_saved)
+        return y, indices, dx
+    if pool == "avg":
+        y = getattr(convc, f"avg_pool{ndim}d")(x, **kwargs, layout=layout)
+        return y, None, getattr(convc, f"avg_pool{ndim}d_grad_input")(x.shape, g, **kwargs,
+                                                                       layout=layout)
+    y = getattr(convc, f"adaptive_avg_pool{ndim}d")(x, **kwargs, layout=layout)
+    return y, None, getattr(convc, f"adaptive_avg_pool{ndim}d_grad_input")(x.shape, g,
+                                                                            layout=layout)
+
+
+TORCH_CASES = [(name, *case) for table in FAMILIES.values() for name, case in table.items()]
+
+
+@pytest.mark.parametrize("name,pool,shape,kwargs", TORCH_CASES,
+                         ids=[case[0] for case in TORCH_CASES])
+def test_functional_api_matches_pytorch(name, pool, shape, kwargs):
+    """convc.<pool>Nd and its _grad_input against torch.nn.functional and autograd: values,
+    indices exactly, gradients; channels-first and channels-last (layout=)."""
+    torch = torch_or_skip()
+    F = torch.nn.functional
+    kwargs = {k: v for k, v in kwargs.items()
+              if not (k == "divisor_override" and len(shape) == 3)}
+    rng = np.random.default_rng(0)
+    x = (rng.integers(-3, 4, shape) if pool == "max" else rng.uniform(-1, 1, shape)).astype(
+        "float32")
+    y_t, i_t, dx_t, g = _torch_case(F, torch, pool, x, kwargs)
+    y, indices, dx = _convc_case(pool, x, g, kwargs)
+    assert relative_error(y, y_t) <= 2e-5 and relative_error(dx, dx_t) <= 2e-5
+    if pool == "max":
+        assert np.array_equal(indices, i_t)
+    last = LAYOUTS[len(shape) - 2][1]
+    to_last = lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))  # noqa: E731
+    y, indices, dx = _convc_case(pool, to_last(x), to_last(g), kwargs, layout=last)
+    assert relative_error(y, to_last(y_t)) <= 2e-5 and relative_error(dx, to_last(dx_t)) <= 2e-5
+    if pool == "max":
+        assert np.array_equal(indices, to_last(i_t))
+
+
+def test_unbatched_and_torch_tensors_match_pytorch():
+    torch = torch_or_skip()
+    F = torch.nn.functional
+    x = torch.from_numpy(np.random.default_rng(2).integers(-3, 4, (6, 11, 10)).astype("float32"))
+    y, indices = convc.max_pool2d(x, 3, 2, 1, return_indices=True)
+    y_t, i_t = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert isinstance(y, torch.Tensor) and torch.equal(y, y_t) and torch.equal(indices, i_t)
+    g = torch.ones_like(y)
+    dx = convc.max_pool2d_grad_input(x, g, 3, 2, 1)
+    dx_t = torch.ops.aten.max_pool2d_with_indices_backward(
+        g[None], x[None], [3, 3], [2, 2], [1, 1], [1, 1], False, i_t[None])[0]
+    assert isinstance(dx, torch.Tensor) and torch.allclose(dx, dx_t)
+    for _ in range(2):  # the second call runs the cached plan
+        a = convc.avg_pool1d(x[0], 3, 2, 1, count_include_pad=False)
+        assert torch.allclose(a, F.avg_pool1d(x[0], 3, 2, 1, count_include_pad=False))
+        b = convc.adaptive_avg_pool3d(x[None], (2, None, 3))[0]
+        assert torch.allclose(b, F.adaptive_avg_pool3d(x[None], (2, None, 3))[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_dtypes_match_pytorch(dtype):
+    torch = torch_or_skip()
+    F = torch.nn.functional
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 5, 9, 8)).astype(dtype)
+    xt = torch.from_numpy(x.astype("float32"))
+    y, indices = convc.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)
+    y_t, i_t = F.max_pool2d(xt, 3, 2, 1, ceil_mode=True, return_indices=True)
+    assert np.array_equal(indices, i_t.numpy()) and y.dtype == dtype
+    assert relative_error(y, y_t.numpy()) <= TOLERANCE[dtype]
+    a = convc.avg_pool2d(x, 3, 2, 1, count_include_pad=False, divisor_override=None)
+    assert relative_error(a, F.avg_pool2d(xt, 3, 2, 1, count_include_pad=False).numpy()) \
+        <= TOLERANCE[dtype]
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+X = np.zeros((1, 3, 8, 8), "float32")
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda: convc.max_pool2d(X, 3, padding=2), ValueError,
+     r"padding=\(2, 2\) is not valid with kernel_size=\(3, 3\): padding must be at most half"),
+    (lambda: convc.max_pool2d(X, 0), ValueError, "kernel_size=0 is not valid"),
+    (lambda: convc.max_pool2d(X, 3, stride=(1, 2, 3)), ValueError, "stride=.* tuple of 2 ints"),
+    (lambda: convc.max_pool2d(X, 3, dilation=0), ValueError, "dilation=0 is not valid"),
+    (lambda: convc.max_pool2d(X, 9), ValueError, "too small for kernel_size=.*output size"),
+    (lambda: convc.max_pool2d(X, 3, ceil_mode="yes"), TypeError, "ceil_mode='yes'"),
+    (lambda: convc.max_pool2d(X, 3, return_indices=2), TypeError, "return_indices=2"),
+    (lambda: convc.avg_pool2d(X, 2, divisor_override=0), ValueError, "divisor_override=0"),
+    (lambda: convc.avg_pool2d(X, 2, divisor_override=1.5), TypeError, "divisor_override=1.5"),
+    (lambda: convc.avg_pool2d(X, 2, count_include_pad=None), TypeError, "count_include_pad"),
+    (lambda: convc.adaptive_avg_pool2d(X, (0, 2)), ValueError, "output_size=.*positive"),
+    (lambda: convc.adaptive_avg_pool2d(X, "1"), TypeError, "output_size='1'"),
+    (lambda: convc.max_pool2d(X[0, 0, 0], 2), ValueError, "expected a 4-D batched"),
+    (lambda: convc.max_pool2d(X.astype("int32"), 2), TypeError, "input has dtype int32"),
+    (lambda: convc.max_pool2d(X, 2, layout="NCW"), ValueError, "layout='NCW'"),
+    (lambda: convc.max_pool2d_grad_input(X, np.zeros((1, 3, 3, 3), "float32"), 2),
+     ValueError, r"grad_output has shape \(1, 3, 3, 3\): expected \(1, 3, 4, 4\)"),
+    (lambda: convc.max_pool2d_grad_input(X, np.zeros((1, 3, 4, 4), "float64"), 2),
+     TypeError, "grad_output has dtype float64 but input has dtype float32"),
+    (lambda: convc.max_pool2d_grad_input(X.shape, np.zeros((1, 3, 4, 4), "float32"), 2,
+                                         indices=np.zeros((1, 3, 4, 4), "int32")),
+     TypeError, "indices has dtype int32: expected int64"),
+    (lambda: convc.avg_pool2d_grad_input((1, 3, 8), np.zeros((1, 3, 4, 4), "float32"), 2),
+     ValueError, r"input_size=\(1, 3, 8\) has 3 entries"),
+    (lambda: convc.compile(PoolSpec.avg_pool((1, 3, 8, 8), 2), "forward_indices"), ValueError,
+     "not a kernel of avg pooling"),
+])
+def test_errors_name_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_avg_pool1d_has_no_divisor_override():
+    with pytest.raises(TypeError):
+        convc.avg_pool1d(X[0], 2, divisor_override=2)  # noqa - PyTorch's signature
