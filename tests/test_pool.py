@@ -327,3 +327,80 @@ def test_errors_name_the_argument(call, error, message):
 def test_avg_pool1d_has_no_divisor_override():
     with pytest.raises(TypeError):
         convc.avg_pool1d(X[0], 2, divisor_override=2)  # noqa - PyTorch's signature
+
+
+# --- compile, export, load, the command line, tuning ---------------------------------------------
+
+def test_export_load_and_raw_call(tmp_path):
+    """A pooling library: every kernel, its manifest (int64 indices, two outputs), convc.load's
+    validating callables, and a raw tvm_ffi call."""
+    import json
+
+    import tvm_ffi
+
+    spec = PoolSpec.max_pool((2, 9, 8, 20), 3, 2, 1, ceil_mode=True, layout="NHWC")
+    path = convc.export_library(spec, tmp_path / "pool.so")
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    args = manifest["functions"]["forward_indices"]["args"]
+    assert [(a["name"], a["role"], a["dtype"]) for a in args] == [
+        ("x", "input", "float32"), ("y", "output", "float32"), ("indices", "output", "int64")]
+    library = convc.load(path)
+    data = operands(spec)
+    for op in spec.ops:
+        assert check_kernel(library[op], data) <= 2e-5, op
+    y, indices = library.forward_indices(data["x"])
+    raw = tvm_ffi.load_module(str(path))
+    dx = np.empty(spec.input_shape, "float32")
+    raw["grad_input_indices"](data["dy"], indices, dx)
+    assert relative_error(dx, reference(spec, "grad_input", data["x"], data["dy"])) <= 2e-5
+
+
+def test_cli_compile_pooling(tmp_path, capsys):
+    from convc.cli import main
+
+    out = tmp_path / "avg.so"
+    assert main(["compile", "--op", "avg_pool2d", "--input", "1,8,9,9", "--kernel-size", "3",
+                 "--stride", "2", "--padding", "1", "--ceil-mode", "--no-count-include-pad",
+                 "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "forward" in printed and "grad_input" in printed and "dy[1,8,5,5] -> dx[1,8,9,9]" in printed
+    spec = PoolSpec.avg_pool((1, 8, 9, 9), 3, 2, 1, True, False)
+    library = convc.load(out)
+    assert library["forward"].spec == spec
+    assert main(["compile", "--op", "max_pool1d", "--input", "1,4,10", "--kernel-size", "2",
+                 "--kernels", "forward,forward_indices", "-o", str(tmp_path / "m.so")]) == 0
+    assert set(convc.load(tmp_path / "m.so")) == {"forward", "forward_indices"}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--op", "max_pool2d", "--input", "1,2,8,8"], "--op max_pool2d needs --kernel-size"),
+    (["--op", "max_pool2d", "--input", "1,2,8,8", "--kernel-size", "2", "--weight", "2,2"],
+     "--weight is for convolutions"),
+    (["--op", "conv2d", "--input", "1,2,8,8", "--weight", "2,2,3,3", "--kernel-size", "3"],
+     "--kernel-size is for poolings"),
+    (["--op", "adaptive_avg_pool2d", "--input", "1,2,8,8"], "needs --output-size"),
+    (["--op", "avg_pool1d", "--input", "1,2,8", "--kernel-size", "2", "--divisor-override", "3"],
+     "avg_pool1d has none"),
+    (["--op", "avg_pool2d", "--input", "1,2,8,8", "--kernel-size", "2", "--kernels", "grad_weight"],
+     "not a kernel of avg pooling"),
+])
+def test_cli_compile_errors_speak_the_flags(argv, message, tmp_path, capsys):
+    from convc.cli import main
+
+    assert main(["compile", *argv, "-o", str(tmp_path / "x.so")]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.tuning
+def test_tuning_a_pooling(tmp_path):
+    """The hand space takes pooling kernels: a few trials measured, records written and checked
+    against the hand-written schedule (applied only where they win)."""
+    from convc import tuning
+
+    spec = PoolSpec.max_pool((1, 16, 24, 24), 3, 2, 1, layout="NHWC")
+    (report,) = tuning.tune(spec, ["forward"], trials=4, log_dir=tmp_path, quiet=True)
+    assert report.kernels["forward"].trials_total >= 1
+    assert (tmp_path / convc.target.resolve(None).key).is_dir()
+    kernel = convc.compile(spec, "forward")
+    assert kernel.how in ("tuned", "hand-written")
+    assert check_kernel(kernel, operands(spec)) <= 2e-5

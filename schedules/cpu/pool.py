@@ -24,11 +24,14 @@ from tvm import s_tir
 from convc.ops.pool import REDUCTION, pool_spec_of
 from convc.target import info
 
-from .common import extent, find, finish_output, label, new_schedule, parallel_outer, pick_tile
+from .common import (extent, find, finish_output, index_map, label, new_schedule, parallel_outer,
+                     partition_hint, pick_tile)
 from .direct import inner_loops, vectorize_tile
 
 # Register tile: vectors x positions, at most this many accumulators.
 MAX_ACCUMULATORS = 8
+# A channels-first row narrower than this is no vector: vectors run across channels instead.
+MIN_WIDTH_VECTOR = 4
 
 
 def pool_knobs(func, target) -> list[dict]:
@@ -106,6 +109,33 @@ def _inner_vectorized(sch: s_tir.Schedule, block, tile_block) -> None:
         vectorize_tile(sch, inner_loops(sch, init, tile_block))
 
 
+def vector_tile(size: int, lanes: int, most: int):
+    """(vector width, vectors per tile, tail?) for an axis of `size`: the widest of a whole,
+    half or quarter register that divides it, as many as `most` vectors that divide it too; else
+    whole registers and a last, partial tile (peeled off: see _tile). A tile running past the
+    axis's end puts a lane-dependent predicate in the vector loop, and TVM then runs it lane by
+    lane (56-wide rows in vectors of 16: every load scalar)."""
+    if size <= lanes:
+        return size, 1, False
+    for width in (lanes, lanes // 2, lanes // 4):
+        if width >= 4 and size % width == 0:
+            count = max(m for m in range(1, most + 1) if size % (m * width) == 0)
+            return width, count, False
+    return lanes, 1, True
+
+
+def _phases(spec, block_name: str) -> int:
+    """The stride to split a channels-first gather's width by (1: none). The outputs covering
+    input p are floor((p + pad)/s) - j: along a vector of consecutive p that index is no ramp,
+    and TVM loads it lane by lane (ResNet's 3x3/2 max pool NCHW backward: 1.4 ms, 12x slower than
+    NHWC). Split p = s*q + phase, the vector along q: each (phase, j) reads a contiguous vector
+    and its tap test is a constant."""
+    if spec.channels_last or block_name != "dx" or spec.adaptive:
+        return 1
+    stride = spec.stride[-1]
+    return stride if stride > 1 and spec.in_size[-1] % stride == 0 else 1
+
+
 def _tile(sch: s_tir.Schedule, block, spec, target, knobs, attach=()) -> None:
     """Register tile, vector, parallel outer loops (see the module docstring). `attach`: blocks
     consuming the tile computed inside it, right after it (_inner_vectorized)."""
@@ -113,27 +143,47 @@ def _tile(sch: s_tir.Schedule, block, spec, target, knobs, attach=()) -> None:
     loops = sch.get_loops(block)
     nsp = spec.ndim + 2
     spatial, reduction = loops[:nsp], loops[nsp:]
+    phases = _phases(spec, sch.get(block).name_hint)
+    phase = None
     if spec.channels_last:
         n, *sp, c = spatial
         vector_axis, width_axis, outer_sp = c, sp[-1], sp[:-1]
     else:
         n, c, *sp = spatial
-        vector_axis, width_axis, outer_sp = sp[-1], None, sp[:-1]
+        if extent(sch, sp[-1]) < MIN_WIDTH_VECTOR and extent(sch, c) >= lanes:
+            # rows too short for a vector (a global pool's 1x1 output): across the channels,
+            # each lane a channel of its own (strided loads, independent sums)
+            vector_axis, width_axis, outer_sp, c = c, sp[-1], sp[:-1], None
+        else:
+            vector_axis, width_axis, outer_sp = sp[-1], None, sp[:-1]
+        if phases > 1:
+            vector_axis, phase = sch.split(vector_axis, [None, phases])
     size = extent(sch, vector_axis)
-    vl = min(lanes, size)
-    vectors = max(1, min(knobs["vectors"], size // vl))
+    vl, vectors, tail = vector_tile(size, lanes, knobs["vectors"])
     v_o, v_m, v_l = sch.split(vector_axis, [None, vectors, vl])
+    if tail or not spec.channels_last:
+        # LoopPartition peels the tiles where a condition depends on the lane (the last, partial
+        # tile; in channels-first rows the padding at both ends), so the others are whole vectors
+        # with no test; a hint on the vector loop itself split it by tap (not vectorizable).
+        partition_hint(sch, v_o)
     if width_axis is not None:
         width = pick_tile(extent(sch, width_axis), max(1, knobs["width"]))
         w_o, w_i = sch.split(width_axis, [None, width])
-        order = [n, *outer_sp, w_o, v_o, *reduction, w_i, v_m, v_l]
-        tile_loop, parallel = v_o, [n, *outer_sp, w_o, v_o]
+        if c is None:  # channels-first, vectors across the channels: they go outermost
+            outer = [n, v_o, *outer_sp, w_o]
+            order = [*outer, *reduction, w_i, v_m, v_l]
+            tile_loop, parallel, unrolled = w_o, outer, [w_i]
+        else:
+            order = [n, *outer_sp, w_o, v_o, *reduction, w_i, v_m, v_l]
+            tile_loop, parallel, unrolled = v_o, [n, *outer_sp, w_o, v_o], [w_i]
     else:
-        order = [n, c, *outer_sp, v_o, *reduction, v_m, v_l]
-        tile_loop, parallel = v_o, [n, c, *outer_sp, v_o]
-        w_i = None
+        order = [n, c, *outer_sp, v_o, *reduction, *([phase] if phase else []), v_m, v_l]
+        tile_loop, parallel, unrolled = v_o, [n, c, *outer_sp, v_o], [phase] if phase else []
     sch.reorder(*order)
     write_back = sch.cache_write(block, 0, "local")
+    if phase is not None:  # the accumulator phase-major: each phase's vector is contiguous
+        sch.transform_layout(block, ("write", 0), index_map(
+            lambda *i: (*i[:-1], i[-1] % phases, i[-1] // phases), nsp))
     sch.reverse_compute_at(write_back, tile_loop, preserve_unit_loops=True)
     finish_output(sch, write_back)
     consumers = [sch.get_sblock(name) for name in attach]
@@ -142,11 +192,17 @@ def _tile(sch: s_tir.Schedule, block, spec, target, knobs, attach=()) -> None:
     parallel_outer(sch, parallel, target)
     for consumer in consumers:
         _inner_vectorized(sch, consumer, block)
-    for loop in [*reduction, *([w_i] if w_i is not None else []), v_m]:
+    for loop in [*reduction, *unrolled, v_m]:
         if extent(sch, loop, 0) > 1:
             sch.unroll(loop)
     sch.vectorize(v_l)
     if reduction:
         init = sch.decompose_reduction(block, reduction[0])
         vectorize_tile(sch, inner_loops(sch, init, block))
-    vectorize_tile(sch, inner_loops(sch, write_back, block))
+    copy = inner_loops(sch, write_back, block)
+    if phase is not None:  # write-back phase by phase: contiguous reads, stores with stride s
+        *copy, last = copy
+        last_q, last_p = sch.split(last, [None, phases])
+        sch.reorder(last_p, last_q)
+        copy += [last_p, last_q]
+    vectorize_tile(sch, copy)
