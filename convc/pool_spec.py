@@ -16,11 +16,10 @@ Errors name the parameter, the value and what was expected, before TVM sees anyt
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
-from .spec import (LAYOUTS, ConvSpec, _is_int, _shape, check_dtype, check_layout, default_layout,
-                   expand)
+from .spec import (LAYOUTS, ConvSpec, Record, _is_int, _shape, check_dtype, check_layout,
+                   default_layout, expand)
 
 POOLS = ("max", "avg", "adaptive_avg")
 # The kernels of each pooling, in the order the library lists them. max: forward (values),
@@ -71,7 +70,7 @@ def check_flag(value, name: str) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class PoolSpec:
+class PoolSpec(Record):
     """One pooling layer: which pooling, shapes, hyper-parameters, layout and dtype. Always batched.
 
     `in_size` and, for max/avg, `kernel`, `stride`, `padding`, `dilation` have one entry per
@@ -184,22 +183,6 @@ class PoolSpec:
 
     def with_batch(self, batch: int) -> "PoolSpec":
         return dataclasses.replace(self, batch=batch)
-
-    # --- (de)serialization ---------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PoolSpec":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-    @classmethod
-    def from_json(cls, text: str) -> "PoolSpec":
-        return cls.from_dict(json.loads(text))
 
     # --- construction from user arguments (PyTorch's names and orders) --------------------------
     @classmethod

@@ -129,8 +129,29 @@ def out_size(in_size, kernel, stride, dilation, pad_before, pad_after):
     )
 
 
+class Record:
+    """(De)serialization of a frozen dataclass of ints, strs, bools and tuples (a spec): to_dict
+    (tuples as lists), from_dict, and JSON text with sorted keys (stable: caches and records key
+    on it)."""
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+
 @dataclasses.dataclass(frozen=True)
-class ConvSpec:
+class ConvSpec(Record):
     """One convolution: shapes, hyper-parameters, layout and dtype. Always batched.
 
     `in_size`, `kernel`, `stride`, `dilation`, `pad_before`, `pad_after` have one entry per
@@ -217,22 +238,6 @@ class ConvSpec:
 
     def with_batch(self, batch: int) -> "ConvSpec":
         return dataclasses.replace(self, batch=batch)
-
-    # --- (de)serialization ---------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ConvSpec":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-    @classmethod
-    def from_json(cls, text: str) -> "ConvSpec":
-        return cls.from_dict(json.loads(text))
 
     # --- construction from user arguments ------------------------------------------------------
     @classmethod

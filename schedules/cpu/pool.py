@@ -88,7 +88,8 @@ def schedule_pool(func, target, knobs=None):
 def _with_positions(sch: s_tir.Schedule, spec, target, knobs) -> None:
     """Max pooling's values ("pool") tiled as the forward, and in each tile, right after, where
     each maximum came from ("argmax", "indices"): the window is read again from cache."""
-    _tile(sch, sch.get_sblock("pool"), spec, target, knobs, attach=("argmax", "indices"))
+    _tile(sch, sch.get_sblock("pool"), spec, target, knobs, attach=("argmax", "indices"),
+          epilogue=False)
 
 
 def _inner_vectorized(sch: s_tir.Schedule, block, tile_block) -> None:
@@ -136,9 +137,11 @@ def _phases(spec, block_name: str) -> int:
     return stride if stride > 1 and spec.in_size[-1] % stride == 0 else 1
 
 
-def _tile(sch: s_tir.Schedule, block, spec, target, knobs, attach=()) -> None:
+def _tile(sch: s_tir.Schedule, block, spec, target, knobs, attach=(), epilogue=True) -> None:
     """Register tile, vector, parallel outer loops (see the module docstring). `attach`: blocks
-    consuming the tile computed inside it, right after it (_inner_vectorized)."""
+    consuming the tile computed inside it, right after it (_inner_vectorized). `epilogue`: fold
+    the function's "output" stage into this block's write-back (not for the positions a max
+    pool's grad_input finds first: its "output" is dx's)."""
     lanes = info(target).lanes(spec.dtype)
     loops = sch.get_loops(block)
     nsp = spec.ndim + 2
@@ -161,11 +164,11 @@ def _tile(sch: s_tir.Schedule, block, spec, target, knobs, attach=()) -> None:
     size = extent(sch, vector_axis)
     vl, vectors, tail = vector_tile(size, lanes, knobs["vectors"])
     v_o, v_m, v_l = sch.split(vector_axis, [None, vectors, vl])
-    if tail or not spec.channels_last:
-        # LoopPartition peels the tiles where a condition depends on the lane (the last, partial
-        # tile; in channels-first rows the padding at both ends), so the others are whole vectors
-        # with no test; a hint on the vector loop itself split it by tap (not vectorizable).
-        partition_hint(sch, v_o)
+    # LoopPartition peels the tiles where a condition depends on the lane (the last, partial
+    # tile; in channels-first rows the padding at both ends), so the others are whole vectors
+    # with no test (a hint on the vector loop itself split it by tap: not vectorizable). The
+    # hinted loop stays out of the parallel fusion (fuse refuses annotated loops).
+    peel = (tail or not spec.channels_last) and c is not None
     if width_axis is not None:
         width = pick_tile(extent(sch, width_axis), max(1, knobs["width"]))
         w_o, w_i = sch.split(width_axis, [None, width])
@@ -179,13 +182,17 @@ def _tile(sch: s_tir.Schedule, block, spec, target, knobs, attach=()) -> None:
     else:
         order = [n, c, *outer_sp, v_o, *reduction, *([phase] if phase else []), v_m, v_l]
         tile_loop, parallel, unrolled = v_o, [n, c, *outer_sp, v_o], [phase] if phase else []
+    if peel:
+        partition_hint(sch, v_o)
+        parallel = parallel[:-1]
     sch.reorder(*order)
     write_back = sch.cache_write(block, 0, "local")
     if phase is not None:  # the accumulator phase-major: each phase's vector is contiguous
         sch.transform_layout(block, ("write", 0), index_map(
             lambda *i: (*i[:-1], i[-1] % phases, i[-1] // phases), nsp))
     sch.reverse_compute_at(write_back, tile_loop, preserve_unit_loops=True)
-    finish_output(sch, write_back)
+    if epilogue:
+        finish_output(sch, write_back)
     consumers = [sch.get_sblock(name) for name in attach]
     for consumer in consumers:
         sch.reverse_compute_at(consumer, tile_loop, preserve_unit_loops=True)
