@@ -115,3 +115,57 @@ def test_overhead_targets_skip_kernel_bound_layers():
     text = overhead.summary([small, big])
     assert "at most 2.0 us (se); target <= 3 us reached" in text
     assert "not judged (direct call over 20 us" in text and text.endswith(": dw")
+
+
+# --- the model-zoo corpus (convc bench --zoo) -------------------------------------------------
+
+def test_zoo_table_loads_every_model_with_counts():
+    from convc.bench import zoo
+
+    layers, sizes = zoo.load()
+    assert len(sizes) >= 16 and sizes["inception_v3"] == 299 and sizes["resnet18"] == 224
+    # resnet18 runs 20 convolutions, 11 of them distinct
+    counts = [dict(z.models)["resnet18"] for z in layers if "resnet18" in dict(z.models)]
+    assert len(counts) == 11 and sum(counts) == 20
+    assert len({z.layer for z in layers}) == len(layers)           # distinct
+    assert all(z.layer.spec().flops > 0 for z in layers)          # every entry is a valid conv
+    with pytest.raises(ValueError, match="alexnet"):
+        zoo.load(["resnet18", "alexnet"])
+
+
+def _zoo_row(zoo, layer, op, convc, torch, models, nchw=None):
+    row = zoo.ZooRow(zoo.ZooLayer(layer, tuple(models.items())), op, 10**9, convc=convc,
+                     convc_layout="NHWC", torch=torch, torch_format="channels_last",
+                     convc_nchw=nchw or convc, torch_nchw=torch,
+                     schedule={"NHWC": "channel-vector direct v32"},
+                     compile_seconds={"NCHW": 0.2, "NHWC": 2.0})
+    row.ratio, row.ratio_nchw = torch / convc, torch / (nchw or convc)
+    return row
+
+
+def test_zoo_per_model_totals_count_each_occurrence():
+    from convc.bench import Conv2d, zoo
+
+    a = Conv2d(1, 8, 8, 8, 8, (3, 3), padding=(1, 1))
+    b = Conv2d(1, 8, 8, 8, 16, (1, 1))
+    rows = [_zoo_row(zoo, a, op, 1.0, 2.0, {"m1": 3, "m2": 1}) for op in bench.OPS]
+    rows += [_zoo_row(zoo, b, op, 1.0, 0.5, {"m1": 1}) for op in bench.OPS]
+    m1, m2 = zoo.per_model(rows, ["m1", "m2"])
+    assert m1["forward"]["convc"] == pytest.approx(4.0) and m1["forward"]["torch"] == pytest.approx(6.5)
+    assert m1["train"]["convc"] == pytest.approx(12.0) and m2["train"]["torch"] == pytest.approx(6.0)
+    text = zoo.summary(rows, ["m1", "m2"])
+    assert "convc's total <= PyTorch's on 2 of 2 models (reached)" in text
+    assert "lowest 0.50 (8->16 1x1 8x8 forward; reached >= 0.5)" in text
+    assert "compile: slowest 2.00 s" in text and "NOT reached <= 1.5 s" in text
+    assert "50% of 6 kernels at >= 0.8 (NOT reached >= 90%)" in text
+
+
+def test_zoo_distribution_and_table_order():
+    from convc.bench import Conv2d, zoo
+
+    lay = Conv2d(1, 8, 8, 8, 8, (3, 3), padding=(1, 1))
+    rows = [_zoo_row(zoo, lay, "forward", 1.0, t, {"m": 1}) for t in (0.4, 2.0, 1.0)]
+    first = zoo.table(rows).splitlines()[2]
+    assert "| 0.40 |" in first                                      # worst first
+    text = zoo.distribution([r.ratio for r in rows])
+    assert text.startswith("n=3 min 0.40") and "[0,0.5): 1" in text and "[2,inf): 1" in text

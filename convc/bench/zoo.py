@@ -141,7 +141,8 @@ def run(layers, ops=OPS, repeat=3, target=None, threads=None, stat="median", pro
             row.ratio = paired_ratio(batches, torch_keys, [k for k in calls if k[0] == "convc"],
                                      pick)
             row.ratio_nchw = paired_ratio(batches, [("torch", "NCHW")], [("convc", "NCHW")], pick)
-            row.convc_nchw, row.torch_nchw = times.get(("convc", "NCHW")), times.get(("torch", "NCHW"))
+            row.convc_nchw = times.get(("convc", "NCHW"))
+            row.torch_nchw = times.get(("torch", "NCHW"))
             for (who, layout), seconds in sorted(times.items(), key=lambda item: item[1]):
                 if who == "convc" and row.convc is None:
                     row.convc, row.convc_layout = seconds, layout
@@ -183,7 +184,8 @@ def distribution(values) -> str:
     bins = [0, 0.5, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, math.inf]
     counts = [sum(lo <= v < hi for v in values) for lo, hi in zip(bins, bins[1:])]
     hist = "  ".join(f"[{lo:g},{hi:g}): {c}" for lo, hi, c in zip(bins, bins[1:], counts))
-    return (f"n={len(values)} min {values[0]:.2f}  p10 {q[0]:.2f}  p25 {statistics.quantiles(values, n=4)[0] if len(values) > 1 else values[0]:.2f}  "
+    p25 = statistics.quantiles(values, n=4)[0] if len(values) > 1 else values[0]
+    return (f"n={len(values)} min {values[0]:.2f}  p10 {q[0]:.2f}  p25 {p25:.2f}  "
             f"median {statistics.median(values):.2f}  p90 {q[-1]:.2f}  max {values[-1]:.2f}\n"
             f"  {hist}")
 
@@ -253,8 +255,8 @@ def summary(rows, models) -> str:
             f"without the {len(rated) - len(timed)} overhead-bound layers "
             f"{_fmt(geomean([r.ratio for r in timed]), '{:.2f}')} / "
             f"{_fmt(geomean([r.ratio_nchw for r in timed]), '{:.2f}')}")
-    for label, pool in (("all layers", rows),
-                        ("layers with PyTorch >= 20 us", [r for r in rows if not r.overhead_bound])):
+    timed = [r for r in rows if not r.overhead_bound]
+    for label, pool in (("all layers", rows), ("layers with PyTorch >= 20 us", timed)):
         rated = [r for r in pool if r.ratio]
         if not rated:
             continue
@@ -305,6 +307,13 @@ def plot(rows, models, path: str) -> None:
         axes[0].hist([r.ratio for r in rows if r.op == op and r.ratio], bins=bins, alpha=0.5,
                      label=op)
     axes[0].set_xscale("log")
+    ratios = [r.ratio for r in rows if r.ratio]
+    if ratios:
+        axes[0].set_xlim(min(ratios) / 1.2, max(ratios) * 1.2)
+    ticks = [t for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32) if not ratios
+             or min(ratios) / 1.2 <= t <= max(ratios) * 1.2]
+    axes[0].set_xticks(ticks, [f"{t:g}" for t in ticks])
+    axes[0].minorticks_off()
     axes[0].axvline(1.0, color="k", linewidth=0.8)
     axes[0].set_xlabel("PyTorch time / convc time (best format each)")
     axes[0].set_ylabel("kernels")

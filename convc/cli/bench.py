@@ -54,6 +54,9 @@ def add_parser(subparsers):
                      help="time only the first N distinct layers (after --models)")
     zoo.add_argument("--save", default=None, metavar="JSON",
                      help="also write every row (kernel) to this JSON file")
+    zoo.add_argument("--compile-only", action="store_true",
+                     help="only compile every kernel (both layouts) and report compile times; "
+                          "point $CONVC_CACHE_DIR at an empty directory for cold figures")
     zoo.add_argument("--worst", type=int, default=30,
                      help="rows of the worst-first table to print (default: %(default)s; 0 = all)")
     return p
@@ -171,6 +174,8 @@ def run_zoo(args, target) -> int:
                                                if m.strip()]
     layers, sizes = zoo.load(models)
     layers = layers[:args.max_layers]
+    if args.compile_only:
+        return _zoo_compile_times(layers, ops, target)
     try:
         import torch
     except ImportError:
@@ -211,4 +216,28 @@ def run_zoo(args, target) -> int:
     if args.plot:
         zoo.plot(rows, list(sizes), args.plot)
         print(f"plot: {args.plot}")
+    return 0
+
+
+def _zoo_compile_times(layers, ops, target) -> int:
+    """Compile every (layer, op, layout) of the corpus; print the slowest and the distribution."""
+    import statistics
+
+    from convc.kernel import compile as compile_kernel
+
+    times = []
+    for done, zl in enumerate(layers, 1):
+        for op in ops:
+            for layout in ("NCHW", "NHWC"):
+                start = time.perf_counter()
+                compile_kernel(zl.layer.spec(layout), op, target)
+                times.append((time.perf_counter() - start, zl.name, op, layout))
+        print(f"  [{done}/{len(layers)}] {zl.name}", flush=True)
+    times.sort(reverse=True)
+    seconds = [t for t, *_ in times]
+    print(f"compile seconds over {len(times)} kernels: median {statistics.median(seconds):.2f}, "
+          f"p90 {statistics.quantiles(seconds, n=10)[-1]:.2f}, max {seconds[0]:.2f} "
+          f"({'reached' if seconds[0] <= 1.5 else 'NOT reached'} <= 1.5 s); slowest:")
+    for t, name, op, layout in times[:10]:
+        print(f"  {t:5.2f} s  {name} {op} {layout}")
     return 0

@@ -50,8 +50,9 @@ def channel_vectors(channels: int, per_group: int, groups: int, lanes: int, most
     (18 per group with 16 lanes). Ungrouped and depthwise layers, and groups no vector divides,
     take vectors across the whole channel axis: up to `most` that divide it, else one, and the
     last tile is partial (see channel_tail)."""
-    def whole(count):
-        return lanes * max(m for m in range(1, max(1, most) + 1) if m == 1 or count % (m * lanes) == 0)
+    def whole(count):  # 1, 2 or 4 vectors (3 = 48 lanes ran at 10 GFLOP/s: LLVM spilled)
+        return lanes * max(m for m in (1, 2, 4) if m <= max(1, most)
+                           and (m == 1 or count % (m * lanes) == 0))
 
     if groups > 1 and per_group > 1:
         if per_group % lanes == 0:

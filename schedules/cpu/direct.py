@@ -52,8 +52,8 @@ from convc.ops.common import acc_dtype
 from convc.target import info
 
 from .common import (box_split, box_tile, channel_tail, channel_vectors, channels_last_map, extent,
-                     find, finish_output, index_map, label, new_schedule, parallel_block, parallel_outer,
-                     partition_hint, pick_tile, to_hwio, vector_registers)
+                     find, finish_output, index_map, label, new_schedule, parallel_block,
+                     parallel_outer, partition_hint, pick_tile, to_hwio, vector_registers)
 
 
 # Weight bytes of one output-channel slice (all reduction channels and taps x vo) above which the
@@ -255,7 +255,7 @@ def direct_knobs(func, target) -> list[dict]:
     readings = [{}] + ([{"copy_weights": True}] if may_copy_weights(op, geo) else []) \
         + ([{"flip_in_place": False}] if op == "grad_input" and in_place_flip(geo, True, False)
            else [])
-    for vectors in (2, 4, 1):
+    for vectors in dict.fromkeys((default_vectors(geo, target), 2, 4, 1)):
         vo, _, tw_max = channel_tile(geo, target, vectors)
         if vo in seen:
             continue
@@ -347,6 +347,18 @@ def channel_tile(geo: Geometry, target, vectors: int = 2):
     return vo, by_group, max(1, min(16, (vector_registers(target) - count - 2) // count))
 
 
+# Family A takes four channel vectors (a tile of 6 positions x 64 channels) where the weight slice
+# of those channels stays this small: each step then loads 4 weight vectors and broadcasts 6 inputs
+# for 24 FMAs, where 2 x 14 needs 16 loads for 28. Zen 5, 2 threads, paired rounds, forward NHWC:
+# 3->64 3x3/2 stems 1.42-1.49x, 256->64 1x1 56x56 1.15x, c2 3x3 (147 KiB) 1.05x, c5 (1.2 MiB) 0.69x.
+FOUR_VECTOR_SLICE_BYTES = 64 * 1024
+
+
+def default_vectors(geo: Geometry, target) -> int:
+    lanes = info(target).lanes(geo.acc)
+    return 4 if weight_slice_bytes(geo, 4 * lanes) <= FOUR_VECTOR_SLICE_BYTES else 2
+
+
 def default_width(geo: Geometry, tw_max: int) -> int:
     return pick_tile(geo.out_size[-1], tw_max, minimum=max(1, tw_max // 2))
 
@@ -357,7 +369,8 @@ def weight_slice_bytes(geo: Geometry, vo: int) -> int:
 
 def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=None, knobs=None):
     knobs = knobs or {}
-    vo, by_group, tw_max = channel_tile(geo, target, knobs.get("vectors", 2))
+    most = knobs.get("vectors", default_vectors(geo, target))
+    vo, by_group, tw_max = channel_tile(geo, target, most)
     # A partial last channel tile: the accumulator's write-back is made before the split, so that
     # its domain stays the real channels (made after, it would cover the padded lanes too).
     tail = channel_tail(geo.out_per_group if by_group else geo.out_channels, vo,
@@ -673,12 +686,23 @@ def inner_loops(sch, stage, outer_block):
     return mine[shared:]
 
 
-def vectorize_tile(sch, loops) -> None:
-    """A tile's copy loops (init, write-back): the innermost vectorized, the others unrolled."""
+def vectorize_tile(sch, loops, lanes: int = 16) -> None:
+    """A tile's copy loops (init, write-back): the innermost vectorized, the others unrolled.
+
+    An innermost loop longer than a vector is cut into vectors that divide it where one does: a
+    write-back that transposes (channels-first grad_weight reads an HWIO accumulator) as one
+    28-lane vector took LLVM 1.6 s to compile for one kernel (672->28 1x1), 4-lane ones 0.06 s."""
     loops = [lp for lp in loops if extent(sch, lp, 0) > 1]
     if not loops:
         return
-    sch.vectorize(loops[-1])
+    size = extent(sch, loops[-1])
+    width = next((w for w in (lanes, lanes // 2, lanes // 4) if w > 1 and size % w == 0), size)
+    if size > lanes and width < size:
+        rest, inner = sch.split(loops[-1], [None, width])
+        sch.vectorize(inner)
+        loops = [*loops[:-1], rest, inner]
+    else:
+        sch.vectorize(loops[-1])
     # Unroll the copy loops only while the unrolled body stays small: a blocked accumulator covers
     # hundreds of positions, and unrolling all of them costs LLVM seconds for nothing.
     copies = 1

@@ -101,7 +101,7 @@ def schedule_grad_weight(func, target, knobs=None):
     label(sch, block, f"grad-weight tile v{vo}" + (f" split{chunks}" if chunks > 1 else "")
           + (f" tail:{tail}" if tail else ""))
     o_o, o_i = sch.split(o, [None, vo])
-    budget = max(1, (regs - vectors - 3) // vectors)
+    budget = tile_rows(vectors, regs, tail)
 
     # Register tile: input channels first, then the kernel taps from the innermost out.
     tile_loops, tiled = [], 1
@@ -155,6 +155,15 @@ def schedule_grad_weight(func, target, knobs=None):
     return sch
 
 
+def tile_rows(vectors: int, registers: int, tail) -> int:
+    """Rows (input channels x taps) of the register tile: the accumulators the registers hold
+    beside a step's dy vectors and broadcast. A partitioned tail compiles the body twice and
+    LLVM's time grows faster than the body: 26 rows took 1.3-2.0 s for one kernel (RegNet
+    104->26 1x1 channels-first), 13 rows 0.17 s; so at most MAX_TAIL_ROWS then."""
+    rows = max(1, (registers - vectors - 3) // vectors)
+    return min(rows, MAX_TAIL_ROWS) if tail else rows
+
+
 def channel_tile(cg: int, budget: int, kernel) -> int:
     """Input channels in the register tile: as many accumulators as the budget holds, counting
     the innermost kernel taps, which join the tile when the channels leave room (vo = 32 with a
@@ -196,12 +205,13 @@ def grad_weight_knobs(func, target) -> list[dict]:
     grid = []
     widths = set()
     for vectors in dict.fromkeys((default_vectors(cg), 4, 2, 1)):
-        vo, _ = channel_vectors(spec.out_channels, kg, spec.groups, lanes, vectors)
+        vo, by_group = channel_vectors(spec.out_channels, kg, spec.groups, lanes, vectors)
         if vo in widths:
             continue
         widths.add(vo)
         count = math.ceil(vo / lanes)
-        budget = max(1, (vector_registers(target) - count - 3) // count)
+        tail = channel_tail(kg if by_group else spec.out_channels, vo, operands_fixed=False)
+        budget = tile_rows(count, vector_registers(target), tail)
         tiles = dict.fromkeys([channel_tile(cg, budget, spec.kernel), pick_tile(cg, budget),
                                pick_tile(cg, max(1, budget // 2))]) if cg > 1 else [1]
         for c_tile in tiles:
@@ -233,6 +243,7 @@ def reduction_chunks(spec, target) -> int:
 
 MAX_CHUNKS = 16
 POSITION_UNROLL = 4
+MAX_TAIL_ROWS = 16
 
 
 def _split_reduction(sch, block, spec, chunks):
