@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .spec import (LAYOUTS, ConvSpec, Record, _is_int, _shape, check_dtype, check_layout,
+from .spec import (LAYOUTS, ConvSpec, SpecBase, _is_int, _shape, check_dtype, check_layout,
                    default_layout, expand)
 
 POOLS = ("max", "avg", "adaptive_avg")
@@ -70,7 +70,7 @@ def check_flag(value, name: str) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class PoolSpec(Record):
+class PoolSpec(SpecBase):
     """One pooling layer: which pooling, shapes, hyper-parameters, layout and dtype. Always batched.
 
     `in_size` and, for max/avg, `kernel`, `stride`, `padding`, `dilation` have one entry per
@@ -97,14 +97,6 @@ class PoolSpec(Record):
         self.validate()
 
     # --- derived -------------------------------------------------------------------------------
-    @property
-    def ndim(self) -> int:
-        return len(self.in_size)
-
-    @property
-    def channels_last(self) -> bool:
-        return self.layout[-1] == "C"
-
     @property
     def adaptive(self) -> bool:
         return self.pool == "adaptive_avg"

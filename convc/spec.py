@@ -129,10 +129,18 @@ def out_size(in_size, kernel, stride, dilation, pad_before, pad_after):
     )
 
 
-class Record:
-    """(De)serialization of a frozen dataclass of ints, strs, bools and tuples (a spec): to_dict
-    (tuples as lists), from_dict, and JSON text with sorted keys (stable: caches and records key
-    on it)."""
+class SpecBase:
+    """What ConvSpec and PoolSpec share (frozen dataclasses of ints, strs, bools and tuples with
+    `in_size` and `layout`): the rank and layout family, and (de)serialization: to_dict (tuples
+    as lists), from_dict, and JSON text with sorted keys (stable: caches and records key on it)."""
+
+    @property
+    def ndim(self) -> int:
+        return len(self.in_size)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.layout[-1] == "C"
 
     def to_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
@@ -151,7 +159,7 @@ class Record:
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvSpec(Record):
+class ConvSpec(SpecBase):
     """One convolution: shapes, hyper-parameters, layout and dtype. Always batched.
 
     `in_size`, `kernel`, `stride`, `dilation`, `pad_before`, `pad_after` have one entry per
@@ -177,14 +185,6 @@ class ConvSpec(Record):
         self.validate()
 
     # --- derived -------------------------------------------------------------------------------
-    @property
-    def ndim(self) -> int:
-        return len(self.in_size)
-
-    @property
-    def channels_last(self) -> bool:
-        return self.layout[-1] == "C"
-
     @property
     def weight_layout(self) -> str:
         return WEIGHT_LAYOUTS[self.layout]

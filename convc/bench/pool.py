@@ -24,7 +24,7 @@ import statistics
 
 import numpy as np
 
-from . import paired_ratio, time_side_by_side
+from . import _fmt, fastest, paired_ratio, time_side_by_side
 
 # name -> (pool, channels, size, arguments as PyTorch takes them)
 LAYERS = {
@@ -193,36 +193,29 @@ def run(layers=None, batches=BATCHES, directions=DIRECTIONS, repeat=7, target=No
                 calls.update(torch_calls(layer, batch, direction, threads))
                 calls.update(copy_calls(row.bytes, threads))
                 batches_ = time_side_by_side(calls, repeat)
-                times = {name: stat_fn(samples) for name, samples in batches_.items()}
-                ours = [k for k in calls if k[0] == "convc"]
-                row.ratio = paired_ratio(batches_, [k for k in calls if k[0] == "torch"], ours,
-                                         stat_fn)
-                for (who, kind), seconds in sorted(times.items(), key=lambda item: item[1]):
-                    if who == "convc" and row.convc is None:
-                        row.convc, row.convc_layout, row.how = seconds, kind, hows[kind]
-                    elif who == "torch" and row.torch is None:
-                        row.torch, row.torch_format = seconds, kind
-                    elif who == "copy" and row.copy is None:
-                        row.copy, row.copy_kind = seconds, kind
+                row.ratio = paired_ratio(batches_, [k for k in calls if k[0] == "torch"],
+                                         [k for k in calls if k[0] == "convc"], stat_fn)
+                best = fastest({name: stat_fn(samples) for name, samples in batches_.items()})
+                row.convc, row.convc_layout = best["convc"]
+                row.how = hows[row.convc_layout]
+                row.torch, row.torch_format = best.get("torch", (None, ""))
+                row.copy, row.copy_kind = best["copy"]
                 rows.append(row)
                 if progress:
                     progress(row)
     return rows
 
 
-def _fmt(value, spec="{:.1f}"):
-    return "-" if value is None else spec.format(value)
-
-
 def table(rows) -> str:
-    cols = ["layer", "batch", "direction", "MB", "convc GB/s", "layout", "PyTorch GB/s", "format",
-            "ratio", "copy GB/s", "convc / copy"]
+    cols = ["layer", "batch", "direction", "MB", "convc us", "layout", "PyTorch us", "format",
+            "ratio", "convc GB/s", "PyTorch GB/s", "copy GB/s", "convc / copy"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [r.layer, str(r.batch), r.direction, f"{r.bytes / 2 ** 20:.1f}",
-                 _fmt(r.gbps(r.convc)), r.convc_layout, _fmt(r.gbps(r.torch)),
-                 r.torch_format or "-", _fmt(r.ratio, "{:.2f}"), _fmt(r.gbps(r.copy)),
-                 _fmt(r.copy_share and 100 * r.copy_share, "{:.0f}%")]
+                 _fmt(r.convc and r.convc * 1e6, "{:.0f}"), r.convc_layout,
+                 _fmt(r.torch and r.torch * 1e6, "{:.0f}"), r.torch_format or "-",
+                 _fmt(r.ratio, "{:.2f}"), _fmt(r.gbps(r.convc)), _fmt(r.gbps(r.torch)),
+                 _fmt(r.gbps(r.copy)), _fmt(r.copy_share and 100 * r.copy_share, "{:.0f}%")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
