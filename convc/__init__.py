@@ -29,8 +29,10 @@ if "TVM_NUM_THREADS" not in _os.environ and "OMP_NUM_THREADS" not in _os.environ
 # 8-35 GFLOP/s right after a convc call. 10,000 polls (a few ms) still catch back-to-back calls.
 _os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "10000")
 
-from .api import (conv1d, conv1d_grad_input, conv1d_grad_weight, conv2d, conv2d_grad_input,
-                  conv2d_grad_weight, conv3d, conv3d_grad_input, conv3d_grad_weight)
+from .api import (conv1d, conv1d_grad_bias, conv1d_grad_input, conv1d_grad_weight, conv2d,
+                  conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight, conv3d,
+                  conv3d_grad_bias, conv3d_grad_input, conv3d_grad_weight)
+from .batch_norm import fold_batch_norm
 from .export import export_library, load
 from .kernel import Kernel, compile
 from .pool_api import (adaptive_avg_pool1d, adaptive_avg_pool1d_grad_input, adaptive_avg_pool2d,
@@ -48,6 +50,7 @@ __all__ = [
     "conv1d", "conv2d", "conv3d",
     "conv1d_grad_input", "conv2d_grad_input", "conv3d_grad_input",
     "conv1d_grad_weight", "conv2d_grad_weight", "conv3d_grad_weight",
+    "conv1d_grad_bias", "conv2d_grad_bias", "conv3d_grad_bias", "fold_batch_norm",
     "PoolSpec",
     "max_pool1d", "max_pool2d", "max_pool3d",
     "max_pool1d_grad_input", "max_pool2d_grad_input", "max_pool3d_grad_input",

@@ -1,7 +1,8 @@
 """The functional API, named and ordered like torch.nn.functional.conv{1,2,3}d and
 torch.nn.grad.conv{1,2,3}d_{input,weight}.
 
-    convc.conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout, target)
+    convc.conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                 padding_mode="zeros", layout, target)
     convc.conv2d_grad_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *, ...)
     convc.conv2d_grad_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *, ...)
 
@@ -120,24 +121,28 @@ def _cached(key_of, arrays, *args):
 
 # What each op's calls are keyed by: everything the full path checks, as given.
 
-def _forward_key(ndim, input, weight, bias, stride, padding, dilation, groups, layout, target):
+def _forward_key(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode,
+                 fused, layout, target):
+    scale, shift, residual, activation = fused
     return ("forward", ndim, type(input), input.shape, input.dtype, weight.shape,
             None if bias is None else bias.shape, plain(stride), plain(padding), plain(dilation),
-            plain(groups), layout, given_key(target))
+            plain(groups), plain(padding_mode), None if scale is None else scale.shape,
+            None if shift is None else shift.shape, None if residual is None else residual.shape,
+            plain(activation), layout, given_key(target))
 
 
 def _grad_input_key(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
-                    layout, target):
+                    padding_mode, layout, target):
     return ("grad_input", ndim, type(grad_output), plain(input_size), weight.shape,
             grad_output.shape, grad_output.dtype, plain(stride), plain(padding), plain(dilation),
-            plain(groups), layout, given_key(target))
+            plain(groups), plain(padding_mode), layout, given_key(target))
 
 
 def _grad_weight_key(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
-                     layout, target):
+                     padding_mode, layout, target):
     return ("grad_weight", ndim, type(input), input.shape, input.dtype, plain(weight_size),
             grad_output.shape, plain(stride), plain(padding), plain(dilation), plain(groups),
-            layout, given_key(target))
+            plain(padding_mode), layout, given_key(target))
 
 
 def _remember(key, kernel, template, expand, drop: bool) -> None:
@@ -151,10 +156,14 @@ def _remember(key, kernel, template, expand, drop: bool) -> None:
         _PLANS[key] = plan
 
 
-def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, layout, target):
-    arrays = (input, weight) if bias is None else (input, weight, bias)
+def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, fused,
+             layout, target):
+    """fused: (scale, shift, residual, activation) of the epilogue, as given."""
+    scale, shift, residual, activation = fused
+    named = {"bias": bias, "scale": scale, "shift": shift, "residual": residual}
+    arrays = (input, weight, *(a for a in named.values() if a is not None))
     key, result = _cached(_forward_key, arrays, ndim, input, weight, bias, stride, padding,
-                          dilation, groups, layout, target)
+                          dilation, groups, padding_mode, fused, layout, target)
     if result is not None:
         return result
     layout = _layout(layout, ndim)
@@ -162,25 +171,37 @@ def _forward(ndim, input, weight, bias, stride, padding, dilation, groups, layou
     w = _weight(_float_array(weight, "weight"), "weight", ndim, layout)
     _same_dtype(x, "input", w, "weight")
     x, unbatched = _batched(x, "input", ndim, layout)
-    b = None
-    if bias is not None:
-        b = _float_array(bias, "bias")
-        _same_dtype(x, "input", b, "bias")
+    if (scale is None) != (shift is None):
+        raise ValueError(f"scale is {'None' if scale is None else 'given'} but shift is "
+                         f"{'None' if shift is None else 'given'}: expected both or neither")
+    given = {}
+    for name, value in named.items():
+        if value is not None:
+            given[name] = _float_array(value, name)
+            _same_dtype(x, "input", given[name], name)
+    if "residual" in given and unbatched:
+        given["residual"] = given["residual"][None]
     spec = ConvSpec.from_shapes(x.shape, w.shape, stride, padding, dilation, groups,
-                                layout=layout, dtype=str(x.dtype), bias=b is not None)
-    if b is not None and tuple(b.shape) != spec.bias_shape:
-        raise ValueError(f"bias has shape {tuple(b.shape)}: expected {spec.bias_shape} "
-                         "(one entry per output channel)")
+                                layout=layout, dtype=str(x.dtype), bias=bias is not None,
+                                padding_mode=padding_mode, scale_shift=scale is not None,
+                                residual=residual is not None, activation=activation)
+    for name, array in given.items():
+        expected = spec.output_shape if name == "residual" else spec.bias_shape
+        if tuple(array.shape) != expected:
+            what = "the output's shape" if name == "residual" else "one entry per output channel"
+            raise ValueError(f"{name} has shape {tuple(array.shape)}: expected {expected} ({what})")
     kernel = compile_kernel(spec, "forward", resolve(target))
-    result = kernel.run([x, w] if b is None else [x, w, b])
-    _remember(key, kernel, input, (unbatched, False, False)[:len(arrays)], unbatched)
+    result = kernel.run([x, w, *given.values()])
+    expand = (unbatched, False, *(unbatched and name == "residual" for name in given))
+    _remember(key, kernel, input, expand, unbatched)
     return _like(input, _unbatch(result, unbatched))
 
 
-def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups, layout,
-                target):
+def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
+                padding_mode, layout, target):
     key, result = _cached(_grad_input_key, (grad_output, weight), ndim, input_size, weight,
-                          grad_output, stride, padding, dilation, groups, layout, target)
+                          grad_output, stride, padding, dilation, groups, padding_mode, layout,
+                          target)
     if result is not None:
         return result
     layout = _layout(layout, ndim)
@@ -193,7 +214,7 @@ def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation
                          f"{len(size) - (1 if unbatched else 0)}, like input_size={tuple(input_size)}")
     dy = dy[None] if unbatched else dy
     spec = ConvSpec.from_shapes(size, w.shape, stride, padding, dilation, groups,
-                                layout=layout, dtype=str(w.dtype))
+                                layout=layout, dtype=str(w.dtype), padding_mode=padding_mode)
     _check_grad_output(spec, dy, f"input_size={tuple(input_size)}, weight {tuple(w.shape)}")
     kernel = compile_kernel(spec, "grad_input", resolve(target))
     result = kernel.run([dy, w])
@@ -201,10 +222,11 @@ def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation
     return _like(grad_output, _unbatch(result, unbatched))
 
 
-def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups, layout,
-                 target):
+def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
+                 padding_mode, layout, target):
     key, result = _cached(_grad_weight_key, (input, grad_output), ndim, input, weight_size,
-                          grad_output, stride, padding, dilation, groups, layout, target)
+                          grad_output, stride, padding, dilation, groups, padding_mode, layout,
+                          target)
     if result is not None:
         return result
     layout = _layout(layout, ndim)
@@ -221,7 +243,7 @@ def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilatio
                          f"{x.ndim - (1 if unbatched else 0)}, like input")
     dy = dy[None] if unbatched else dy
     spec = ConvSpec.from_shapes(x.shape, size, stride, padding, dilation, groups,
-                                layout=layout, dtype=str(x.dtype))
+                                layout=layout, dtype=str(x.dtype), padding_mode=padding_mode)
     _check_grad_output(spec, dy, f"input {tuple(x.shape)}, weight_size={size}")
     kernel = compile_kernel(spec, "grad_weight", resolve(target))
     result = kernel.run([x, dy])
@@ -229,36 +251,60 @@ def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilatio
     return _like(input, result)
 
 
+def _grad_bias(ndim, grad_output, layout):
+    """The bias gradient: grad_output summed over batch and space, one entry per output channel
+    (float16 accumulated in float32)."""
+    layout = _layout(layout, ndim)
+    dy, _ = _batched(_float_array(grad_output, "grad_output"), "grad_output", ndim, layout)
+    channel = dy.ndim - 1 if layout[-1] == "C" else 1
+    axes = tuple(a for a in range(dy.ndim) if a != channel)
+    acc = np.float32 if dy.dtype == np.float16 else dy.dtype
+    return _like(grad_output, dy.sum(axis=axes, dtype=acc).astype(dy.dtype))
+
+
 def _make(ndim: int):
     def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+             padding_mode="zeros", scale=None, shift=None, residual=None, activation=None,
              layout=None, target=None):
-        return _forward(ndim, input, weight, bias, stride, padding, dilation, groups, layout, target)
+        return _forward(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode,
+                        (scale, shift, residual, activation), layout, target)
 
     def grad_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-                   layout=None, target=None):
+                   padding_mode="zeros", layout=None, target=None):
         return _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation, groups,
-                           layout, target)
+                           padding_mode, layout, target)
 
     def grad_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-                    layout=None, target=None):
+                    padding_mode="zeros", layout=None, target=None):
         return _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilation, groups,
-                            layout, target)
+                            padding_mode, layout, target)
+
+    def grad_bias(grad_output, *, layout=None):
+        return _grad_bias(ndim, grad_output, layout)
 
     first, last = LAYOUTS[ndim]
     conv.__name__, conv.__qualname__ = f"conv{ndim}d", f"conv{ndim}d"
     conv.__doc__ = (f"{ndim}-D convolution, as torch.nn.functional.conv{ndim}d.\n\n"
                     f"input: ({first}) or unbatched; weight: (O, I/groups, *k) for {first}, "
                     f"(*k, I/groups, O) for {last}; bias: (O,) or None.\n"
-                    "padding: int, tuple, tuple of (before, after) pairs, 'same' or 'valid'.")
+                    "padding: int, tuple, tuple of (before, after) pairs, 'same' or 'valid'; "
+                    "padding_mode: 'zeros', 'reflect', 'replicate' or 'circular', as nn.ConvNd.\n"
+                    "Fused epilogue, in the same kernel: y = activation((conv + bias) * scale + "
+                    "shift + residual); scale, shift: (O,) (both or neither); residual: y's "
+                    "shape; activation: None, 'relu', 'relu6', 'leaky_relu' or ('leaky_relu', "
+                    "slope), 'silu', 'gelu' or ('gelu', 'tanh'), 'hardswish', 'sigmoid'.")
     grad_input.__name__ = grad_input.__qualname__ = f"conv{ndim}d_grad_input"
     grad_input.__doc__ = (f"Gradient of conv{ndim}d w.r.t. its input, as "
                           f"torch.nn.grad.conv{ndim}d_input: a transposed convolution of grad_output.")
     grad_weight.__name__ = grad_weight.__qualname__ = f"conv{ndim}d_grad_weight"
     grad_weight.__doc__ = (f"Gradient of conv{ndim}d w.r.t. its weight, as "
                            f"torch.nn.grad.conv{ndim}d_weight: a correlation of input with grad_output.")
-    return conv, grad_input, grad_weight
+    grad_bias.__name__ = grad_bias.__qualname__ = f"conv{ndim}d_grad_bias"
+    grad_bias.__doc__ = (f"Gradient of conv{ndim}d w.r.t. its bias: grad_output ({first}, {last} "
+                         "or unbatched) summed over batch and space, shape (O,).")
+    return conv, grad_input, grad_weight, grad_bias
 
 
-conv1d, conv1d_grad_input, conv1d_grad_weight = _make(1)
-conv2d, conv2d_grad_input, conv2d_grad_weight = _make(2)
-conv3d, conv3d_grad_input, conv3d_grad_weight = _make(3)
+conv1d, conv1d_grad_input, conv1d_grad_weight, conv1d_grad_bias = _make(1)
+conv2d, conv2d_grad_input, conv2d_grad_weight, conv2d_grad_bias = _make(2)
+conv3d, conv3d_grad_input, conv3d_grad_weight, conv3d_grad_bias = _make(3)

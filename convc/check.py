@@ -41,8 +41,13 @@ def operands(spec: ConvSpec, seed: int = 0) -> dict:
     def draw(shape):
         return rng.uniform(-1, 1, size=shape).astype(spec.dtype)
 
-    return {"x": draw(spec.input_shape), "w": draw(spec.weight_shape),
+    data = {"x": draw(spec.input_shape), "w": draw(spec.weight_shape),
             "b": draw(spec.bias_shape) if spec.bias else None, "dy": draw(spec.output_shape)}
+    if spec.scale_shift:
+        data["scale"], data["shift"] = draw(spec.bias_shape), draw(spec.bias_shape)
+    if spec.residual:
+        data["residual"] = draw(spec.output_shape)
+    return data
 
 
 def _to_cf(spec, array, weight=False):
@@ -57,29 +62,37 @@ def _from_cf(spec, array, weight=False):
     return ref.weight_to_hwio(array) if weight else ref.to_channels_last(array)
 
 
-def reference(spec: ConvSpec, op: str, x=None, w=None, b=None, dy=None, formulation="direct"):
-    """The reference result of `op` in spec's layout (float64). formulation: direct | im2col."""
+def reference(spec: ConvSpec, op: str, x=None, w=None, b=None, dy=None, formulation="direct",
+              scale=None, shift=None, residual=None):
+    """The reference result of `op` in spec's layout (float64), forward with its fused epilogue
+    (scale, shift, residual, spec.activation). formulation: direct | im2col."""
     pad = list(zip(spec.pad_before, spec.pad_after))
     args = (spec.stride, pad, spec.dilation, spec.groups)
+    mode = {"mode": spec.padding_mode}
     im2col = formulation == "im2col"
     if op == "forward":
         f = ref.forward_im2col if im2col else ref.forward
-        return _from_cf(spec, f(_to_cf(spec, x), _to_cf(spec, w, True), *args, bias=b))
+        y = f(_to_cf(spec, x), _to_cf(spec, w, True), *args, bias=b, **mode)
+        y = ref.epilogue(y, scale, shift, None if residual is None else _to_cf(spec, residual),
+                         spec.activation, spec.negative_slope)
+        return _from_cf(spec, y)
     if op == "grad_input":
         f = ref.grad_input_im2col if im2col else ref.grad_input
         size = (spec.batch, spec.in_channels, *spec.in_size)
-        return _from_cf(spec, f(size, _to_cf(spec, w, True), _to_cf(spec, dy), *args))
+        return _from_cf(spec, f(size, _to_cf(spec, w, True), _to_cf(spec, dy), *args, **mode))
     if op == "grad_weight":
         f = ref.grad_weight_im2col if im2col else ref.grad_weight
         size = (spec.out_channels, spec.in_channels // spec.groups, *spec.kernel)
-        return _from_cf(spec, f(_to_cf(spec, x), size, _to_cf(spec, dy), *args), True)
+        return _from_cf(spec, f(_to_cf(spec, x), size, _to_cf(spec, dy), *args, **mode), True)
     raise ValueError(f"op={op!r}")
 
 
 def kernel_inputs(spec: ConvSpec, op: str, data: dict) -> list:
     """The arrays a Kernel of `op` takes, in parameter order, from an operands() dict."""
     if op == "forward":
-        return [data["x"], data["w"]] + ([data["b"]] if spec.bias else [])
+        return ([data["x"], data["w"]] + ([data["b"]] if spec.bias else [])
+                + ([data["scale"], data["shift"]] if spec.scale_shift else [])
+                + ([data["residual"]] if spec.residual else []))
     if op == "grad_input":
         return [data["dy"], data["w"]]
     return [data["x"], data["dy"]]

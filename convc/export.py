@@ -277,6 +277,8 @@ def _manifest(entries, target, path: Path, artifact, link, extra) -> dict:
             "args": [_arg(spec, arg, shape, dtype, "output" if i >= first_output else "input")
                      for i, (arg, shape, dtype) in enumerate(zip(names, arg_shapes, arg_dtypes))],
         }
+        if op == "forward" and not isinstance(spec, PoolSpec):
+            functions[name]["epilogue"] = _epilogue(spec)
     manifest = {
         "format": FORMAT, "convc": __version__, "tvm": tvm.__version__,
         "tvm_ffi": tvm_ffi.__version__, "target": json.loads(target.json),
@@ -289,9 +291,21 @@ def _manifest(entries, target, path: Path, artifact, link, extra) -> dict:
     return manifest
 
 
+def _epilogue(spec: ConvSpec) -> list:
+    """What forward's write-back computes after the convolution, in order, with its parameters."""
+    steps = (["bias (b)"] if spec.bias else []) \
+        + (["* scale + shift (per output channel)"] if spec.scale_shift else []) \
+        + (["+ residual"] if spec.residual else [])
+    if spec.activation == "leaky_relu":
+        steps.append(f"leaky_relu(negative_slope={spec.negative_slope!r})")
+    elif spec.activation:
+        steps.append(spec.activation)
+    return steps
+
+
 def _arg(spec, name: str, shape, dtype: str, role: str) -> dict:
-    weights = {} if isinstance(spec, PoolSpec) else {"w": spec.weight_layout,
-                                                     "dw": spec.weight_layout, "b": "O"}
+    weights = {} if isinstance(spec, PoolSpec) else {
+        "w": spec.weight_layout, "dw": spec.weight_layout, "b": "O", "scale": "O", "shift": "O"}
     return {"name": name, "role": role, "shape": list(shape), "dtype": dtype,
             "layout": weights.get(name, spec.layout)}
 

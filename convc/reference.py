@@ -6,13 +6,16 @@ Two independent formulations of each op:
   * im2col: the column matrix X̂ (one row per (channel, tap), one column per output position);
     forward = W X̂, grad_input = col2im(Wᵀ dy), grad_weight = dy X̂ᵀ.
 They are slow and obvious on purpose. Arguments follow PyTorch's channels-first conventions:
-x (N, C, *in), w (K, C/groups, *k), dy (N, K, *out); `pad` is a list of (before, after) pairs.
-Computation is in float64 (or the input dtype if wider); callers cast the result.
+x (N, C, *in), w (K, C/groups, *k), dy (N, K, *out); `pad` is a list of (before, after) pairs;
+`mode` is the padding mode ("zeros", "reflect", "replicate", "circular", as nn.ConvNd names them).
+The adjoint of a padding that copies input elements into the ring adds the ring's gradient back
+onto the elements it copied (pad_adjoint), as F.pad's backward does. Computation is in float64 (or the input dtype if wider); callers cast the result.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -20,6 +23,29 @@ import numpy as np
 def out_size(in_size, kernel, stride, dilation, pad):
     return tuple((i + pb + pa - d * (k - 1) - 1) // s + 1
                  for i, k, s, d, (pb, pa) in zip(in_size, kernel, stride, dilation, pad))
+
+
+# nn.ConvNd's padding modes as np.pad modes.
+NP_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def pad_input(x, pad, mode="zeros"):
+    """(N, C, *in) -> (N, C, *padded): the ring filled as `mode` says."""
+    return np.pad(x, [(0, 0), (0, 0), *pad], mode=NP_PAD_MODES[mode])
+
+
+def pad_adjoint(xp, in_size, pad, mode="zeros"):
+    """The adjoint of pad_input: (N, C, *padded) -> (N, C, *in), every padded element added onto
+    the input element it is a copy of (zeros: the ring is dropped, a crop)."""
+    if mode == "zeros":
+        crop = tuple(slice(pb, pb + i) for i, (pb, _) in zip(in_size, pad))
+        return xp[(slice(None), slice(None)) + crop]
+    n, c = xp.shape[:2]
+    source = np.pad(np.arange(int(np.prod(in_size))).reshape(in_size), pad,
+                    mode=NP_PAD_MODES[mode])  # flat input index of every padded element
+    dx = np.zeros((n, c, int(np.prod(in_size))), dtype=xp.dtype)
+    np.add.at(dx, (slice(None), slice(None), source.ravel()), xp.reshape(n, c, -1))
+    return dx.reshape(n, c, *in_size)
 
 
 def _tap_slices(tap, out, stride, dilation):
@@ -34,13 +60,13 @@ def _grouped(a, groups, axis=1):
     return a.reshape(shape[:axis] + (groups, shape[axis] // groups) + shape[axis + 1:])
 
 
-def forward(x, w, stride, pad, dilation, groups, bias=None):
+def forward(x, w, stride, pad, dilation, groups, bias=None, mode="zeros"):
     x = np.asarray(x, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
     n, c, *in_size = x.shape
     k, cg, *kernel = w.shape
     out = out_size(in_size, kernel, stride, dilation, pad)
-    xp = np.pad(x, [(0, 0), (0, 0), *pad])
+    xp = pad_input(x, pad, mode)
     wg = w.reshape(groups, k // groups, cg, *kernel)
     y = np.zeros((n, groups, k // groups, *out))
     for tap in itertools.product(*[range(kk) for kk in kernel]):
@@ -52,7 +78,7 @@ def forward(x, w, stride, pad, dilation, groups, bias=None):
     return y
 
 
-def grad_input(input_size, w, dy, stride, pad, dilation, groups):
+def grad_input(input_size, w, dy, stride, pad, dilation, groups, mode="zeros"):
     w = np.asarray(w, dtype=np.float64)
     dy = np.asarray(dy, dtype=np.float64)
     n, c, *in_size = input_size
@@ -65,16 +91,15 @@ def grad_input(input_size, w, dy, stride, pad, dilation, groups):
     for tap in itertools.product(*[range(kk) for kk in kernel]):
         region = (slice(None),) * 3 + _tap_slices(tap, out, stride, dilation)
         dxp[region] += np.einsum("ngk...,gkc->ngc...", dyg, wg[(Ellipsis, *tap)])
-    crop = tuple(slice(pb, pb + i) for i, (pb, _) in zip(in_size, pad))
-    return dxp[(slice(None),) * 3 + crop].reshape(n, c, *in_size)
+    return pad_adjoint(dxp.reshape(n, c, *padded), in_size, pad, mode)
 
 
-def grad_weight(x, weight_size, dy, stride, pad, dilation, groups):
+def grad_weight(x, weight_size, dy, stride, pad, dilation, groups, mode="zeros"):
     x = np.asarray(x, dtype=np.float64)
     dy = np.asarray(dy, dtype=np.float64)
     k, cg, *kernel = weight_size
     out = dy.shape[2:]
-    xp = np.pad(x, [(0, 0), (0, 0), *pad])
+    xp = pad_input(x, pad, mode)
     dyg = _grouped(dy, groups)
     dw = np.zeros((groups, k // groups, cg, *kernel))
     for tap in itertools.product(*[range(kk) for kk in kernel]):
@@ -84,15 +109,50 @@ def grad_weight(x, weight_size, dy, stride, pad, dilation, groups):
     return dw.reshape(k, cg, *kernel)
 
 
+def activation(y, name, negative_slope=0.01):
+    """PyTorch's activations (F.relu, F.relu6, F.leaky_relu, F.silu, F.gelu exact and tanh,
+    F.hardswish, F.sigmoid), in float64."""
+    if name is None:
+        return y
+    if name == "relu":
+        return np.maximum(y, 0)
+    if name == "relu6":
+        return np.clip(y, 0, 6)
+    if name == "leaky_relu":
+        return np.where(y >= 0, y, y * negative_slope)
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-y))
+    if name == "silu":
+        return y / (1 + np.exp(-y))
+    if name == "gelu":
+        return 0.5 * y * (1 + np.vectorize(math.erf)(y / math.sqrt(2)))
+    if name == "gelu_tanh":
+        return 0.5 * y * (1 + np.tanh(math.sqrt(2 / math.pi) * (y + 0.044715 * y ** 3)))
+    if name == "hardswish":
+        return y * np.clip(y + 3, 0, 6) / 6
+    raise ValueError(f"activation={name!r}")
+
+
+def epilogue(y, scale=None, shift=None, residual=None, act=None, negative_slope=0.01):
+    """The fused forward epilogue on a channels-first (N, K, *out) result: y * scale + shift (per
+    channel), + residual, then the activation."""
+    shape = (1, -1) + (1,) * (y.ndim - 2)
+    if scale is not None:
+        y = y * np.asarray(scale, np.float64).reshape(shape) + np.asarray(shift, np.float64).reshape(shape)
+    if residual is not None:
+        y = y + np.asarray(residual, np.float64)
+    return activation(y, act, negative_slope)
+
+
 # --- im2col formulation ---------------------------------------------------------------------------
 
-def im2col(x, kernel, stride, pad, dilation):
+def im2col(x, kernel, stride, pad, dilation, mode="zeros"):
     """(N, C, *in) -> (N, C, prod(kernel), prod(out)): column j holds the receptive field of
     output position j, row (c, tap) one input element of it."""
     x = np.asarray(x, dtype=np.float64)
     n, c, *in_size = x.shape
     out = out_size(in_size, kernel, stride, dilation, pad)
-    xp = np.pad(x, [(0, 0), (0, 0), *pad])
+    xp = pad_input(x, pad, mode)
     taps = list(itertools.product(*[range(kk) for kk in kernel]))
     cols = np.empty((n, c, len(taps), int(np.prod(out))))
     for t, tap in enumerate(taps):
@@ -100,7 +160,7 @@ def im2col(x, kernel, stride, pad, dilation):
     return cols, out
 
 
-def col2im(cols, input_size, kernel, stride, pad, dilation):
+def col2im(cols, input_size, kernel, stride, pad, dilation, mode="zeros"):
     """Adjoint of im2col: scatter-add columns back into an (N, C, *in) array."""
     n, c, *in_size = input_size
     out = out_size(in_size, kernel, stride, dilation, pad)
@@ -108,14 +168,13 @@ def col2im(cols, input_size, kernel, stride, pad, dilation):
     xp = np.zeros((n, c, *padded))
     for t, tap in enumerate(itertools.product(*[range(kk) for kk in kernel])):
         xp[(slice(None), slice(None)) + _tap_slices(tap, out, stride, dilation)] += cols[:, :, t].reshape(n, c, *out)
-    crop = tuple(slice(pb, pb + i) for i, (pb, _) in zip(in_size, pad))
-    return xp[(slice(None), slice(None)) + crop]
+    return pad_adjoint(xp, in_size, pad, mode)
 
 
-def forward_im2col(x, w, stride, pad, dilation, groups, bias=None):
+def forward_im2col(x, w, stride, pad, dilation, groups, bias=None, mode="zeros"):
     w = np.asarray(w, dtype=np.float64)
     k, cg, *kernel = w.shape
-    cols, out = im2col(x, kernel, stride, pad, dilation)
+    cols, out = im2col(x, kernel, stride, pad, dilation, mode)
     n = cols.shape[0]
     cols = cols.reshape(n, groups, cg * cols.shape[2], -1)           # (N, G, Cg*T, P)
     wm = w.reshape(groups, k // groups, -1)                            # (G, Kg, Cg*T)
@@ -125,7 +184,7 @@ def forward_im2col(x, w, stride, pad, dilation, groups, bias=None):
     return y
 
 
-def grad_input_im2col(input_size, w, dy, stride, pad, dilation, groups):
+def grad_input_im2col(input_size, w, dy, stride, pad, dilation, groups, mode="zeros"):
     w = np.asarray(w, dtype=np.float64)
     dy = np.asarray(dy, dtype=np.float64)
     k, cg, *kernel = w.shape
@@ -134,13 +193,13 @@ def grad_input_im2col(input_size, w, dy, stride, pad, dilation, groups):
     wm = w.reshape(groups, k // groups, cg * taps)
     dym = dy.reshape(n, groups, k // groups, -1)
     cols = np.einsum("gkr,ngkp->ngrp", wm, dym).reshape(n, groups * cg, taps, -1)
-    return col2im(cols, input_size, kernel, stride, pad, dilation)
+    return col2im(cols, input_size, kernel, stride, pad, dilation, mode)
 
 
-def grad_weight_im2col(x, weight_size, dy, stride, pad, dilation, groups):
+def grad_weight_im2col(x, weight_size, dy, stride, pad, dilation, groups, mode="zeros"):
     dy = np.asarray(dy, dtype=np.float64)
     k, cg, *kernel = weight_size
-    cols, _ = im2col(x, kernel, stride, pad, dilation)
+    cols, _ = im2col(x, kernel, stride, pad, dilation, mode)
     n = cols.shape[0]
     cols = cols.reshape(n, groups, cg * cols.shape[2], -1)
     dym = dy.reshape(n, groups, k // groups, -1)

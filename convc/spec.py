@@ -29,6 +29,11 @@ WEIGHT_LAYOUTS = {
 }
 DTYPES = ("float32", "float64", "float16")
 OPS = ("forward", "grad_input", "grad_weight")
+# How the ring around the input is filled: PyTorch's nn.ConvNd(padding_mode=...) names.
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+# Activations the forward epilogue applies last (PyTorch's names; gelu_tanh is
+# F.gelu(approximate="tanh")).
+ACTIVATIONS = ("relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh", "hardswish", "sigmoid")
 
 
 def default_layout(ndim: int) -> str:
@@ -56,6 +61,28 @@ def check_dtype(dtype, name: str = "dtype") -> str:
     if text not in DTYPES:
         raise TypeError(f"{name}={dtype!r} is not supported: expected one of {DTYPES}")
     return text
+
+
+def check_padding_mode(mode, name: str = "padding_mode") -> str:
+    if mode not in PADDING_MODES:
+        raise ValueError(f"{name}={mode!r} is not a padding mode: expected one of {PADDING_MODES}")
+    return mode
+
+
+def check_activation(activation, name: str = "activation"):
+    """What the user passes -> (activation name or None, negative_slope): None, a name of
+    ACTIVATIONS, ("leaky_relu", negative_slope) or ("gelu", "tanh" | "none")."""
+    if activation is None or activation in ACTIVATIONS:
+        return activation, 0.01
+    if isinstance(activation, (tuple, list)) and len(activation) == 2:
+        kind, arg = activation
+        if kind == "leaky_relu" and isinstance(arg, numbers.Real) and not isinstance(arg, bool) \
+                and math.isfinite(arg):
+            return "leaky_relu", float(arg)
+        if kind == "gelu" and arg in ("tanh", "none"):
+            return ("gelu_tanh" if arg == "tanh" else "gelu"), 0.01
+    raise ValueError(f"{name}={activation!r} is not an activation: expected None, one of "
+                     f"{ACTIVATIONS}, ('leaky_relu', negative_slope) or ('gelu', 'tanh')")
 
 
 def _is_int(value) -> bool:
@@ -164,7 +191,9 @@ class ConvSpec(SpecBase):
 
     `in_size`, `kernel`, `stride`, `dilation`, `pad_before`, `pad_after` have one entry per
     spatial dimension. The weight of a channels-first layout is (O, I/groups, *kernel), as in
-    PyTorch; of a channels-last layout (*kernel, I/groups, O).
+    PyTorch; of a channels-last layout (*kernel, I/groups, O). `padding_mode` fills the padding
+    ring as nn.ConvNd does: "zeros", or from the input itself ("reflect": mirrored without the
+    edge, "replicate": the edge repeated, "circular": wrapped around).
     """
 
     layout: str
@@ -180,6 +209,13 @@ class ConvSpec(SpecBase):
     groups: int = 1
     dtype: str = "float32"
     bias: bool = False
+    padding_mode: str = "zeros"
+    # The forward epilogue, in this order: + bias, * scale + shift (per output channel), +
+    # residual (y's shape), activation; computed in the kernel's write-back (see ops.forward).
+    scale_shift: bool = False
+    residual: bool = False
+    activation: str | None = None
+    negative_slope: float = 0.01
 
     def __post_init__(self):
         self.validate()
@@ -234,7 +270,22 @@ class ConvSpec(SpecBase):
         return (f"{self.layout}_{self.dtype}_n{self.batch}_c{self.in_channels}_k{self.out_channels}"
                 f"_i{t(self.in_size)}_r{t(self.kernel)}_s{t(self.stride)}_d{t(self.dilation)}"
                 f"_p{t(self.pad_before)}-{t(self.pad_after)}_g{self.groups}"
-                + ("_bias" if self.bias else ""))
+                + ("_bias" if self.bias else "")
+                + ("" if self.padding_mode == "zeros" else f"_{self.padding_mode}")
+                + ("_scaleshift" if self.scale_shift else "") + ("_residual" if self.residual else "")
+                + (f"_{self.activation}" if self.activation else "")
+                + (f"{self.negative_slope!r}" if self.activation == "leaky_relu" else ""))
+
+    @property
+    def fused(self) -> bool:
+        """The forward epilogue does more than add a bias and cast."""
+        return self.scale_shift or self.residual or self.activation is not None
+
+    @property
+    def ring_padded(self) -> bool:
+        """The padding ring is filled from the input (a padding mode other than zeros, and some
+        padding): the adjoints then fold the ring back onto the positions it came from."""
+        return self.padding_mode != "zeros" and any(self.pad_before + self.pad_after)
 
     def with_batch(self, batch: int) -> "ConvSpec":
         return dataclasses.replace(self, batch=batch)
@@ -242,7 +293,9 @@ class ConvSpec(SpecBase):
     # --- construction from user arguments ------------------------------------------------------
     @classmethod
     def from_shapes(cls, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *,
-                    layout=None, dtype="float32", bias=False) -> "ConvSpec":
+                    layout=None, dtype="float32", bias=False,
+                    padding_mode="zeros", scale_shift=False, residual=False,
+                    activation=None) -> "ConvSpec":
         """Build a spec from a batched input shape and a weight shape in `layout`'s convention."""
         input_shape = _shape(input_shape, "input_shape")
         weight_shape = _shape(weight_shape, "weight_shape")
@@ -270,6 +323,7 @@ class ConvSpec(SpecBase):
         if not _is_int(groups) or groups < 1:
             raise ValueError(f"groups={groups!r} is not valid: expected a positive int")
         kernel = tuple(kernel)
+        activation, slope = check_activation(activation)
         pad_before, pad_after = resolve_padding(padding, ndim, kernel, stride, dilation)
         if in_channels != cg * groups:
             raise ValueError(
@@ -280,7 +334,9 @@ class ConvSpec(SpecBase):
         return cls(layout=layout, batch=batch, in_channels=in_channels, out_channels=out_channels,
                    in_size=tuple(in_size), kernel=kernel, stride=stride, dilation=dilation,
                    pad_before=pad_before, pad_after=pad_after, groups=int(groups),
-                   dtype=check_dtype(dtype), bias=bool(bias))
+                   dtype=check_dtype(dtype), bias=bool(bias),
+                   padding_mode=check_padding_mode(padding_mode), scale_shift=bool(scale_shift),
+                   residual=bool(residual), activation=activation, negative_slope=slope)
 
     def validate(self) -> None:
         ndim = len(self.in_size)
@@ -308,6 +364,13 @@ class ConvSpec(SpecBase):
             raise ValueError(f"dilation={self.dilation} must be positive in every dimension")
         if any(p < 0 for p in self.pad_before + self.pad_after):
             raise ValueError(f"padding={self.pad_before}/{self.pad_after} must be non-negative")
+        check_padding_mode(self.padding_mode)
+        self._check_ring()
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r} is not an activation: expected None "
+                             f"or one of {ACTIVATIONS}")
+        if not isinstance(self.negative_slope, numbers.Real) or not math.isfinite(self.negative_slope):
+            raise ValueError(f"negative_slope={self.negative_slope!r} must be a finite number")
         if self.groups < 1 or self.in_channels % self.groups:
             raise ValueError(
                 f"groups={self.groups}: in_channels={self.in_channels} must be divisible by groups"
@@ -324,6 +387,24 @@ class ConvSpec(SpecBase):
                     f"kernel size {self.kernel} with dilation {self.dilation} spans more than the "
                     f"padded input: input size {self.in_size}, padding {self.pad_before}/{self.pad_after}"
                 )
+
+
+    def _check_ring(self) -> None:
+        """PyTorch's limits on the ring a padding mode takes from the input (F.pad): reflect
+        mirrors without the edge, so padding < input size; circular wraps once, so padding <=
+        input size."""
+        if self.padding_mode not in ("reflect", "circular"):
+            return
+        for axis, (i, pb, pa) in enumerate(zip(self.in_size, self.pad_before, self.pad_after)):
+            if self.padding_mode == "reflect" and max(pb, pa) >= i:
+                raise ValueError(
+                    f"padding_mode='reflect' needs padding < the input size on every axis: padding "
+                    f"{self.pad_before}/{self.pad_after} on input size {self.in_size} (axis {axis})")
+            if self.padding_mode == "circular" and max(pb, pa) > i:
+                raise ValueError(
+                    f"padding_mode='circular' needs padding <= the input size on every axis: "
+                    f"padding {self.pad_before}/{self.pad_after} on input size {self.in_size} "
+                    f"(axis {axis})")
 
 
 def _shape(shape, name) -> tuple:

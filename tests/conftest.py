@@ -47,9 +47,9 @@ def check_spec(spec: ConvSpec, target=None, ops=("forward", "grad_input", "grad_
 
 
 def make_spec(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *,
-              layout=None, dtype="float32", bias=False):
+              layout=None, dtype="float32", bias=False, padding_mode="zeros"):
     return ConvSpec.from_shapes(input_shape, weight_shape, stride, padding, dilation, groups,
-                                layout=layout, dtype=dtype, bias=bias)
+                                layout=layout, dtype=dtype, bias=bias, padding_mode=padding_mode)
 
 
 # The layer the export tests ship: a bias, groups, stride and padding (every parameter of a

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 
 import convc
-from conftest import assert_close, check_spec, make_spec, operands, references
+from convc import check
+from conftest import assert_close, check_spec, make_spec, operands
 from convc.build import cuda, schedule
 from convc.build.cuda.library import compile_device_code, embedded_device_code, merge
 from convc.kernel import CudaKernel
@@ -131,19 +132,19 @@ def run_guarded(function, inputs, outputs):
     return [view for _, view in outs]
 
 
-def check_serialized(spec: ConvSpec, target=SM90, seed=0):
-    """Build the three serialized GPU schedules of `spec` as one CPU module and compare each with
-    the reference (guarded arguments: see run_guarded)."""
+def check_serialized(spec: ConvSpec, target=SM90, seed=0, ops=OPS):
+    """Build the serialized GPU schedules of `spec` (the three ops, or `ops`) as one CPU module and
+    compare each with the reference (guarded arguments: see run_guarded)."""
     mods = {}
-    for op in OPS:
+    for op in ops:
         mods[op], how = scheduled(spec, op, target)
         assert how == "hand-written", f"{op} {spec.key}: the GPU rule declined ({how})"
     cpu = cuda.build_serial(merge(mods))
-    x, w, b, dy = operands(spec, seed)
-    inputs = {"forward": [x, w] + ([b] if spec.bias else []), "grad_input": [dy, w],
-              "grad_weight": [x, dy]}
-    for op, expected in zip(OPS, references(spec, x, w, b, dy)):
-        out, = run_guarded(cpu[op], inputs[op], [(expected.shape, spec.dtype)])
+    data = check.operands(spec, seed)
+    for op in ops:
+        expected = check.reference(spec, op, **data)
+        out, = run_guarded(cpu[op], check.kernel_inputs(spec, op, data),
+                           [(expected.shape, spec.dtype)])
         assert_close(out, expected, spec.dtype, f"serialized GPU {op} {spec.key}")
 
 
@@ -231,6 +232,45 @@ def test_rules_decline_what_is_not_theirs():
     assert grad_input.rule(func, resolve("cuda")) is None
     assert grad_weight.rule(func, resolve("cuda")) is None
     assert forward.rule(func, resolve("cuda")) is not None
+
+
+# Padding modes: the ring is the pad stage's index map, computed inside the shared-memory fetch.
+RING = [(f"{name}-{mode}", dataclasses.replace(spec, padding_mode=mode))
+        for mode, (name, spec) in zip(("reflect", "replicate", "circular", "replicate", "reflect"),
+                                      [GRID[0], GRID[11], GRID[9], GRID[30], GRID[-2]])]
+
+
+@pytest.mark.parametrize("spec", [pytest.param(s, id=i) for i, s in RING])
+def test_padding_modes_serialized(spec):
+    check_serialized(spec, ops=("forward", "grad_weight"))
+
+
+def test_padding_modes_compile_and_grad_input_is_refused():
+    """forward and grad_weight of every padding mode compile with nvcc; grad_input of a ring
+    padding is refused with a message naming padding_mode (its fold needs device workspace)."""
+    _nvcc_or_skip()
+    compile_batch({symbol(name, op): scheduled(spec, op)[0] for name, spec in RING
+                   for op in ("forward", "grad_weight")}, SM90)
+    with pytest.raises(ValueError, match="padding_mode='reflect'.*CUDA"):
+        scheduled(RING[0][1], "grad_input")
+
+
+# The fused forward epilogue (scale/shift, residual, activation) in the write-back.
+FUSED = [(f"{name}-{act}", dataclasses.replace(spec, scale_shift=True, residual=True,
+                                               activation=act))
+         for act, (name, spec) in zip(("relu", "gelu", "silu", "hardswish"),
+                                      [GRID[0], GRID[11], GRID[30], GRID[-1]])]
+
+
+@pytest.mark.parametrize("spec", [pytest.param(s, id=i) for i, s in FUSED])
+def test_fused_epilogue_serialized(spec):
+    check_serialized(spec, ops=("forward",))
+
+
+def test_fused_epilogue_compiles():
+    _nvcc_or_skip()
+    compile_batch({symbol(name, "forward"): scheduled(spec, "forward")[0]
+                   for name, spec in FUSED}, SM90)
 
 
 # --- 2. device code and launch limits ---------------------------------------------------------

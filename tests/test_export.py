@@ -367,7 +367,42 @@ def test_cli_compile_options(tmp_path):
     assert (spec["pad_before"], spec["pad_after"]) == ([1, 0], [2, 3])
 
 
+def test_cli_compile_padding_mode(tmp_path):
+    """--padding-mode reaches the spec, the manifest and the library's three functions."""
+    out = tmp_path / "ring.so"
+    assert cli("--op", "conv2d", "--input", "2,4,7,9", "--weight", "6,2,3,3", "--groups", "2",
+               "--stride", "2", "--padding", "2:1,1:2", "--padding-mode", "circular",
+               "-o", str(out)) == 0
+    spec = convc.ConvSpec.from_dict(_manifest(out)["functions"]["forward"]["spec"])
+    assert spec.padding_mode == "circular" and spec.key.endswith("_circular")
+    lib, data = load(out), operands(spec, seed=3)
+    for op in ("forward", "grad_input", "grad_weight"):
+        assert_close(lib[op](*kernel_inputs(spec, op, data)), reference(spec, op, **data),
+                     "float32", f"cli circular {op}")
+
+
+def test_cli_compile_fused_epilogue(tmp_path):
+    """--scale-shift --residual --activation: forward's parameters, the manifest's epilogue."""
+    out = tmp_path / "fused.so"
+    assert cli("--op", "conv2d", "--input", "2,6,7,8", "--weight", "3,3,8,6", "--layout", "NHWC",
+               "--bias", "--scale-shift", "--residual", "--activation", "leaky_relu:0.1",
+               "--padding", "1", "--kernels", "forward", "-o", str(out)) == 0
+    entry = _manifest(out)["functions"]["forward"]
+    assert [a["name"] for a in entry["args"]] == ["x", "w", "b", "scale", "shift", "residual", "y"]
+    assert entry["epilogue"] == ["bias (b)", "* scale + shift (per output channel)", "+ residual",
+                                 "leaky_relu(negative_slope=0.1)"]
+    spec = convc.ConvSpec.from_dict(entry["spec"])
+    data = operands(spec, seed=4)
+    assert_close(load(out).forward(*kernel_inputs(spec, "forward", data)),
+                 reference(spec, "forward", **data), "float32", "cli fused forward")
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--input", "2,8,12,12", "--weight", "16,8,3,3", "--activation", "leaky_relu:x"],
+     "--activation='leaky_relu:x'"),
+    (["--input", "2,8,12,12", "--weight", "16,8,3,3", "--activation", "tanh"], "activation='tanh'"),
+    (["--input", "2,8,3,12", "--weight", "16,8,3,3", "--padding", "3", "--padding-mode", "reflect"],
+     "padding_mode='reflect' needs padding < the input size"),
     (["--input", "2,8,12", "--weight", "16,8,3,3"], "--input='2,8,12' has 3 dimensions: conv2d expects 4"),
     (["--input", "2,8,12,12", "--weight", "16,8,3"], "--weight='16,8,3' has 3 dimensions"),
     (["--input", "2,8,x,12", "--weight", "16,8,3,3"], "--input='2,8,x,12' is not an int or a comma list"),

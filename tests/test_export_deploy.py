@@ -319,8 +319,8 @@ def _tvm_ffi_config() -> str | None:
                     reason="the C++ example needs g++ and make")
 def test_cpp_example(tmp_path):
     """Build examples/cpp with its Makefile against the installed tvm-ffi, run it on a float32
-    library (named by its bare file name) and on a float64 channels-last 3-D one, and read its
-    verdicts."""
+    library (named by its bare file name) and on a float64 channels-last 3-D one padded in reflect
+    mode, and read its verdicts."""
     config = _tvm_ffi_config()
     if config is None:
         pytest.skip("tvm-ffi-config (installed with apache-tvm-ffi) is not on PATH")
@@ -333,7 +333,8 @@ def test_cpp_example(tmp_path):
         export_library(make_spec(**EXPORT_SPEC_ARGS), tmp_path / "nchw.so"),
         export_library(make_spec((2, 6, 7, 5, 4), (3, 2, 2, 2, 6), stride=(2, 1, 1),
                                  padding=((1, 0), (0, 2), (1, 1)), dilation=(1, 2, 1), groups=2,
-                                 layout="NDHWC", dtype="float64", bias=True),
+                                 layout="NDHWC", dtype="float64", bias=True,
+                                 padding_mode="reflect"),
                        tmp_path / "ndhwc.so", ops=["grad_weight", "forward", "grad_input"]),
     ]
     # The first by its bare file name, as the README runs it (dlopen alone would search the

@@ -38,7 +38,8 @@ LAYERS = [
     ("dispatch", ["convc.records", "convc.dispatch"]),
     ("build", ["convc.build", "convc.export_runtime"]),
     ("kernel", ["convc.kernel"]),
-    ("entry", ["convc.plans", "convc.api", "convc.pool_api", "convc.export", "convc.tuning", "convc.cli",
+    ("entry", ["convc.plans", "convc.api", "convc.pool_api", "convc.batch_norm", "convc.export",
+               "convc.tuning", "convc.cli",
                "convc.bench", "convc.__main__", "convc"]),
 ]
 

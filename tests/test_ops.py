@@ -55,6 +55,10 @@ ADJOINT_CASES = [
     make_spec((1, 3, 13), (5, 3, 4), 3, 2, 2, 1, dtype="float64"),
     make_spec((1, 2, 5, 6, 4), (4, 1, 2, 3, 2), (1, 2, 1), 1, (2, 1, 1), 2, dtype="float64"),
     make_spec((2, 7, 9, 8), (3, 3, 8, 5), 2, 1, 1, 1, layout="NHWC", dtype="float64"),
+] + [  # padding modes: grad_input's fold is the adjoint of the padding ring
+    make_spec((2, 5, 6, 4, 4), (3, 2, 3, 2, 4), (2, 1, 1), ((2, 1), (0, 2), (1, 1)), (1, 2, 1), 2,
+              layout="NDHWC", dtype="float64", padding_mode=mode)
+    for mode in ("reflect", "replicate", "circular")
 ]
 
 

@@ -140,3 +140,48 @@ def test_every_channel_count_class(channels, layout):
             spec = make_spec((1, 7, 9, channels), (3, 3, channels // groups, k), 1, 1, 1, groups,
                              layout="NHWC")
         check_robust(spec)
+
+
+# Large non-overlapping windows (patch embeddings): grad_input is declared as a gather
+# (convc.ops.grad_input.gather_grad_input) and scheduled by schedule_direct's gather variant.
+GATHER_CASES = [
+    # (input NC*, weight OI*, stride, padding, dtype): exact windows, a remainder that no window
+    # reaches, kernel < stride (gaps), padding, 1-D and 3-D, batch 3, float64 / float16.
+    ((1, 3, 64, 48), (24, 3, 16, 16), 16, 0, "float32"),
+    ((3, 5, 37, 30), (7, 5, 7, 6), (9, 6), (2, 0), "float32"),
+    ((2, 6, 70), (9, 6, 32), 32, 3, "float32"),
+    ((1, 4, 9, 10, 12), (5, 4, 3, 3, 4), (3, 4, 5), 0, "float32"),
+    ((2, 2, 28, 28), (70, 2, 14, 14), 14, 0, "float64"),
+    ((1, 3, 32, 32), (17, 3, 8, 8), 8, 0, "float16"),
+    # channels-last (tap, channel) = 2 x 17 lanes: more than 4 vectors of a dividing width
+    ((1, 17, 8, 8, 6), (9, 17, 4, 4, 2), (4, 4, 2), 0, "float32"),
+    ((1, 64, 16, 16), (8, 64, 8, 8), 8, 0, "float32"),
+]
+
+
+@pytest.mark.parametrize("layout", ["first", "last"])
+@pytest.mark.parametrize("case", GATHER_CASES, ids=lambda c: f"{c[1][2:]}s{c[2]}p{c[3]}{c[4]}")
+def test_patch_grad_input_gather(case, layout):
+    from convc.ops.grad_input import is_gather_grad_input
+
+    x, w, stride, padding, dtype = case
+    if layout == "last":
+        layouts = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
+        x, w = (x[0], *x[2:], x[1]), (*w[2:], w[1], w[0])
+        spec = make_spec(x, w, stride, padding, layout=layouts[len(x)], dtype=dtype)
+    else:
+        spec = make_spec(x, w, stride, padding, dtype=dtype)
+    assert is_gather_grad_input(spec)
+    check_robust(spec, ops=("grad_input",))
+    assert '"convc.schedule": "gather' in convc.compile(spec, "grad_input").tir
+
+
+def test_patch_grad_input_unbatched_matches_batched():
+    """The functional API on an unbatched patch-embedding gradient (C, H, W)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((12, 3, 16, 16)).astype("float32")
+    dy = rng.standard_normal((12, 2, 3)).astype("float32")
+    dx = convc.conv2d_grad_input((3, 32, 48), w, dy, stride=16)
+    batched = convc.conv2d_grad_input((1, 3, 32, 48), w, dy[None], stride=16)
+    assert dx.shape == (3, 32, 48)
+    np.testing.assert_allclose(dx, batched[0], rtol=1e-6)

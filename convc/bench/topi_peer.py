@@ -33,7 +33,8 @@ WORKLOAD_PREFIX = "topi-"
 def declare(spec, op):
     """The topi PrimFunc standing for convc's ``op`` on ``spec`` (arguments: convc's kernel
     inputs, then the output), or None where topi has no such op."""
-    if spec.ndim != 2 or spec.layout != "NCHW" or spec.bias:
+    if (spec.ndim != 2 or spec.layout != "NCHW" or spec.bias or spec.fused
+            or spec.padding_mode != "zeros"):  # topi has zero padding and no epilogue
         return None
     stride, dilation, groups = spec.stride, spec.dilation, spec.groups
     pad = (*spec.pad_before, *spec.pad_after)  # top, left, bottom, right

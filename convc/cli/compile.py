@@ -41,6 +41,14 @@ def add_parser(subparsers):
                    help="(convolutions) weight shape: O,I/groups,*k (channels-first) or "
                         "*k,I/groups,O (channels-last)")
     p.add_argument("--bias", action="store_true", help="forward adds a bias: forward(x, w, b, y)")
+    p.add_argument("--scale-shift", action="store_true",
+                   help="forward's epilogue multiplies by scale and adds shift per output channel "
+                        "(an inference batch norm): forward(x, w[, b], scale, shift[, residual], y)")
+    p.add_argument("--residual", action="store_true",
+                   help="forward's epilogue adds a residual tensor of the output's shape")
+    p.add_argument("--activation", default=None,
+                   help="forward's epilogue ends with relu, relu6, leaky_relu[:SLOPE], silu, "
+                        "gelu, gelu:tanh, hardswish or sigmoid")
     p.add_argument("--stride", default=None,
                    help="an int or a comma list (default: 1; poolings: the kernel size)")
     p.add_argument("--padding", default="0",
@@ -48,6 +56,7 @@ def add_parser(subparsers):
                         "(default: %(default)s)")
     p.add_argument("--dilation", default="1", help="an int or a comma list (default: %(default)s)")
     p.add_argument("--groups", default="1", help="(default: %(default)s)")
+    add_padding_mode(p)
     p.add_argument("--layout", default=None,
                    help="NCW/NCHW/NCDHW (default) or NWC/NHWC/NDHWC; the weight layout follows")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
@@ -89,7 +98,11 @@ def pool_spec(args):
     from convc.pool_spec import PoolSpec
 
     pool, rank = POOL[args.op]
-    given = {"--weight": args.weight, "--bias": args.bias, "--groups": args.groups != "1"}
+    given = {"--weight": args.weight, "--bias": args.bias, "--groups": args.groups != "1",
+             "--padding-mode": getattr(args, "padding_mode", "zeros") != "zeros",
+             "--scale-shift": getattr(args, "scale_shift", False),
+             "--residual": getattr(args, "residual", False),
+             "--activation": getattr(args, "activation", None)}
     for flag, value in given.items():
         if value:
             raise ValueError(f"{flag} is for convolutions, not --op {args.op}")
@@ -115,6 +128,28 @@ def pool_spec(args):
     return PoolSpec.avg_pool(x, kernel, stride, pad, args.ceil_mode,
                              not args.no_count_include_pad, args.divisor_override,
                              layout=layout, dtype=dtype)
+
+
+def add_padding_mode(parser) -> None:
+    from convc.spec import PADDING_MODES
+
+    parser.add_argument("--padding-mode", default="zeros", choices=PADDING_MODES,
+                        help="how the padding ring is filled, as nn.ConvNd's padding_mode "
+                             "(default: %(default)s)")
+
+
+def activation(text):
+    """--activation: NAME, leaky_relu:SLOPE or gelu:tanh -> what ConvSpec takes."""
+    if text is None or ":" not in text:
+        return text
+    name, _, arg = text.partition(":")
+    if name == "leaky_relu":
+        try:
+            return name, float(arg)
+        except ValueError:
+            raise ValueError(f"--activation={text!r} is not valid: expected leaky_relu:SLOPE "
+                             "with a number") from None
+    return name, arg
 
 
 def ints(text: str, name: str):
@@ -218,7 +253,9 @@ def conv_spec(args):
     return ConvSpec.from_shapes(
         shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
         ints(args.stride or "1", "stride"), padding(args.padding), ints(args.dilation, "dilation"),
-        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias)
+        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias,
+        padding_mode=args.padding_mode, scale_shift=args.scale_shift, residual=args.residual,
+        activation=activation(args.activation))
 
 
 def _report(path, manifest: dict, meta) -> None:

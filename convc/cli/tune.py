@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .compile import POOL, RANK, add_pool_arguments, ints, padding, pool_spec, shape, target_of
+from .compile import (POOL, RANK, add_padding_mode, add_pool_arguments, ints, padding, pool_spec,
+                      shape, target_of)
 
 
 def add_parser(subparsers):
@@ -37,6 +38,7 @@ def add_parser(subparsers):
                        help="an int, a comma list, before:after pairs, 'same' or 'valid'")
     layer.add_argument("--dilation", default="1", help="an int or a comma list (default: %(default)s)")
     layer.add_argument("--groups", default="1", help="(default: %(default)s)")
+    add_padding_mode(layer)
     layer.add_argument("--layout", default=None,
                        help="NCW/NCHW/NCDHW (default) or NWC/NHWC/NDHWC; the weight layout follows")
     layer.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
@@ -92,7 +94,8 @@ def specs_of(args) -> list:
     return [ConvSpec.from_shapes(
         shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
         ints(args.stride or "1", "stride"), padding(args.padding), ints(args.dilation, "dilation"),
-        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias)]
+        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias,
+        padding_mode=args.padding_mode)]
 
 
 def _suite(names: str, layout, dtype) -> list:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..pool_spec import OUTPUTS, PoolSpec
 from ..spec import OPS, ConvSpec, check_op
 from .forward import forward
-from .grad_input import grad_input
+from .grad_input import grad_input, ring_unpadded
 from .grad_weight import grad_weight
 from .pool import declare_pool, pool_spec_of
 
@@ -20,11 +20,13 @@ REDUCTION = {"forward": "conv", "grad_input": "dx", "grad_weight": "dw"}
 OPERAND_STAGES = {"forward": ("pad",), "grad_input": ("dy_pad", "dy_dilated", "w_flipped"),
                   "grad_weight": ("pad",)}
 EPILOGUE = "output"
+# grad_input of a padding mode other than zeros: the ring's gradient added back onto the input.
+FOLD = "fold"
 
 # Argument names, in the order of the PrimFunc's parameters (destination last).
 ARGUMENTS = {
     "forward": ("x", "w", "y"),
-    "forward+bias": ("x", "w", "b", "y"),
+    "forward+bias": ("x", "w", "b", "y"),  # + scale, shift, residual before y: see arguments()
     "grad_input": ("dy", "w", "dx"),
     "grad_weight": ("x", "dy", "dw"),
 }
@@ -43,7 +45,11 @@ def kernel_ops(spec) -> tuple:
 def arguments(spec, op: str) -> tuple:
     if isinstance(spec, PoolSpec):
         return tuple(name for name, _, _ in spec.signature(op))
-    return ARGUMENTS["forward+bias" if op == "forward" and spec.bias else op]
+    if op != "forward":
+        return ARGUMENTS[op]
+    return (("x", "w") + (("b",) if spec.bias else ()) + (("scale", "shift") if spec.scale_shift
+                                                          else ())
+            + (("residual",) if spec.residual else ()) + ("y",))
 
 
 def shapes(spec, op: str) -> tuple:
@@ -51,6 +57,7 @@ def shapes(spec, op: str) -> tuple:
     if isinstance(spec, PoolSpec):
         return tuple(shape for _, shape, _ in spec.signature(op))
     table = {"x": spec.input_shape, "w": spec.weight_shape, "b": spec.bias_shape,
+             "scale": spec.bias_shape, "shift": spec.bias_shape, "residual": spec.output_shape,
              "y": spec.output_shape, "dy": spec.output_shape, "dx": spec.input_shape,
              "dw": spec.weight_shape}
     return tuple(table[name] for name in arguments(spec, op))
@@ -90,3 +97,14 @@ def spec_of(func) -> tuple[ConvSpec, str]:
     if attrs is None or "convc.spec" not in attrs:
         return None, None
     return ConvSpec.from_json(str(attrs["convc.spec"])), str(attrs["convc.op"])
+
+
+def reduction_spec_of(func) -> tuple[ConvSpec, str]:
+    """(spec, op) of the convolution a convc PrimFunc's reduction block computes: spec_of's,
+    except grad_input with a ring padding (a mode other than zeros), whose reduction is the
+    input-gradient of the padded input's convolution (ring_unpadded) and whose "fold" stage then
+    adds the ring back. Schedules size their tiles from it."""
+    spec, op = spec_of(func)
+    if spec is not None and op == "grad_input":
+        spec = ring_unpadded(spec)
+    return spec, op

@@ -87,6 +87,43 @@ def dilate_pad(data, channels_last: bool, size, dilation, before, name: str, pad
     return te.compute(shape, element, name=name)
 
 
+def ring_source(j, before: int, extent: int, mode: str):
+    """The input index padded element j of one axis copies under a padding mode other than zeros
+    (nn.ConvNd's): i = j - before, mapped into [0, extent) when it lies in the ring. The limits
+    ConvSpec checks (reflect: padding < extent; circular: padding <= extent) make one mirror or
+    one wrap enough."""
+    i = j - before
+    if mode == "reflect":
+        low, high = -i, 2 * (extent - 1) - i
+    elif mode == "replicate":
+        low, high = tirx.const(0, "int32"), tirx.const(extent - 1, "int32")
+    elif mode == "circular":
+        low, high = i + extent, i - extent
+    else:
+        raise ValueError(f"padding_mode={mode!r} has no ring to copy")
+    return tirx.Select(i < 0, low, tirx.Select(i >= extent, high, i))
+
+
+def pad(data, channels_last: bool, before, after, mode: str, name: str = "pad"):
+    """`data` padded on every spatial axis by (before, after): the padded view the forward and
+    grad_weight correlations read. zeros: dilate_pad's zero-filled view; the other modes: every
+    element of the ring a copy of an input element (ring_source), so the stage is one gather whose
+    index map alone carries the mode and the schedules see the same stage either way."""
+    in_size = [int(v) for v in (data.shape[1:-1] if channels_last else data.shape[2:])]
+    size = [i + b + a for i, b, a in zip(in_size, before, after)]
+    if mode == "zeros" or not any(tuple(before) + tuple(after)):
+        return dilate_pad(data, channels_last, size, (1,) * len(size), before, name=name)
+    channels = data.shape[-1] if channels_last else data.shape[1]
+
+    def element(*idx):
+        n, c, spatial = split_data_index(channels_last, idx)
+        source = [ring_source(j, b, extent, mode) if b or a else j
+                  for j, b, a, extent in zip(spatial, before, after, in_size)]
+        return data[data_index(channels_last, n, c, source)]
+
+    return te.compute(data_index(channels_last, data.shape[0], channels, size), element, name=name)
+
+
 def _dilate_padded(data, channels_last, size, dilation, before, name, pad_name):
     """dilate_pad as a padding stage and a zero-insertion test (see dilate_pad)."""
     # Index read on each axis: floor((j - b) / d) + lead for j in [0, span); `lead` makes it >= 0.
@@ -140,17 +177,49 @@ def correlate(data, weight, *, channels_last, groups, out_channels, kernel, out_
     return te.compute(shape, element, name=name)
 
 
-def epilogue(acc, spec: ConvSpec, bias=None):
-    """Cast the accumulator to spec.dtype and add the bias; `acc` itself when neither applies."""
-    if bias is None and acc.dtype == spec.dtype:
+def activate(value, name, negative_slope: float, dtype: str):
+    """PyTorch's activation `name` of a scalar expression of `dtype` (the accumulator's)."""
+    c = lambda v: tvm.tirx.const(v, dtype)  # noqa: E731 - a constant of the value's dtype
+    if name == "relu":
+        return tvm.tirx.max(value, c(0))
+    if name == "relu6":
+        return tvm.tirx.min(tvm.tirx.max(value, c(0)), c(6))
+    if name == "leaky_relu":
+        return tirx.Select(value >= c(0), value, value * c(negative_slope))
+    if name == "sigmoid":
+        return tirx.sigmoid(value)
+    if name == "silu":
+        return value * tirx.sigmoid(value)
+    if name == "gelu":
+        return c(0.5) * value * (c(1) + tirx.erf(value * c(0.7071067811865476)))
+    if name == "gelu_tanh":
+        inner = c(0.7978845608028654) * (value + c(0.044715) * value * value * value)
+        return c(0.5) * value * (c(1) + tirx.tanh(inner))
+    if name == "hardswish":
+        return value * tvm.tirx.min(tvm.tirx.max(value + c(3), c(0)), c(6)) / c(6)
+    raise ValueError(f"activation={name!r}")
+
+
+def epilogue(acc, spec: ConvSpec, bias=None, scale=None, shift=None, residual=None):
+    """"output": the accumulator + bias, * scale + shift (per output channel), + residual,
+    then spec.activation, cast to spec.dtype; `acc` itself when none of them applies. One
+    element-wise stage, so schedules fold it into the accumulator's write-back."""
+    if (bias is None and scale is None and residual is None and spec.activation is None
+            and acc.dtype == spec.dtype):
         return acc
-    cl = spec.channels_last
+    cl, dtype = spec.channels_last, acc_dtype(spec.dtype)
 
     def element(*idx):
         value = acc[idx]
+        _, o, _ = split_data_index(cl, idx)
         if bias is not None:
-            _, o, _ = split_data_index(cl, idx)
-            value = value + bias[o].astype(acc.dtype)
+            value = value + bias[o].astype(dtype)
+        if scale is not None:
+            value = value * scale[o].astype(dtype) + shift[o].astype(dtype)
+        if residual is not None:
+            value = value + residual[idx].astype(dtype)
+        if spec.activation is not None:
+            value = activate(value, spec.activation, spec.negative_slope, dtype)
         return value.astype(spec.dtype)
 
     return te.compute(acc.shape, element, name="output")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tvm import te
 
 from ..spec import ConvSpec
-from .common import acc_dtype, data_index, dilate_pad, epilogue, make_func, split_weight_index
+from .common import acc_dtype, data_index, epilogue, make_func, pad, split_weight_index
 
 
 def grad_weight(spec: ConvSpec):
@@ -23,8 +23,7 @@ def grad_weight(spec: ConvSpec):
     cg, kg = spec.in_channels // groups, spec.out_channels // groups
     x = te.placeholder(spec.input_shape, spec.dtype, name="x")
     dy = te.placeholder(spec.output_shape, spec.dtype, name="dy")
-    padded_size = [i + pb + pa for i, pb, pa in zip(spec.in_size, spec.pad_before, spec.pad_after)]
-    xp = dilate_pad(x, cl, padded_size, (1,) * spec.ndim, spec.pad_before, name="pad")
+    xp = pad(x, cl, spec.pad_before, spec.pad_after, spec.padding_mode)
     acc = acc_dtype(spec.dtype)
     rn = te.reduce_axis((0, spec.batch), name="rn")
     rp = [te.reduce_axis((0, o), name=f"rp{i}") for i, o in enumerate(spec.out_size)]

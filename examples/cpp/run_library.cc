@@ -37,7 +37,7 @@ using Shape = std::vector<int64_t>;
 // ---- the convolution, from the manifest's "spec" ----------------------------------------------
 
 struct Conv {
-  std::string layout, dtype;
+  std::string layout, dtype, padding_mode = "zeros";
   int64_t batch = 0, in_channels = 0, out_channels = 0, groups = 1;
   Shape in_size, kernel, stride, dilation, pad_before, out_size;
   bool bias = false;
@@ -62,6 +62,9 @@ Conv ReadConv(const ffi::json::Object& spec) {
   c.out_channels = Int(spec.at("out_channels"));
   c.groups = Int(spec.at("groups"));
   c.bias = spec.at("bias").cast<bool>();
+  if (spec.count("padding_mode")) {
+    c.padding_mode = std::string(spec.at("padding_mode").cast<ffi::String>());
+  }
   c.in_size = Ints(spec.at("in_size"));
   c.kernel = Ints(spec.at("kernel"));
   c.stride = Ints(spec.at("stride"));
@@ -104,6 +107,17 @@ int64_t WeightOffset(const Conv& c, int64_t o, int64_t i, const Shape& taps) {
   return offset;
 }
 
+// The input position a padded position `pos` (relative to the input, may be outside it) reads
+// under the padding mode; false where it reads a zero (padding_mode "zeros").
+bool Source(const Conv& c, int64_t extent, int64_t& pos) {
+  if (pos >= 0 && pos < extent) return true;
+  if (c.padding_mode == "reflect") pos = pos < 0 ? -pos : 2 * (extent - 1) - pos;
+  else if (c.padding_mode == "replicate") pos = pos < 0 ? 0 : extent - 1;
+  else if (c.padding_mode == "circular") pos = pos < 0 ? pos + extent : pos - extent;
+  else return false;
+  return true;
+}
+
 // Advance a multi-index over `extent`; false after the last one.
 bool Next(Shape& index, const Shape& extent) {
   for (size_t d = index.size(); d-- > 0;) {
@@ -118,7 +132,8 @@ struct Reference {
 };
 
 // The three results from one loop nest: every (output element, tap) pair contributes
-// x * w to y, dy * w to dx and x * dy to dw.
+// x * w to y, dy * w to dx and x * dy to dw, x read where the padding mode says (Source): a ring
+// element's dx goes to the input element it copies.
 Reference Convolve(const Conv& c, const std::vector<double>& x, const std::vector<double>& w,
                    const std::vector<double>& b, const std::vector<double>& dy) {
   Reference r;
@@ -139,7 +154,7 @@ Reference Convolve(const Conv& c, const std::vector<double>& x, const std::vecto
             bool inside = true;
             for (size_t d = 0; d < c.ndim(); ++d) {
               pos[d] = p[d] * c.stride[d] + tap[d] * c.dilation[d] - c.pad_before[d];
-              inside = inside && pos[d] >= 0 && pos[d] < c.in_size[d];
+              inside = inside && Source(c, c.in_size[d], pos[d]);
             }
             if (!inside) continue;
             int64_t xo = DataOffset(c, n, ch, c.in_channels, c.in_size, pos);

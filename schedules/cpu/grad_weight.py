@@ -223,20 +223,34 @@ def grad_weight_knobs(func, target) -> list[dict]:
 # Bytes of x and dy rows that one reduction chunk streams: small enough to stay in L2 while every
 # output tile of the chunk passes over them (GEMM-style blocking of the reduction).
 CHUNK_BYTES = 1 << 20
+# Partial sums of the split reduction (a weight-sized array per chunk) at most this share of the
+# operands (x and dy) whose caching the chunks buy; past it the reduction is not split. Zen 5, 2
+# threads, paired rounds, no split against the split CHUNK_BYTES picks: 512->256 1x1 28x28 (3 x
+# 512 KB of partials, 2.4 MB of operands) 1.76x NCHW / 1.45x NHWC, VGG 256->512 3x3 28x28 (3 x
+# 4.7 MB) 2.23x / 1.69x, DeepLab 2048->256 1x1 33x33 (11 x 2 MB) 4.2x / 1.00x, its 3x3 d12 ASPP
+# 3.3x / 0.90x; with the partials small beside the operands the split held or paid (VGG 64->64
+# 3x3 224x224: 16 x 147 KB beside 26 MB, unsplit 0.5x; c2 3x3, 128->256 and 256->64 1x1 56x56:
+# 0.92-1.1x either way).
+PARTIAL_SHARE = 0.25
 
 
 def reduction_chunks(spec, target) -> int:
     """How many pieces to cut the (batch x rows) reduction into: enough for the chunk's operands
-    to fit CHUNK_BYTES, and at least two per core when the weight has too few tiles to keep the
-    cores busy (depthwise, the stem). 1 = no split."""
+    to fit CHUNK_BYTES unless the partial sums (a weight-sized array per chunk) outgrow
+    PARTIAL_SHARE of the operands, and at least two per core when the weight has too few tiles
+    to keep the cores busy (depthwise, the stem). 1 = no split."""
     itemsize = 8 if spec.dtype == "float64" else 4
     rows = spec.batch * math.prod(spec.out_size[:-1])
     row_bytes = spec.out_size[-1] * (spec.in_channels + spec.out_channels) * itemsize
-    chunks = math.ceil(rows / max(1, CHUNK_BYTES // row_bytes))
+    chunks = min(math.ceil(rows / max(1, CHUNK_BYTES // row_bytes)), rows, MAX_CHUNKS)
+    weight = spec.out_channels * spec.in_channels // spec.groups * math.prod(spec.kernel)
+    operands = spec.batch * (spec.in_channels * math.prod(spec.in_size)
+                             + spec.out_channels * math.prod(spec.out_size))
+    if chunks * weight > operands * PARTIAL_SHARE:
+        chunks = 1
     cores = info(target).num_cores
     lanes = info(target).lanes(acc_dtype(spec.dtype))
-    weight_vectors = spec.out_channels * spec.in_channels // spec.groups * math.prod(spec.kernel)
-    if weight_vectors // (lanes * 16) < 4 * cores:
+    if weight // (lanes * 16) < 4 * cores:
         chunks = max(chunks, 2 * cores)
     return max(1, min(chunks, rows, MAX_CHUNKS))
 
