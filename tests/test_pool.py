@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 import convc
+import guard_pages
 from conftest import torch_or_skip
 from convc.check import TOLERANCE, relative_error
-from convc.check_pool import check_kernel, kernel_inputs, operands, reference
+from convc.check_pool import check_kernel, error, kernel_inputs, operands, reference
 from convc.pool_spec import PoolSpec
 from convc.spec import LAYOUTS
 
@@ -151,6 +152,36 @@ def test_padding_acts_as_minus_infinity():
     y, indices = convc.compile(spec, "forward_indices")(x)
     assert np.all(y == -np.inf)
     assert np.array_equal(indices[0, 0], [[0, 1, 3], [5, 6, 8], [15, 16, 18]])
+
+
+def test_kernels_stay_inside_their_arguments(tmp_path):
+    """Every kernel of every workload above (both layouts; float16 and float64 too) on arguments
+    flush against no-access pages (tests/guard_pages.py), so a read or write past either end of
+    any argument faults, and still right. The adjoints' gathers once read up to a row of dy
+    before its start and past its end (a vectorized Select loads both arms, and the simplifier
+    had dropped the clip of the covering output: convc.ops.pool.Axis._in_range); ResNet's
+    8x64x112x112 max pool backward segfaulted whenever the page before dy was unmapped."""
+    specs = [param.values[0] for param in spec_params()]
+    specs += [pool_spec("max", (1, 5, 10, 11), dict(kernel_size=3, stride=2, padding=1,
+                                                    ceil_mode=True), last, dtype)
+              for last, dtype in ((True, "float16"), (False, "float64"))]
+    cases, expected = [], {}
+    for spec in specs:
+        data = operands(spec)
+        for op in spec.ops:
+            name = f"{op} {spec.key}"
+            cases.append((name, convc.compile(spec, op), kernel_inputs(spec, op, data)))
+            expected[name] = reference(spec, op, **data)
+    result, outputs = guard_pages.run_guarded(cases, tmp_path)
+    assert result.returncode == 0, (f"exit {result.returncode}:\n{result.stdout[-300:]}\n"
+                                    f"{result.stderr[-3000:]}")
+    for (name, side), got in outputs.items():
+        want = expected[name]
+        if name.startswith("forward_indices"):
+            assert np.array_equal(got[1], want[1]), f"{name} ({side}): indices"
+            want = want[0]
+        tolerance = TOLERANCE[str(got[0].dtype)]
+        assert error(got[0], want) <= tolerance, f"{name} ({side})"
 
 
 # --- schedules -------------------------------------------------------------------------------

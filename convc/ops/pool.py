@@ -105,29 +105,41 @@ class Axis:
 
     def cover(self, p, j):
         """(output o, condition or None): the j-th output whose window covers input p, and
-        whether there is one (o in range, p on one of its taps)."""
+        whether there is one (o in range, p on one of its taps). o is clipped into [0, O), an
+        index safe to read whatever the condition says: see _in_range."""
         if self.adaptive:
             o = tirx.floordiv(p * self.out, self.size) + j
-            return o, o < self._cover_end(p)
+            return self._in_range(o, low=False, high=True, also=[o < self._cover_end(p)])
         q = p + self.padding
         o = tirx.floordiv(q, self.stride) - j
         offset = tirx.floormod(q, self.stride) + j * self.stride  # p's tap, times the dilation
-        conditions = []
-        if self.covers > 1:
-            conditions.append(o >= 0)
-        if (self.size - 1 + self.padding) // self.stride > self.out - 1:
-            conditions.append(o < self.out)
         last = self.stride - 1 + (self.covers - 1) * self.stride
         if self.dilation > 1:
-            conditions += [tirx.floormod(offset, self.dilation) == 0,
-                           tirx.floordiv(offset, self.dilation) < self.kernel]
-        elif last >= self.kernel:
-            conditions.append(offset < self.kernel)
-        return o, (tvm.tirx.all(*conditions) if conditions else None)
+            taps = [tirx.floormod(offset, self.dilation) == 0,
+                    tirx.floordiv(offset, self.dilation) < self.kernel]
+        else:
+            taps = [offset < self.kernel] if last >= self.kernel else []
+        return self._in_range(o, low=self.covers > 1,
+                              high=(self.size - 1 + self.padding) // self.stride > self.out - 1,
+                              also=taps)
 
-    def clamp(self, o):
-        """o clipped into [0, O): an index safe to read whatever the condition says."""
-        return tvm.te.max(tvm.te.min(o, self.out - 1), 0)
+    def _in_range(self, o, low: bool, high: bool, also):
+        """(o clipped into [0, O), condition): the condition tests o against its clipped self.
+
+        The adjoints read dy (and the saved positions, avg's divisor table) at the covering
+        outputs inside a Select, and a vectorized Select loads both of its arms for every lane.
+        Written as `o >= 0 and o < O` the condition lets TVM's simplifier, which simplifies a
+        Select's true arm under its condition, drop the clip as redundant: the loads then ran up
+        to a row before dy and past its end (a segfault when that page was unmapped: ResNet's
+        8x64x112x112 max pool backward right after a forward). `clipped == o` states the same
+        range without a bound the simplifier can lift off it."""
+        clipped = o
+        if high:
+            clipped = tvm.te.min(clipped, self.out - 1)
+        if low:
+            clipped = tvm.te.max(clipped, 0)
+        conditions = ([clipped == o] if low or high else []) + list(also)
+        return clipped, (tvm.tirx.all(*conditions) if conditions else None)
 
     # avg: the divisor's factor on this axis
     def count(self, o, include_pad: bool):
@@ -331,8 +343,7 @@ def _gather(spec: PoolSpec, axes, term, name="dx"):
     def element(*idx):
         n, c, pos = split_data_index(cl, idx)
         outs, conditions = zip(*[a.cover(p, j) for p, j, a in zip(pos, js, axes)])
-        safe = [a.clamp(o) for o, a in zip(outs, axes)]
-        value = term(n, c, safe, pos)
+        value = term(n, c, outs, pos)
         inside = _all(conditions)
         if inside is not None:
             value = tvm.tirx.Select(inside, value, tvm.tirx.const(0, acc))
