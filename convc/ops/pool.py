@@ -185,11 +185,25 @@ def isnan(value, dtype: str):
         infinity, itype)
 
 
-def _nanmax(dtype: str):
-    """max that lets a NaN win and keeps it (PyTorch: `val > maxval || isnan(val)`)."""
-    return te.comm_reducer(
-        lambda acc, v: tvm.tirx.Select(tvm.tirx.any(v > acc, isnan(v, dtype)), v, acc),
-        lambda t: tvm.tirx.const(NEG_INF, t), name="nanmax")
+def _nanmax(dtype: str, ordered_test: bool = False):
+    """max that lets a NaN win and keeps it (PyTorch: `val > maxval || isnan(val)`).
+
+    Two spellings of the same reducer. By default the NaN test is on the value's bits (see
+    isnan). With `ordered_test`, as max(v, acc) where v is ordered (`-inf <= v`, false only for
+    a NaN; TVM's simplifier keeps it, while it folds `v != v` and rewrites `not (v <= acc)` as
+    if NaNs did not exist), else v: LLVM makes each tap one vcmpordps and one merge-masked
+    vmaxps. Vectors along the channels (channels-last) run it 1.5x faster than the bit test
+    (ResNet's 3x3/2 max pool, 8x112x112x64 NHWC, 2 threads, Zen 5: 822 against 1255 us; a
+    NaN-blind max: 372 us); along a channels-first row TVM ran it lane by lane (8.8 against
+    3.1 ms), so those keep the bit test."""
+    if ordered_test:
+        def combine(acc, v):
+            ordered = tvm.tirx.const(NEG_INF, dtype) <= v
+            return tvm.tirx.Select(ordered, tvm.tirx.Select(v > acc, v, acc), v)
+    else:
+        def combine(acc, v):
+            return tvm.tirx.Select(tvm.tirx.any(v > acc, isnan(v, dtype)), v, acc)
+    return te.comm_reducer(combine, lambda t: tvm.tirx.const(NEG_INF, t), name="nanmax")
 
 
 # --- stages shared by the declarations ---------------------------------------------------------
@@ -269,7 +283,7 @@ def _window_max(xp, spec: PoolSpec, axes, name: str = "pool"):
     """max over each window of the -inf padded input: stage `name`, in spec.dtype."""
     cl = spec.channels_last
     taps = [te.reduce_axis((0, a.kernel), name=f"r{i}") for i, a in enumerate(axes)]
-    nanmax = _nanmax(spec.dtype)
+    nanmax = _nanmax(spec.dtype, ordered_test=spec.channels_last)
 
     def element(*idx):
         n, c, out = split_data_index(cl, idx)
