@@ -8,6 +8,9 @@
     spec = convc.ConvSpec.from_shapes((1, 64, 56, 56), (64, 64, 3, 3), padding=1)
     kernel = convc.compile(spec, "grad_weight")       # a Kernel: callable, .tir, .source, .how
     y  = convc.conv_transpose2d(x, w, b, stride=2, output_padding=1)   # F.conv_transpose2d
+
+    y, idx = convc.max_pool2d(x, 3, 2, 1, return_indices=True)   # torch.nn.functional.max_pool2d
+    dx = convc.max_pool2d_grad_input(x, dy, 3, 2, 1)             # and avg/adaptive_avg, 1-D to 3-D
 """
 
 import os as _os
@@ -47,6 +50,13 @@ from .api_transpose import (conv_transpose1d, conv_transpose1d_grad_input,
 from .batch_norm import fold_batch_norm
 from .export import export_library, load
 from .kernel import Kernel, compile
+from .pool_api import (adaptive_avg_pool1d, adaptive_avg_pool1d_grad_input, adaptive_avg_pool2d,
+                       adaptive_avg_pool2d_grad_input, adaptive_avg_pool3d,
+                       adaptive_avg_pool3d_grad_input, avg_pool1d, avg_pool1d_grad_input,
+                       avg_pool2d, avg_pool2d_grad_input, avg_pool3d, avg_pool3d_grad_input,
+                       max_pool1d, max_pool1d_grad_input, max_pool2d, max_pool2d_grad_input,
+                       max_pool3d, max_pool3d_grad_input)
+from .pool_spec import PoolSpec
 from .spec import ConvSpec
 from .tuning import tune
 
@@ -59,4 +69,12 @@ __all__ = [
     "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
     "conv_transpose1d_grad_input", "conv_transpose2d_grad_input", "conv_transpose3d_grad_input",
     "conv_transpose1d_grad_weight", "conv_transpose2d_grad_weight", "conv_transpose3d_grad_weight",
+    "PoolSpec",
+    "max_pool1d", "max_pool2d", "max_pool3d",
+    "max_pool1d_grad_input", "max_pool2d_grad_input", "max_pool3d_grad_input",
+    "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "avg_pool1d_grad_input", "avg_pool2d_grad_input", "avg_pool3d_grad_input",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+    "adaptive_avg_pool1d_grad_input", "adaptive_avg_pool2d_grad_input",
+    "adaptive_avg_pool3d_grad_input",
 ]

@@ -1,5 +1,5 @@
-"""Export several kernels of one convolution into one shared library plus a JSON manifest, and
-load them back as validating callables.
+"""Export several kernels of one convolution (or one pooling) into one shared library plus a JSON
+manifest, and load them back as validating callables.
 
     convc.export.export_library(spec, "lib.so")     # or a list of Kernels; writes lib.so, lib.json
     lib = convc.load("lib.so")                      # checks the manifest and the hash
@@ -11,7 +11,10 @@ are destination-passing, named by op: forward(x, w[, b], y), grad_input(dy, w, d
 grad_weight(x, dy, dw); a transposed convolution's conv_transpose(x, w[, b], y),
 conv_transpose_grad_input(dy, w, dx), conv_transpose_grad_weight(dy, x, dw) (dy first: see
 convc.transpose), their entries carrying "transpose" (the op's own stride, padding,
-output_padding, groups, dilation and shapes). Their parameters assume only element alignment (see convc.ops.common.
+output_padding, groups, dilation and shapes); a pooling's as PoolSpec.signature lists them (max:
+forward(x, y), forward_indices(x, y, indices), grad_input(x, dy, dx), grad_input_indices(dy,
+indices, dx); avg and adaptive avg: forward(x, y), grad_input(dy, dx)). Their parameters assume
+only element alignment (see convc.ops.common.
 make_func), so a raw call with an unaligned array is computed in place, and one with the wrong
 shape, dtype or strides raises instead of crashing. The library carries its own thread pool
 (convc/export_runtime.py), so parallel kernels run without libtvm_runtime too.
@@ -47,8 +50,9 @@ from .build import cuda, schedule
 from .export_runtime import LINK_OPTIONS
 from .files import sha256, write_text_atomic
 from .kernel import CudaKernel, Kernel
-from .ops import SAVED, arguments, shapes
-from .spec import OPS, TRANSPOSE_OPS, ConvSpec, check_op
+from .ops import SAVED, arguments, check_kernel_op, dtypes, kernel_ops, outputs, shapes
+from .pool_spec import PoolSpec, spec_from_dict
+from .spec import OPS, TRANSPOSE_OPS, ConvSpec
 from .transpose import TRANSPOSE_WEIGHT_LAYOUTS, transposed_of
 from .target import info, resolve, resolved
 from .version import __version__
@@ -76,15 +80,15 @@ def export_library(kernels, path, ops=None, target=None, *, log_dir=None, cc=Non
     """Compile kernels into one library at `path` and write its manifest beside it (same name,
     suffix .json). Returns the path of what was written (the library, or the object file).
 
-    kernels: a ConvSpec, whose `ops` (default: all three) are scheduled and compiled for `target`;
-    or Kernels from convc.compile (one per op, one target), whose scheduled TIR is compiled again
+    kernels: a ConvSpec or a PoolSpec, whose `ops` (default: all its kernels: a ConvSpec's three,
+    PoolSpec.ops) are scheduled and compiled for `target`; or Kernels from convc.compile (one per op, one target), whose scheduled TIR is compiled again
     into one library, so each keeps its schedule.
     target: None (this CPU), "llvm", "cuda", a dict, a JSON string or a resolved Target
     (convc.target.resolve).
     A CPU target for another architecture (e.g. {"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
     links with `<triple>-g++` when it exists; otherwise the object file (suffix .o) and the
     runtime's C source are written, with a CrossCompileWarning that gives the link command.
-    log_dir: a directory of tuning records to consult (ConvSpec only).
+    log_dir: a directory of tuning records to consult (a spec only).
     cc: the compiler that links the library (default: $CXX, g++, ... for this CPU;
     `<triple>-g++` / `<triple>-gcc` for another one).
     """
@@ -114,13 +118,13 @@ def export_library(kernels, path, ops=None, target=None, *, log_dir=None, cc=Non
 def _collect(kernels, ops, target, log_dir):
     """-> ([(name, spec, op, how)], one IRModule of the scheduled functions, each named by its
     op, Target)."""
-    if isinstance(kernels, ConvSpec):
+    if isinstance(kernels, (ConvSpec, PoolSpec)):
         spec = kernels
         if spec.batch == 0:
             raise ValueError(f"spec has batch 0: an exported library needs a positive batch "
                              f"({spec.key})")
         target = resolved(target)
-        ops = _check_ops(OPS if ops is None else ops)
+        ops = _check_ops(kernel_ops(spec) if ops is None else ops, spec)
         mod, hows = _scheduled_module(spec, ops, target, log_dir)
         return [(op, spec, op, how) for op, how in hows.items()], mod, target
     kernels = _check_kernels(kernels, ops, target, log_dir)
@@ -137,13 +141,16 @@ def _check_kernels(kernels, ops, target, log_dir) -> list:
     try:
         kernels = list(kernels)
     except TypeError:
-        raise TypeError(f"kernels={kernels!r}: expected a ConvSpec or Kernels from convc.compile") from None
+        raise TypeError(f"kernels={kernels!r}: expected a ConvSpec or PoolSpec, or Kernels from "
+                        "convc.compile") from None
     if not kernels or not all(isinstance(k, Kernel) for k in kernels):
-        raise TypeError(f"kernels={kernels!r}: expected a ConvSpec or a non-empty list of Kernels "
-                        "from convc.compile")
+        raise TypeError(f"kernels={kernels!r}: expected a ConvSpec or PoolSpec, or a non-empty "
+                        "list of Kernels from convc.compile")
     if ops is not None or log_dir is not None:
-        raise ValueError("ops and log_dir apply to a ConvSpec; Kernels are already compiled")
-    _check_ops([k.op for k in kernels])
+        raise ValueError("ops and log_dir apply to a spec; Kernels are already compiled")
+    for k in kernels:
+        check_kernel_op(k.spec, k.op)
+    _check_ops([k.op for k in kernels], None)
     targets = {k.target.json for k in kernels}
     if len(targets) > 1 or (target is not None and resolved(target).json not in targets):
         raise ValueError(f"the kernels were compiled for {sorted(targets)}"
@@ -164,20 +171,22 @@ def _module_of(kernels):
     return tvm.IRModule(functions)
 
 
-def _check_ops(kernels) -> tuple:
+def _check_ops(kernels, spec) -> tuple:
+    """The op names asked for, checked against `spec`'s kernels (None: checked by the caller)."""
     if isinstance(kernels, str):
         kernels = [k.strip() for k in kernels.split(",") if k.strip()]
     ops = tuple(kernels)
     if not ops:
-        raise ValueError(f"kernels={kernels!r} is empty: expected some of {OPS}")
-    for op in ops:
-        check_op(op)
+        raise ValueError(f"kernels={kernels!r} is empty: expected some of "
+                         f"{OPS if spec is None else kernel_ops(spec)}")
+    for op in ops if spec is not None else ():
+        check_kernel_op(spec, op)
     if len(set(ops)) != len(ops):
         raise ValueError(f"kernels={list(ops)} names a kernel twice: one function per op")
     return ops
 
 
-def _scheduled_module(spec: ConvSpec, ops, target, log_dir):
+def _scheduled_module(spec, ops, target, log_dir):
     """One IRModule holding every op's scheduled function (named by op), and how each was chosen."""
     functions, hows = {}, {}
     for op in ops:
@@ -266,15 +275,16 @@ def _cpu_features(target) -> list:
 def _manifest(entries, target, path: Path, artifact, link, extra) -> dict:
     functions = {}
     for name, spec, op, how in entries:
-        names, arg_shapes = arguments(spec, op), shapes(spec, op)
+        names, arg_shapes, arg_dtypes = arguments(spec, op), shapes(spec, op), dtypes(spec, op)
+        first_output = len(names) - outputs(spec, op)
         functions[name] = {
             "op": op, "how": how, "spec": spec.to_dict(), "flops": spec.flops,
-            "args": [_arg(spec, arg, shape, "output" if i == len(names) - 1 else "input", op)
-                     for i, (arg, shape) in enumerate(zip(names, arg_shapes))],
+            "args": [_arg(spec, arg, shape, dtype, "output" if i >= first_output else "input", op)
+                     for i, (arg, shape, dtype) in enumerate(zip(names, arg_shapes, arg_dtypes))],
         }
-        if op == "forward":
+        if op == "forward" and not isinstance(spec, PoolSpec):
             functions[name]["epilogue"] = _epilogue(spec)
-        elif spec.prologue:
+        elif isinstance(spec, ConvSpec) and spec.prologue:
             functions[name]["prologue"] = _prologue(spec)
         if op in TRANSPOSE_OPS:
             # spec is the equivalent convolution (convc.transpose); this is the transposed op's
@@ -313,11 +323,15 @@ def _prologue(spec: ConvSpec) -> list:
     return [f"dy * {act}'({SAVED[spec.derivative_from]})"]
 
 
-def _arg(spec: ConvSpec, name: str, shape, role: str, op: str = "forward") -> dict:
-    weight = TRANSPOSE_WEIGHT_LAYOUTS[spec.layout] if op in TRANSPOSE_OPS else spec.weight_layout
-    layout = {"w": weight, "dw": weight, "b": "O", "scale": "O",
-              "shift": "O"}.get(name, spec.layout)
-    return {"name": name, "role": role, "shape": list(shape), "dtype": spec.dtype, "layout": layout}
+def _arg(spec, name: str, shape, dtype: str, role: str, op: str = "forward") -> dict:
+    if isinstance(spec, PoolSpec):
+        weights = {}
+    else:
+        weight = (TRANSPOSE_WEIGHT_LAYOUTS[spec.layout] if op in TRANSPOSE_OPS
+                  else spec.weight_layout)
+        weights = {"w": weight, "dw": weight, "b": "O", "scale": "O", "shift": "O"}
+    return {"name": name, "role": role, "shape": list(shape), "dtype": dtype,
+            "layout": weights.get(name, spec.layout)}
 
 
 # --- load --------------------------------------------------------------------------------------
@@ -414,7 +428,7 @@ def _check_cpu(manifest: dict, library: Path) -> None:
 class LoadedKernel(Kernel):
     """A Kernel whose code comes from an exported CPU library: same validation, same call."""
 
-    def __init__(self, name: str, spec: ConvSpec, op: str, how: str, target, module, library):
+    def __init__(self, name: str, spec, op: str, how: str, target, module, library):
         super().__init__(spec, op, target, module=None, how=how, tir="", library=library)
         self.name, self.module = name, module
         self.function = _lookup(module, name, library)
@@ -432,7 +446,8 @@ def _loaded_kernel(name: str, entry: dict, manifest: dict, target, module, libra
     """The callable for one function of a loaded library: a LoadedKernel on CPUs, a CudaKernel
     (NumPy in and out through the GPU, or CUDA DLPack tensors in place) on GPUs."""
     try:
-        spec, op = ConvSpec.from_dict(entry["spec"]), check_op(entry["op"])
+        spec = spec_from_dict(entry["spec"])
+        op = check_kernel_op(spec, entry["op"])
     except (KeyError, TypeError, ValueError) as err:
         raise LibraryError(f"{str(library)!r}: the manifest's entry for {name} is not valid: "
                            f"{err}") from None

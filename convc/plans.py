@@ -36,8 +36,9 @@ def plain(value):
 
 def plan_for(kernel, template, expand: tuple, drop: bool):
     """The plan for calls like this one: arrays in the kernel's parameter order, those marked in
-    `expand` given unbatched (a batch axis is added), the result unbatched when `drop`. None
-    where there is none (GPU kernels; arrays neither NumPy nor torch)."""
+    `expand` given unbatched (a batch axis is added), the result (each result, for kernels with
+    several outputs) unbatched when `drop`. None where there is none (GPU kernels; arrays
+    neither NumPy nor torch)."""
     if kernel.target.is_gpu:
         return None
     expand = expand if any(expand) else None
@@ -52,34 +53,66 @@ def _batched(arrays, expand):
     return [a[None] if add else a for a, add in zip(arrays, expand)]
 
 
-def _numpy_plan(kernel, expand, drop: bool):
-    dtype, launch, ndarray = kernel.dtype, kernel.launch, np.ndarray
+def _unbatched(result, several: bool):
+    return tuple(r[0] for r in result) if several else result[0]
 
-    def plan(*arrays):
-        for a in arrays:
+
+def _numpy_plan(kernel, expand, drop: bool):
+    launch, ndarray, several = kernel.launch, np.ndarray, kernel.outputs > 1
+    dtypes = kernel.arg_dtypes[:-kernel.outputs]
+    if len(set(dtypes)) == 1:
+        dtype = dtypes[0]
+
+        def plan(*arrays):
+            for a in arrays:
+                if type(a) is not ndarray or a.dtype is not dtype or not a.flags.carray:
+                    return None
+            result = launch(_batched(arrays, expand) if expand else arrays)
+            return _unbatched(result, several) if drop else result
+
+        return plan
+
+    def mixed(*arrays):  # inputs of several dtypes (a max pool's saved indices)
+        for a, dtype in zip(arrays, dtypes):
             if type(a) is not ndarray or a.dtype is not dtype or not a.flags.carray:
                 return None
         result = launch(_batched(arrays, expand) if expand else arrays)
-        return result[0] if drop else result
+        return _unbatched(result, several) if drop else result
 
-    return plan
+    return mixed
 
 
 def _torch_plan(kernel, expand, drop: bool):
     import torch  # optional: only for callers who pass torch tensors
 
-    dtype = getattr(torch, kernel.spec.dtype)
-    function, shape = kernel.function, kernel.arg_shapes[-1]
-    strides = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))   # C order
+    function, count = kernel.function, kernel.outputs
+    dtypes = [getattr(torch, str(d)) for d in kernel.arg_dtypes]
+    inputs = dtypes[:-count]
+    outputs = [(shape, tuple(math.prod(shape[i + 1:]) for i in range(len(shape))), dtype)  # C order
+               for shape, dtype in zip(kernel.arg_shapes[-count:], dtypes[-count:])]
     families, strided, empty = (torch.Tensor, torch.nn.Parameter), torch.strided, torch.empty_strided
+    if count == 1 and len(set(inputs)) == 1:
+        dtype, ((shape, strides, _),) = inputs[0], outputs
 
-    def plan(*arrays):
-        for a in arrays:
+        def plan(*arrays):
+            for a in arrays:
+                if (type(a) not in families or a.dtype is not dtype or not a.is_cpu
+                        or a.layout is not strided or not a.is_contiguous()):
+                    return None
+            out = empty(shape, strides, dtype=dtype)  # PyTorch's allocator aligns to 64 bytes
+            function(*(_batched(arrays, expand) if expand else arrays), out)
+            return out[0] if drop else out
+
+        return plan
+
+    def mixed(*arrays):  # several dtypes or outputs (max pooling's indices)
+        for a, dtype in zip(arrays, inputs):
             if (type(a) not in families or a.dtype is not dtype or not a.is_cpu
                     or a.layout is not strided or not a.is_contiguous()):
                 return None
-        out = empty(shape, strides, dtype=dtype)  # PyTorch's allocator aligns to 64 bytes
-        function(*(_batched(arrays, expand) if expand else arrays), out)
-        return out[0] if drop else out
+        outs = [empty(shape, strides, dtype=dtype) for shape, strides, dtype in outputs]
+        function(*(_batched(arrays, expand) if expand else arrays), *outs)
+        result = outs[0] if count == 1 else tuple(outs)
+        return _unbatched(result, count > 1) if drop else result
 
-    return plan
+    return mixed

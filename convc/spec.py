@@ -211,8 +211,37 @@ def out_size(in_size, kernel, stride, dilation, pad_before, pad_after):
     )
 
 
+class SpecBase:
+    """What ConvSpec and PoolSpec share (frozen dataclasses of ints, strs, bools and tuples with
+    `in_size` and `layout`): the rank and layout family, and (de)serialization: to_dict (tuples
+    as lists), from_dict, and JSON text with sorted keys (stable: caches and records key on it)."""
+
+    @property
+    def ndim(self) -> int:
+        return len(self.in_size)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.layout[-1] == "C"
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+
 @dataclasses.dataclass(frozen=True)
-class ConvSpec:
+class ConvSpec(SpecBase):
     """One convolution: shapes, hyper-parameters, layout and dtype. Always batched.
 
     `in_size`, `kernel`, `stride`, `dilation`, `pad_before`, `pad_after` have one entry per
@@ -255,14 +284,6 @@ class ConvSpec:
         self.validate()
 
     # --- derived -------------------------------------------------------------------------------
-    @property
-    def ndim(self) -> int:
-        return len(self.in_size)
-
-    @property
-    def channels_last(self) -> bool:
-        return self.layout[-1] == "C"
-
     @property
     def weight_layout(self) -> str:
         return WEIGHT_LAYOUTS[self.layout]
@@ -346,23 +367,11 @@ class ConvSpec:
         """Every field, except those of OPTIONAL_FIELDS at their default: a spec without them
         serializes (and so declares its PrimFunc, whose attributes carry it) as before they
         existed, and the tuning records keyed by that TIR stay valid."""
-        data = {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+        data = super().to_dict()
         for name, default in OPTIONAL_FIELDS.items():
             if data[name] == default:
                 del data[name]
         return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ConvSpec":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-    @classmethod
-    def from_json(cls, text: str) -> "ConvSpec":
-        return cls.from_dict(json.loads(text))
 
     # --- construction from user arguments ------------------------------------------------------
     @classmethod

@@ -198,3 +198,31 @@ def test_variant_tables_on_a_tiny_layer(monkeypatch):
     fused = variants.fused_costs([tiny], layouts=("NHWC",), repeat=1)
     assert fused[0]["bn_relu"]["NHWC"] > 0 and fused[0]["bn_add_relu"]["NHWC"] > 0
     assert "target >= 1.2" in variants.fused_table(fused)
+
+
+def test_fastest_takes_each_contenders_best_kind():
+    best = bench.fastest({("convc", "NCHW"): 3.0, ("convc", "NHWC"): 2.0,
+                          ("torch", "NCHW"): 4.0, ("copy", "numpy"): 1.0})
+    assert best == {"convc": (2.0, "NHWC"), "torch": (4.0, "NCHW"), "copy": (1.0, "numpy")}
+
+
+def test_pool_bench_rows_and_targets(monkeypatch):
+    """`convc bench --pool` on its smallest layer: a row per direction with convc, the copy and
+    the bytes filled in; the targets judged from the rows (a ratio below 1 or a large workload
+    under 60 % of the copy is NOT reached)."""
+    from convc.bench import pool
+
+    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(bench, "MIN_BATCH_SECONDS", 0.001)
+    rows = pool.run(layers=["resnet_gap"], batches=(1,), repeat=1)
+    assert [r.direction for r in rows] == ["forward", "backward"]
+    assert all(r.convc > 0 and r.copy > 0 and r.bytes > 2048 * 49 * 4 for r in rows)
+    text = pool.table(rows)
+    assert "convc us" in text and "copy GB/s" in text and text.count("resnet_gap") == 2
+    slow = pool.Row("vgg_pool1", 8, "forward", 2 * pool.LARGE_BYTES, convc=2.0, torch=1.0,
+                    copy=1.0, ratio=0.5)
+    fast = pool.Row("vgg_pool1", 8, "backward", 2 * pool.LARGE_BYTES, convc=1.0, torch=3.0,
+                    copy=0.7, ratio=3.0)
+    verdict = pool.summary([slow, fast]).splitlines()
+    assert "geo-mean 0.50 (NOT reached" in verdict[0] and "geo-mean 3.00 (reached" in verdict[1]
+    assert "1 of 2 at >= 60%" in verdict[2] and "vgg_pool1 b8 forward 50%" in verdict[2]

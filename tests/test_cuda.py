@@ -100,26 +100,36 @@ def symbol(name: str, op: str) -> str:
 
 # --- 1. semantics on the CPU ------------------------------------------------------------------
 
-GUARD = 256  # elements of NaN on each side of every argument
+GUARD = 256  # elements on each side of every argument: NaN for floats, FILL for integers
+FILL = -7     # an index no kernel writes
+
+
+def _filler(dtype):
+    return np.nan if np.dtype(dtype).kind == "f" else FILL
 
 
 def guarded(array: np.ndarray):
-    """(backing buffer, view): `array`'s values in a view with GUARD NaNs on each side."""
-    backing = np.full(array.size + 2 * GUARD, np.nan, array.dtype)
+    """(backing buffer, view): `array`'s values in a view with GUARD fillers on each side."""
+    backing = np.full(array.size + 2 * GUARD, _filler(array.dtype), array.dtype)
     view = backing[GUARD:GUARD + array.size].reshape(array.shape)
     view[...] = array
     return backing, view
 
 
-def run_guarded(function, inputs, out_shape, dtype):
-    """Call `function(*inputs, out)` on guarded copies; -> out. Fails if a guard was written."""
-    buffers = [guarded(a) for a in inputs]
-    out_backing, out = guarded(np.full(out_shape, np.nan, dtype))
-    function(*[view for _, view in buffers], out)
-    for backing, _ in [*buffers, (out_backing, out)]:
-        assert np.isnan(backing[:GUARD]).all() and np.isnan(backing[-GUARD:]).all(), \
-            "the kernel wrote outside its arguments"
-    return out
+def _intact(backing: np.ndarray) -> bool:
+    ends = np.concatenate([backing[:GUARD], backing[-GUARD:]])
+    return bool(np.isnan(ends).all() if ends.dtype.kind == "f" else (ends == FILL).all())
+
+
+def run_guarded(function, inputs, outputs):
+    """Call `function(*inputs, *outs)` on guarded copies, `outputs` a list of (shape, dtype);
+    -> outs. Fails if a guard was written."""
+    buffers = [guarded(np.asarray(a)) for a in inputs]
+    outs = [guarded(np.full(shape, _filler(dtype), dtype)) for shape, dtype in outputs]
+    function(*[view for _, view in buffers], *[view for _, view in outs])
+    assert all(_intact(backing) for backing, _ in [*buffers, *outs]), \
+        "the kernel wrote outside its arguments"
+    return [view for _, view in outs]
 
 
 def check_serialized(spec: ConvSpec, target=SM90, seed=0, ops=OPS):
@@ -133,7 +143,8 @@ def check_serialized(spec: ConvSpec, target=SM90, seed=0, ops=OPS):
     data = check.operands(spec, seed)
     for op in ops:
         expected = check.reference(spec, op, **data)
-        out = run_guarded(cpu[op], check.kernel_inputs(spec, op, data), expected.shape, spec.dtype)
+        out, = run_guarded(cpu[op], check.kernel_inputs(spec, op, data),
+                           [(expected.shape, spec.dtype)])
         assert_close(out, expected, spec.dtype, f"serialized GPU {op} {spec.key}")
 
 
@@ -201,7 +212,7 @@ def test_guards_catch_out_of_bounds_schedules(offset, message):
     a = np.arange(64, dtype="float32")
 
     def check():
-        out = run_guarded(cpu["shift"], [a], (64,), "float32")
+        out, = run_guarded(cpu["shift"], [a], [((64,), "float32")])
         assert_close(out, a, "float32", "shift")
 
     if message is None:

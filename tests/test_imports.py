@@ -30,16 +30,17 @@ ROOT = Path(__file__).resolve().parent.parent
 # The pipeline, bottom first: a module may import from its own layer and the layers below.
 # The first matching prefix decides (so "convc.tuning" after "convc.records").
 LAYERS = [
-    ("base", ["convc.version", "convc.files", "convc.spec", "convc.transpose", "convc.target",
-              "convc.reference", "convc.check", "convc.tuning_logs"]),
+    ("base", ["convc.version", "convc.files", "convc.spec", "convc.pool_spec", "convc.transpose",
+              "convc.target", "convc.reference", "convc.reference_pool", "convc.check",
+              "convc.check_pool", "convc.tuning_logs"]),
     ("ops", ["convc.ops"]),
     ("schedules", ["convc.schedules"]),
     ("dispatch", ["convc.records", "convc.dispatch"]),
     ("build", ["convc.build", "convc.export_runtime"]),
     ("kernel", ["convc.kernel"]),
-    ("entry", ["convc.plans", "convc.api", "convc.api_transpose", "convc.batch_norm",
-               "convc.export", "convc.tuning", "convc.cli", "convc.bench", "convc.__main__",
-               "convc", "convc.torch"]),
+    ("entry", ["convc.plans", "convc.api", "convc.api_transpose", "convc.pool_api",
+               "convc.batch_norm", "convc.export", "convc.tuning", "convc.cli", "convc.bench",
+               "convc.__main__", "convc", "convc.torch"]),
 ]
 # torch stays optional: a module-level `import torch` only in convc.torch; the package itself is
 # imported (inside functions) only by these, which need it for what they do.

@@ -385,6 +385,15 @@ def run(layers=None, ops=OPS, layouts=LAYOUTS, repeat=10, target=None, numpy_bas
     return rows
 
 
+def fastest(times: dict) -> dict:
+    """{(contender, kind): seconds} -> {contender: (seconds, kind)}: each contender's best kind
+    (layout, memory format)."""
+    best = {}
+    for (who, kind), seconds in sorted(times.items(), key=lambda item: item[1]):
+        best.setdefault(who, (seconds, kind))
+    return best
+
+
 def geomean(values):
     values = [v for v in values if v]
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None

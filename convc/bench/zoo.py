@@ -25,8 +25,8 @@ import statistics
 import time
 from pathlib import Path
 
-from . import (OPS, STATS, Conv2d, convc_calls, geomean, paired_ratio, time_side_by_side,
-               torch_calls)
+from . import (OPS, STATS, Conv2d, convc_calls, fastest, geomean, paired_ratio,
+               time_side_by_side, torch_calls)
 
 TABLE = Path(__file__).with_name("zoo.json")
 # Shorter batches than the suite's: the corpus has ~390 layers x 3 ops x 4 contenders.
@@ -143,11 +143,9 @@ def run(layers, ops=OPS, repeat=3, target=None, threads=None, stat="median", pro
             row.ratio_nchw = paired_ratio(batches, [("torch", "NCHW")], [("convc", "NCHW")], pick)
             row.convc_nchw = times.get(("convc", "NCHW"))
             row.torch_nchw = times.get(("torch", "NCHW"))
-            for (who, layout), seconds in sorted(times.items(), key=lambda item: item[1]):
-                if who == "convc" and row.convc is None:
-                    row.convc, row.convc_layout = seconds, layout
-                elif who == "torch" and row.torch is None:
-                    row.torch, row.torch_format = seconds, layout
+            best = fastest(times)
+            row.convc, row.convc_layout = best.get("convc", (None, ""))
+            row.torch, row.torch_format = best.get("torch", (None, ""))
             rows.append(row)
             if progress:
                 progress(row)

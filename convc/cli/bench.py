@@ -57,6 +57,9 @@ def add_parser(subparsers):
     p.add_argument("--fused", action="store_true",
                    help="time the fused forward (conv+BN+ReLU, and + residual) against the plain "
                         "forward and PyTorch's eval conv -> batch_norm -> relu")
+    p.add_argument("--pool", action="store_true",
+                   help="instead: pooling forward and backward in GB/s beside PyTorch and a plain "
+                        "copy (convc/bench/pool.py)")
     zoo = p.add_argument_group("zoo", "--zoo: every distinct convolution of torchvision's "
                                "classification models (convc/bench/zoo.json), convc in NCHW and "
                                "NHWC beside PyTorch contiguous and channels_last")
@@ -114,6 +117,10 @@ def run(args) -> int:
         return _train(target, args.models, args.repeat, threads, args.stat)
     if args.padding_modes or args.fused:
         return _variants(args, layers, ops, layouts, target)
+    if args.pool:
+        from convc.bench import pool
+
+        return pool.main(target, args.repeat, threads, args.stat)
     peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
     try:
         import torch

@@ -1,7 +1,10 @@
-"""`convc compile`: compile a convolution's kernels for a target into one shared library.
+"""`convc compile`: compile a convolution's (or a pooling's) kernels for a target into one shared
+library.
 
     convc compile --op conv2d --input 2,8,12,12 --weight 16,4,3,3 --bias --stride 2 --padding 1 \\
         --groups 2 -o lib.so
+    convc compile --op max_pool2d --input 8,64,112,112 --kernel-size 3 --stride 2 --padding 1 \\
+        -o pool.so
 
     convc compile --op conv_transpose2d --input 1,64,16,16 --weight 64,32,4,4 --stride 2 \\
         --padding 1 --output-padding 0 --bias -o up.so
@@ -10,7 +13,9 @@ writes lib.so (functions forward(x, w[, b], y), grad_input(dy, w, dx), grad_weig
 with --activation the adjoints go through it: grad_input(dy, pre_activation, w, dx), see
 --derivative-from; for --op conv_transpose*: conv_transpose(x, w[, b], y),
 conv_transpose_grad_input(dy, w, dx), conv_transpose_grad_weight(dy, x, dw), the weight
-(in, out/groups, *k) as PyTorch's) and lib.json, its manifest (versions, target, every argument's
+(in, out/groups, *k) as PyTorch's;
+a max pool's forward(x, y), forward_indices(x, y, indices), grad_input(x, dy, dx),
+grad_input_indices(dy, indices, dx); an avg pool's forward(x, y), grad_input(dy, dx)) and lib.json, its manifest (versions, target, every argument's
 name/shape/dtype/layout, how each
 schedule was chosen, the library's sha256). The library runs with only apache-tvm-ffi:
 `tvm_ffi.load_module("lib.so")["forward"](x, w, b, y)`; `convc.load("lib.so")` adds checks.
@@ -25,6 +30,10 @@ import warnings
 
 RANK = {"conv1d": 1, "conv2d": 2, "conv3d": 3,
         "conv_transpose1d": 1, "conv_transpose2d": 2, "conv_transpose3d": 3}
+# --op names of poolings -> (PoolSpec.pool, rank)
+POOL = {f"{name}{n}d": (pool, n) for n in (1, 2, 3)
+        for name, pool in (("max_pool", "max"), ("avg_pool", "avg"),
+                           ("adaptive_avg_pool", "adaptive_avg"))}
 AXES = {1: "N,C,W", 2: "N,C,H,W", 3: "N,C,D,H,W"}
 
 
@@ -32,13 +41,14 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "compile", help="compile kernels of one convolution into a shared library + manifest",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--op", required=True, choices=sorted(RANK),
-                   help="convolution rank, or a transposed convolution's")
+    p.add_argument("--op", required=True, choices=sorted(RANK) + sorted(POOL),
+                   help="convolution, transposed convolution or pooling, and its rank")
     p.add_argument("--input", required=True, metavar="SHAPE",
                    help="batched input shape in the layout's order, e.g. 2,8,12,12 (N,C,H,W)")
-    p.add_argument("--weight", required=True, metavar="SHAPE",
-                   help="weight shape: O,I/groups,*k (channels-first) or *k,I/groups,O "
-                        "(channels-last); transposed: in,out/groups,*k or *k,out/groups,in")
+    p.add_argument("--weight", metavar="SHAPE",
+                   help="(convolutions) weight shape: O,I/groups,*k (channels-first) or "
+                        "*k,I/groups,O (channels-last); transposed: in,out/groups,*k or "
+                        "*k,out/groups,in")
     p.add_argument("--bias", action="store_true", help="forward adds a bias: forward(x, w, b, y)")
     p.add_argument("--scale-shift", action="store_true",
                    help="forward's epilogue multiplies by scale and adds shift per output channel "
@@ -53,7 +63,8 @@ def add_parser(subparsers):
                         "activation's derivative taken from the forward's pre-activation (an extra "
                         "argument after dy; the default with --activation) or its output (relu, "
                         "relu6, leaky_relu, sigmoid)")
-    p.add_argument("--stride", default="1", help="an int or a comma list (default: %(default)s)")
+    p.add_argument("--stride", default=None,
+                   help="an int or a comma list (default: 1; poolings: the kernel size)")
     p.add_argument("--padding", default="0",
                    help="an int, a comma list, before:after pairs (1:2,0:1), 'same' or 'valid' "
                         "(default: %(default)s)")
@@ -72,10 +83,12 @@ def add_parser(subparsers):
     p.add_argument("--layout", default=None,
                    help="NCW/NCHW/NCDHW (default) or NWC/NHWC/NDHWC; the weight layout follows")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
+    add_pool_arguments(p)
     p.add_argument("--kernels", default=None,
                    help="comma list of forward, grad_input, grad_weight (default: all three); "
                         "for conv_transpose*: of conv_transpose, conv_transpose_grad_input, "
-                        "conv_transpose_grad_weight")
+                        "conv_transpose_grad_weight; poolings: forward, grad_input (max also "
+                        "forward_indices, grad_input_indices; default: all)")
     p.add_argument("--target", default=None,
                    help="llvm (this CPU, default), cuda, or a JSON target such as "
                         '\'{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1"}\'')
@@ -86,6 +99,63 @@ def add_parser(subparsers):
     p.add_argument("-o", "--output", required=True, metavar="LIB.so",
                    help="the library to write; the manifest goes beside it as LIB.json")
     return p
+
+
+def add_pool_arguments(p) -> None:
+    """The options of a pooling (besides --input, --stride, --padding, --dilation, --layout,
+    --dtype, which convolutions share)."""
+    pool = p.add_argument_group("poolings (--op max_pool2d, avg_pool2d, adaptive_avg_pool2d, ...)")
+    pool.add_argument("--kernel-size", default=None, metavar="K",
+                      help="an int or a comma list (max and avg pooling)")
+    pool.add_argument("--ceil-mode", action="store_true", help="ceil_mode=True")
+    pool.add_argument("--no-count-include-pad", action="store_true",
+                      help="avg pooling: count_include_pad=False")
+    pool.add_argument("--divisor-override", type=int, default=None, metavar="N",
+                      help="avg pooling (2-D, 3-D): divisor_override")
+    pool.add_argument("--output-size", default=None, metavar="SIZE",
+                      help="adaptive avg pooling: an int or a comma list")
+
+
+def pool_spec(args):
+    """The PoolSpec the flags describe (--op a pooling); ValueError naming a flag that does not
+    apply. --stride defaults to the kernel size, as stride=None in PyTorch."""
+    from convc.pool_spec import PoolSpec
+
+    pool, rank = POOL[args.op]
+    given = {"--weight": args.weight, "--bias": args.bias, "--groups": args.groups != "1",
+             "--padding-mode": getattr(args, "padding_mode", "zeros") != "zeros",
+             "--scale-shift": getattr(args, "scale_shift", False),
+             "--residual": getattr(args, "residual", False),
+             "--activation": getattr(args, "activation", None),
+             "--derivative-from": getattr(args, "derivative_from", None),
+             "--output-padding": getattr(args, "output_padding", None),
+             "--algorithm": getattr(args, "algorithm", "auto") != "auto",
+             "--winograd-m": getattr(args, "winograd_m", 0)}
+    for flag, value in given.items():
+        if value:
+            raise ValueError(f"{flag} is for convolutions, not --op {args.op}")
+    x = shape(args.input, "input", rank, args.op)
+    dtype, layout = args.dtype, args.layout
+    if pool == "adaptive_avg":
+        if args.output_size is None:
+            raise ValueError(f"--op {args.op} needs --output-size")
+        return PoolSpec.adaptive_avg_pool(x, ints(args.output_size, "output-size"),
+                                          layout=layout, dtype=dtype)
+    if args.kernel_size is None:
+        raise ValueError(f"--op {args.op} needs --kernel-size")
+    kernel = ints(args.kernel_size, "kernel-size")
+    stride = None if args.stride in (None, "") else ints(args.stride, "stride")
+    pad = ints(args.padding, "padding")
+    if pool == "max":
+        return PoolSpec.max_pool(x, kernel, stride, pad, ints(args.dilation, "dilation"),
+                                 args.ceil_mode, layout=layout, dtype=dtype)
+    if args.dilation != "1":
+        raise ValueError(f"--dilation is not an option of --op {args.op}")
+    if args.divisor_override is not None and rank == 1:
+        raise ValueError("--divisor-override: avg_pool1d has none (as in PyTorch)")
+    return PoolSpec.avg_pool(x, kernel, stride, pad, args.ceil_mode,
+                             not args.no_count_include_pad, args.divisor_override,
+                             layout=layout, dtype=dtype)
 
 
 def add_padding_mode(parser) -> None:
@@ -173,27 +243,15 @@ def _target_config(text) -> dict:
 
 def run(args) -> int:
     from convc.export import CrossCompileWarning, export_library, manifest_path
-    from convc.spec import ConvSpec
     from convc.target import resolve
 
-    rank = RANK[args.op]
-    if args.op.startswith("conv_transpose"):
-        spec, kernels = _transposed(args, rank)
+    if args.op in POOL:
+        spec, kernels = pool_spec(args), args.kernels  # kernels None: all the spec has
+    elif args.op.startswith("conv_transpose"):
+        spec, kernels = _transposed(args, RANK[args.op])
     else:
-        if args.output_padding is not None:
-            raise ValueError(f"--output-padding applies to conv_transpose1d/2d/3d, not --op "
-                             f"{args.op}")
         kernels = args.kernels or "forward,grad_input,grad_weight"
-        spec = ConvSpec.from_shapes(
-            shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
-            ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
-            ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias,
-            padding_mode=args.padding_mode, scale_shift=args.scale_shift, residual=args.residual,
-            activation=activation(args.activation),
-            derivative_from=args.derivative_from or (
-                "pre_activation" if args.activation
-                and any(k.strip() != "forward" for k in kernels.split(",")) else None),
-            algorithm=args.algorithm, winograd_m=args.winograd_m)
+        spec = conv_spec(args, kernels)
     target = resolve(target_of(args.target, args.arch))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CrossCompileWarning)
@@ -218,6 +276,9 @@ def _transposed(args, rank):
     from convc import transpose
     from convc.spec import TRANSPOSE_OPS
 
+    _refuse_pool_flags(args)
+    if args.weight is None:
+        raise ValueError(f"--op {args.op} needs --weight")
     fused = [flag for flag, given in (("--scale-shift", args.scale_shift),
                                       ("--residual", args.residual),
                                       ("--activation", args.activation is not None)) if given]
@@ -225,7 +286,7 @@ def _transposed(args, rank):
         raise ValueError(f"{', '.join(fused)}: --op {args.op} takes only --bias as its epilogue")
     spec = transpose.from_shapes(
         shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
-        ints(args.stride, "stride"), padding(args.padding),
+        ints(args.stride or "1", "stride"), padding(args.padding),
         ints(args.output_padding or "0", "output-padding"), ints(args.groups, "groups"),
         ints(args.dilation, "dilation"), layout=args.layout, dtype=args.dtype, bias=args.bias,
         padding_mode=args.padding_mode)
@@ -237,6 +298,38 @@ def _transposed(args, rank):
     return spec, kernels
 
 
+def _refuse_pool_flags(args) -> None:
+    pool_flags = {"--kernel-size": args.kernel_size, "--ceil-mode": args.ceil_mode,
+                  "--no-count-include-pad": args.no_count_include_pad,
+                  "--divisor-override": args.divisor_override, "--output-size": args.output_size}
+    for flag, value in pool_flags.items():
+        if value not in (None, False):
+            raise ValueError(f"{flag} is for poolings, not --op {args.op}")
+
+
+def conv_spec(args, kernels: str):
+    """The ConvSpec the flags describe (--op a convolution; `kernels` the ones to compile)."""
+    from convc.spec import ConvSpec
+
+    rank = RANK[args.op]
+    if args.weight is None:
+        raise ValueError(f"--op {args.op} needs --weight")
+    _refuse_pool_flags(args)
+    if args.output_padding is not None:
+        raise ValueError(f"--output-padding applies to conv_transpose1d/2d/3d, not --op "
+                         f"{args.op}")
+    return ConvSpec.from_shapes(
+        shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
+        ints(args.stride or "1", "stride"), padding(args.padding), ints(args.dilation, "dilation"),
+        ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias,
+        padding_mode=args.padding_mode, scale_shift=args.scale_shift, residual=args.residual,
+        activation=activation(args.activation),
+        derivative_from=args.derivative_from or (
+            "pre_activation" if args.activation
+            and any(k.strip() != "forward" for k in kernels.split(",")) else None),
+        algorithm=args.algorithm, winograd_m=args.winograd_m)
+
+
 def _report(path, manifest: dict, meta) -> None:
     target = manifest["target"]
     where = target.get("arch") or target.get("mcpu") or "generic"
@@ -244,7 +337,9 @@ def _report(path, manifest: dict, meta) -> None:
           f"{where}) and {meta}")
     width = max([12] + [len(name) for name in manifest["functions"]])
     for name, entry in manifest["functions"].items():
-        args = [f"{a['name']}[{','.join(map(str, a['shape']))}]" for a in entry["args"]]
-        print(f"  {name:<{width}} {entry['how']:<13} {' '.join(args[:-1])} -> {args[-1]}  "
+        args = {role: " ".join(f"{a['name']}[{','.join(map(str, a['shape']))}]"
+                               for a in entry["args"] if a["role"] == role)
+                for role in ("input", "output")}
+        print(f"  {name:<{width}} {entry['how']:<13} {args['input']} -> {args['output']}  "
               f"{entry['spec']['dtype']} {entry['args'][0]['layout']}")
     print(f"sha256 {manifest['sha256']}")

@@ -18,19 +18,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .compile import RANK, add_padding_mode, ints, padding, shape, target_of
+from .compile import (POOL, RANK, add_padding_mode, add_pool_arguments, ints, padding, pool_spec,
+                      shape, target_of)
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "tune", help="auto-tune kernels (MetaSchedule + XGBoost) into a tuning log directory",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    layer = p.add_argument_group("the convolution (as for `convc compile`), or --layers")
-    layer.add_argument("--op", choices=sorted(RANK), help="convolution rank")
+    layer = p.add_argument_group("the convolution or pooling (as for `convc compile`), or --layers")
+    layer.add_argument("--op", choices=sorted(RANK) + sorted(POOL),
+                       help="convolution or pooling, and its rank")
     layer.add_argument("--input", metavar="SHAPE", help="batched input shape, e.g. 1,64,56,56")
     layer.add_argument("--weight", metavar="SHAPE", help="weight shape, e.g. 64,64,3,3")
     layer.add_argument("--bias", action="store_true", help="forward adds a bias")
-    layer.add_argument("--stride", default="1", help="an int or a comma list (default: %(default)s)")
+    layer.add_argument("--stride", default=None,
+                       help="an int or a comma list (default: 1; poolings: the kernel size)")
     layer.add_argument("--padding", default="0",
                        help="an int, a comma list, before:after pairs, 'same' or 'valid'")
     layer.add_argument("--dilation", default="1", help="an int or a comma list (default: %(default)s)")
@@ -41,10 +44,11 @@ def add_parser(subparsers):
     layer.add_argument("--dtype", default="float32", help="float32 (default), float64 or float16")
     layer.add_argument("--layers", default=None, metavar="NAMES",
                        help="tune layers of the benchmark suite instead: a comma list or 'all'")
+    add_pool_arguments(p)
     p.add_argument("--kernels", default=None,
                    help="comma list of forward, grad_input, grad_weight (default: all three); "
                         "for --op conv_transpose*d of conv_transpose, conv_transpose_grad_input, "
-                        "conv_transpose_grad_weight")
+                        "conv_transpose_grad_weight; a pooling: all of its kernels")
     p.add_argument("--output-padding", default=None, help="--op conv_transpose*d only (default: 0)")
     p.add_argument("--trials", type=int, default=64,
                    help="measured candidates per kernel, records already logged included "
@@ -81,6 +85,10 @@ def specs_of(args) -> list:
         if args.op or args.input or args.weight:
             raise ValueError("--layers replaces --op/--input/--weight: give one or the other")
         return _suite(args.layers, args.layout, args.dtype)
+    if args.op in POOL:
+        if not args.input:
+            raise ValueError("--input missing: describe the pooling")
+        return [pool_spec(args)]
     missing = [f"--{name}" for name in ("op", "input", "weight") if not getattr(args, name)]
     if missing:
         raise ValueError(f"{', '.join(missing)} missing: describe the convolution, or give --layers")
@@ -90,7 +98,7 @@ def specs_of(args) -> list:
 
         return [transpose.from_shapes(
             shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
-            ints(args.stride, "stride"), padding(args.padding),
+            ints(args.stride or "1", "stride"), padding(args.padding),
             ints(args.output_padding or "0", "output-padding"), ints(args.groups, "groups"),
             ints(args.dilation, "dilation"), layout=args.layout, dtype=args.dtype, bias=args.bias,
             padding_mode=args.padding_mode)]
@@ -98,7 +106,7 @@ def specs_of(args) -> list:
         raise ValueError(f"--output-padding applies to conv_transpose1d/2d/3d, not --op {args.op}")
     return [ConvSpec.from_shapes(
         shape(args.input, "input", rank, args.op), shape(args.weight, "weight", rank, args.op),
-        ints(args.stride, "stride"), padding(args.padding), ints(args.dilation, "dilation"),
+        ints(args.stride or "1", "stride"), padding(args.padding), ints(args.dilation, "dilation"),
         ints(args.groups, "groups"), layout=args.layout, dtype=args.dtype, bias=args.bias,
         padding_mode=args.padding_mode)]
 
@@ -133,15 +141,18 @@ def run(args) -> int:
 
     specs = specs_of(args)
     transposed = bool(args.op and args.op.startswith("conv_transpose"))
-    kernels = [k.strip() for k in (args.kernels or ",".join(TRANSPOSE_OPS if transposed else OPS))
-               .split(",") if k.strip()]
+    if args.kernels is None:  # None: all the spec has (a pooling's own kernels)
+        kernels = list(TRANSPOSE_OPS) if transposed else None
+    else:
+        kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
     target = resolve(target_of(args.target, args.arch))
     try:
         if args.peer == "topi":
             from convc.bench import topi_peer
+            from convc.spec import OPS
 
-            reports = topi_peer.tune(specs, kernels, trials=args.trials, log_dir=args.log_dir,
-                                     target=target, quiet=args.quiet,
+            reports = topi_peer.tune(specs, kernels or OPS, trials=args.trials,
+                                     log_dir=args.log_dir, target=target, quiet=args.quiet,
                                      seed=args.seed, keep=args.keep)
         else:
             reports = tuning.tune(

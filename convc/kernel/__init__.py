@@ -11,7 +11,9 @@ from __future__ import annotations
 import threading
 
 from ..build import build
-from ..spec import ConvSpec, check_op
+from ..ops import check_kernel_op
+from ..pool_spec import PoolSpec
+from ..spec import ConvSpec
 from ..target import resolved
 from .arrays import ALIGNMENT, aligned_copy, aligned_empty, as_array
 from .core import Kernel
@@ -30,18 +32,22 @@ def memo() -> dict:
     return table
 
 
-def compile(spec: ConvSpec, op: str = "forward", target=None) -> Kernel:  # noqa: A001 - public name
-    """Compile `op` ("forward", "grad_input", "grad_weight"; for a transposed convolution's
-    equivalent spec, convc.transpose, also "conv_transpose", "conv_transpose_grad_input",
-    "conv_transpose_grad_weight") of `spec` for `target`.
+def compile(spec, op: str = "forward", target=None) -> Kernel:  # noqa: A001 - public name
+    """Compile `op` of `spec` for `target`: a ConvSpec's "forward", "grad_input" or
+    "grad_weight" (for a transposed convolution's equivalent spec, convc.transpose, also
+    "conv_transpose", "conv_transpose_grad_input", "conv_transpose_grad_weight"); a PoolSpec's
+    kernels (PoolSpec.ops: "forward", "grad_input", and for max pooling "forward_indices" and
+    "grad_input_indices").
 
     target: None (this CPU), "llvm", "cuda", a dict, a JSON string or a resolved Target (see
     convc.target.resolve). The result is cached in memory and on disk; a second call for the
     same arguments returns the same Kernel object.
     """
-    if not isinstance(spec, ConvSpec):
-        raise TypeError(f"spec={spec!r} is not a ConvSpec: build one with ConvSpec.from_shapes(...)")
-    op = check_op(op)
+    if not isinstance(spec, (ConvSpec, PoolSpec)):
+        raise TypeError(f"spec={spec!r} is not a ConvSpec or a PoolSpec: build one with "
+                        "ConvSpec.from_shapes(...) or PoolSpec.max_pool(...) (avg_pool, "
+                        "adaptive_avg_pool)")
+    op = check_kernel_op(spec, op)
     target = resolved(target)
     memo_key = (spec, op, target)
     kernel = _KERNELS.get(memo_key)
@@ -54,7 +60,7 @@ def compile(spec: ConvSpec, op: str = "forward", target=None) -> Kernel:  # noqa
     return kernel
 
 
-def _kernel(spec: ConvSpec, op: str, target) -> Kernel:
+def _kernel(spec, op: str, target) -> Kernel:
     made = build(spec, op, target)
     if target.is_gpu and made.module is not None:
         return CudaKernel(spec, op, target, made.module, made.how, made.tir, made.library,

@@ -38,38 +38,51 @@ class CudaKernel(Kernel):
                 f"{self!r} needs an NVIDIA GPU and none is visible here. Its device code is "
                 f"compiled: deploy {where} and load it with tvm_ffi.load_module on a GPU "
                 "machine, or compile for the CPU (target='llvm').")
-        names = self.arg_names[:-1]
+        count = self.outputs
+        names = self.arg_names[:-count]
         if len(inputs) != len(names):
             raise TypeError(f"{self.op} takes {len(names)} arrays ({', '.join(names)}), got {len(inputs)}")
+        several = count > 1
+        outs = None if out is None else (list(out) if several else [out])
         on_host = all(isinstance(v, np.ndarray) for v in inputs) and (
-            out is None or isinstance(out, np.ndarray))
+            outs is None or all(isinstance(o, np.ndarray) for o in outs))
         device = tvm.cuda(0)
+        shapes, dtypes = self.arg_shapes[-count:], [str(d) for d in self.arg_dtypes[-count:]]
         if on_host:
-            arrays = [tvm.runtime.tensor(np.ascontiguousarray(self._check(v, n, s)), device)
-                      for v, n, s in zip(inputs, names, self.arg_shapes)]
-            result = tvm.runtime.empty(self.arg_shapes[-1], self.spec.dtype, device)
-            self.function(*arrays, result)
-            host = result.numpy()
-            if out is None:
-                return host
-            self._destination(out)[...] = host
+            arrays = [tvm.runtime.tensor(np.ascontiguousarray(self._check(v, n, s, d)), device)
+                      for v, n, s, d in zip(inputs, names, self.arg_shapes, self.arg_dtypes)]
+            results = [tvm.runtime.empty(s, d, device) for s, d in zip(shapes, dtypes)]
+            self.function(*arrays, *results)
+            host = [r.numpy() for r in results]
+            if outs is None:
+                return tuple(host) if several else host[0]
+            for o, h, index in zip(outs, host, range(len(self.arg_names) - count,
+                                                     len(self.arg_names))):
+                self._destination(o, index)[...] = h
             return out
-        arrays = [self._device(v, n, s) for v, n, s in zip(inputs, names, self.arg_shapes)]
-        result = (tvm.runtime.empty(self.arg_shapes[-1], self.spec.dtype, device) if out is None
-                  else self._device(out, f"out ({self.arg_names[-1]})", self.arg_shapes[-1]))
-        self.function(*arrays, result)
-        return result if out is None else out
+        arrays = [self._device(v, n, s, d)
+                  for v, n, s, d in zip(inputs, names, self.arg_shapes, self.arg_dtypes)]
+        if outs is None:
+            results = [tvm.runtime.empty(s, d, device) for s, d in zip(shapes, dtypes)]
+        else:
+            results = [self._device(o, f"out ({n})", s, d) for o, n, s, d in
+                       zip(outs, self.arg_names[-count:], shapes, dtypes)]
+        self.function(*arrays, *results)
+        if out is not None:
+            return out
+        return tuple(results) if several else results[0]
 
     def run(self, arrays, out=None):
         """As Kernel.run, through the GPU (NumPy arrays copied there and back)."""
         return self(*arrays, out=out)
 
-    def _device(self, value, name, shape):
+    def _device(self, value, name, shape, dtype=None):
         if not hasattr(value, "__dlpack__"):
             raise TypeError(f"{name} is a {type(value).__name__}: expected a NumPy array or a CUDA "
                             "DLPack tensor")
         tensor = tvm_ffi.from_dlpack(value)
-        if tuple(tensor.shape) != tuple(shape) or str(tensor.dtype) != self.spec.dtype:
+        dtype = self.spec.dtype if dtype is None else str(dtype)
+        if tuple(tensor.shape) != tuple(shape) or str(tensor.dtype) != dtype:
             raise ValueError(f"{name} is {tuple(tensor.shape)} {tensor.dtype}: expected "
-                             f"{tuple(shape)} {self.spec.dtype}")
+                             f"{tuple(shape)} {dtype}")
         return tensor

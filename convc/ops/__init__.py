@@ -7,12 +7,14 @@ convolution (convc.transpose) under their own kernel names.
 
 from __future__ import annotations
 
-from ..spec import TRANSPOSE_OPS, ConvSpec, check_op
+from ..pool_spec import OUTPUTS, PoolSpec
+from ..spec import OPS, TRANSPOSE_OPS, ConvSpec, check_op
 from .common import SAVED
 from .forward import forward
 from .grad_input import grad_input, ring_unpadded
 from .grad_weight import grad_weight
 from . import winograd
+from .pool import declare_pool, pool_spec_of
 from .transpose import (KERNEL_ATTR, conv_transpose, conv_transpose_grad_input,
                         conv_transpose_grad_weight)
 
@@ -50,7 +52,19 @@ ARGUMENTS = {
 }
 
 
-def arguments(spec: ConvSpec, op: str) -> tuple:
+def check_kernel_op(spec, op) -> str:
+    """`op` checked against the kernels `spec` has (a ConvSpec's three, a PoolSpec's own)."""
+    return spec.check_op(op) if isinstance(spec, PoolSpec) else check_op(op)
+
+
+def kernel_ops(spec) -> tuple:
+    """Every kernel `spec` has, in order (what `convc compile` exports by default)."""
+    return spec.ops if isinstance(spec, PoolSpec) else OPS
+
+
+def arguments(spec, op: str) -> tuple:
+    if isinstance(spec, PoolSpec):
+        return tuple(name for name, _, _ in spec.signature(op))
     if op == "conv_transpose":
         return ARGUMENTS["conv_transpose+bias" if spec.bias else op]
     if op != "forward":
@@ -64,8 +78,10 @@ def arguments(spec: ConvSpec, op: str) -> tuple:
             + (("residual",) if spec.residual else ()) + ("y",))
 
 
-def shapes(spec: ConvSpec, op: str) -> tuple:
+def shapes(spec, op: str) -> tuple:
     """Shapes of the op's parameters, in order (destination last)."""
+    if isinstance(spec, PoolSpec):
+        return tuple(shape for _, shape, _ in spec.signature(op))
     if op in TRANSPOSE_OPS:  # spec is the equivalent convolution: its output is the op's input
         small, large = spec.output_shape, spec.input_shape
         table = {"x": small, "w": spec.weight_shape, "b": (spec.in_channels,), "y": large,
@@ -79,12 +95,28 @@ def shapes(spec: ConvSpec, op: str) -> tuple:
     return tuple(table[name] for name in arguments(spec, op))
 
 
-def declare(spec: ConvSpec, op: str = "forward"):
-    """The PrimFunc computing `op` for `spec` (destination-passing, see ARGUMENTS).
+def dtypes(spec, op: str) -> tuple:
+    """Dtypes of the op's parameters, in order (a ConvSpec's all share spec.dtype; a max pool's
+    indices are int64)."""
+    if isinstance(spec, PoolSpec):
+        return tuple(dtype for _, _, dtype in spec.signature(op))
+    return (spec.dtype,) * len(arguments(spec, op))
+
+
+def outputs(spec, op: str) -> int:
+    """How many of the op's parameters, counted from the last, are outputs."""
+    return OUTPUTS.get(op, 1) if isinstance(spec, PoolSpec) else 1
+
+
+def declare(spec, op: str = "forward"):
+    """The PrimFunc computing `op` for `spec` (destination-passing, see ARGUMENTS and
+    PoolSpec.signature).
 
     spec.algorithm "winograd" declares forward and grad_input by Winograd (ops.winograd; grad_weight
     stays direct); "auto" and "direct" declare the direct correlation (dispatch.resolve_algorithm
     turns "auto" into "winograd" where that was measured faster, before declaring)."""
+    if isinstance(spec, PoolSpec):
+        return declare_pool(spec, op)
     op = check_op(op)
     if spec.algorithm == "winograd" and op != "grad_weight":
         reason = winograd.unsupported(spec, op)
@@ -122,8 +154,15 @@ def is_winograd(func) -> bool:
     return spec is not None and spec.algorithm == "winograd" and op != "grad_weight"
 
 
+def described(func) -> tuple:
+    """(ConvSpec or PoolSpec, op) recorded in a PrimFunc convc declared, or (None, None)."""
+    spec, op = spec_of(func)
+    return (spec, op) if spec is not None else pool_spec_of(func)
+
+
 def spec_of(func) -> tuple[ConvSpec, str]:
-    """(spec, op) recorded in a PrimFunc declared by convc, or (None, None) for a foreign one."""
+    """(spec, op) recorded in a PrimFunc declared by convc as a convolution, or (None, None) for
+    a foreign one (pooling functions included: see described and pool_spec_of)."""
     attrs = func.attrs
     if attrs is None or "convc.spec" not in attrs:
         return None, None

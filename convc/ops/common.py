@@ -41,9 +41,11 @@ def split_weight_index(channels_last: bool, idx):
     return idx[0], idx[1], list(idx[2:])
 
 
-def dilate_pad(data, channels_last: bool, size, dilation, before, name: str, pad_name=None):
+def dilate_pad(data, channels_last: bool, size, dilation, before, name: str, pad_name=None,
+               fill=0):
     """A zero-filled view of `data` on a larger spatial grid: element j of every spatial axis is
-    data[(j - before) / dilation] when that is a whole in-range index, else 0.
+    data[(j - before) / dilation] when that is a whole in-range index, else 0 (`fill`: another
+    value for the padding, e.g. -inf for max pooling; dilation 1 only).
 
     With dilation 1 this is plain zero padding (`before` zeros in front, the rest after). The
     gradient w.r.t. the input uses it with dilation = stride and a `before` that may be negative
@@ -58,8 +60,10 @@ def dilate_pad(data, channels_last: bool, size, dilation, before, name: str, pad
         return data
     if pad_name is not None and any(d > 1 for d in dilation):
         return _dilate_padded(data, channels_last, size, dilation, before, name, pad_name)
+    if fill != 0 and any(d > 1 for d in dilation):
+        raise ValueError("dilate_pad: a non-zero fill is for padding only (dilation 1)")
     channels = data.shape[-1] if channels_last else data.shape[1]
-    zero = tvm.tirx.const(0, data.dtype)
+    zero = tvm.tirx.const(fill, data.dtype)
 
     def element(*idx):
         n, c, spatial = split_data_index(channels_last, idx)
@@ -307,8 +311,11 @@ def epilogue(acc, spec: ConvSpec, bias=None, scale=None, shift=None, residual=No
 _PARAM = re.compile(r'T\.Buffer\((\((?:[^()]*)\)), ("(?:float|int|uint|bfloat)[0-9]+")\)')
 
 
-def make_func(params, spec: ConvSpec, op: str) -> tirx.PrimFunc:
+def make_func(params, spec: ConvSpec, op: str, attr: str = "convc.spec") -> tirx.PrimFunc:
     """PrimFunc with convc's attributes, whose parameters do not assume 64-byte alignment.
+
+    `attr` names the attribute holding the spec's JSON: "convc.spec" for a ConvSpec,
+    "convc.pool_spec" for a PoolSpec (so that rules reading one never mistake the other).
 
     te.create_prim_func declares every parameter buffer 64-byte aligned and nothing checks it at
     call time: an unaligned NumPy array segfaults the process. Re-declaring each parameter with the
@@ -318,7 +325,7 @@ def make_func(params, spec: ConvSpec, op: str) -> tirx.PrimFunc:
     (PrimFunc.specialize refuses to), so this goes through a TVMScript round trip of the signature.
     """
     func = te.create_prim_func(params)
-    func = func.with_attr("convc.op", op).with_attr("convc.spec", spec.to_json())
+    func = func.with_attr("convc.op", op).with_attr(attr, spec.to_json())
     source = func.script()
     head, sep, body = source.partition("):\n")
 

@@ -17,28 +17,31 @@ from __future__ import annotations
 
 from ..dispatch import untuned
 from ..kernel import clear_memory_cache
-from ..ops import declare
+from ..ops import check_kernel_op, declare, kernel_ops
+from ..pool_spec import PoolSpec
 from ..records import (RecordError, RecordMismatchWarning, find_record, lookup, search_roots,
                        user_log_dir)
-from ..spec import OPS, ConvSpec, check_op
+from ..spec import OPS, ConvSpec
 from ..target import resolved
 from .errors import TuneError
 from .space import check_space
 
 
-def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=None,
+def tune(specs, ops=None, *, target=None, trials: int = 64, log_dir=None, seed=None,
          quiet: bool = False, rpc_tracker: str | None = None, rpc_key: str | None = None,
          trials_per_iter: int | None = None, population: int | None = None,
          builder_workers: int | None = None, build_timeout: float = 60.0,
          run_timeout: float = 60.0, keep: int | None = None, stream=None, space: str = "hand"):
-    """Tune the ``ops`` of each ConvSpec in ``specs`` and store the records under ``log_dir``.
+    """Tune the ``ops`` of each ConvSpec or PoolSpec in ``specs`` and store the records under
+    ``log_dir``.
 
     Parameters
     ----------
-    specs : ConvSpec or sequence of ConvSpec
+    specs : ConvSpec, PoolSpec or a sequence of them
         The layers; each layer's ops are tuned as one task set (one database).
-    ops : sequence of str
-        Kernels to tune: any of "forward", "grad_input", "grad_weight".
+    ops : sequence of str or None
+        Kernels to tune: any of "forward", "grad_input", "grad_weight" (a pooling: of
+        PoolSpec.ops); None: every kernel of each spec.
     target : None, str, dict or tvm.target.Target
         As for :func:`convc.compile`; records are kept per target.
     trials : int
@@ -76,15 +79,16 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
     """
     from . import driver  # noqa: PLC0415 - MetaSchedule: only when tuning starts
 
-    specs = [specs] if isinstance(specs, ConvSpec) else list(specs)
+    specs = [specs] if isinstance(specs, (ConvSpec, PoolSpec)) else list(specs)
     for i, spec in enumerate(specs):
-        if not isinstance(spec, ConvSpec):
+        if not isinstance(spec, (ConvSpec, PoolSpec)):
             raise TypeError(f"specs[{i}]={spec!r} is not a ConvSpec: build one with "
-                            "ConvSpec.from_shapes(...)")
-    ops = [ops] if isinstance(ops, str) else list(ops)
-    if not ops:
+                            "ConvSpec.from_shapes(...) (or a PoolSpec: PoolSpec.max_pool(...))")
+    asked = None if ops is None else ([ops] if isinstance(ops, str) else list(ops))
+    if asked is not None and not asked:
         raise ValueError("ops is empty: give at least one of " + ", ".join(OPS))
-    ops = [check_op(op) for op in dict.fromkeys(ops)]
+    per_spec = {spec: [check_kernel_op(spec, op) for op in dict.fromkeys(
+        kernel_ops(spec) if asked is None else asked)] for spec in specs}
     if not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials={trials!r}: expected a positive number of trials per kernel")
     check_space(space)
@@ -98,7 +102,7 @@ def tune(specs, ops=OPS, *, target=None, trials: int = 64, log_dir=None, seed=No
                         run_timeout=run_timeout) as session:
         for spec in specs:
             kernels = [driver.Kernel(op, declare(spec, op), spec.flops, hand_written)
-                       for op in ops]
+                       for op in per_spec[spec]]
             reports.append(driver.tune_workload(
                 kernels, target, workload=spec.key, spec=spec, log_dir=log_dir, session=session,
                 trials=trials, seed=seed, quiet=quiet, stream=stream,

@@ -11,6 +11,7 @@ decline, so dispatch falls back to the default schedule instead of failing.
     direct.py       forward and grad_input: register-blocked direct convolution (1x1 as GEMM)
     winograd.py     forward and grad_input declared by Winograd: transforms and a batched GEMM
     grad_weight.py  grad_weight: output-stationary register tile, reduction over batch and space
+    pool.py         every pooling kernel (convc.ops.pool): vectors along channels or width
     common.py       tile choice, parallel outer loops, the local accumulator
 """
 
@@ -22,6 +23,7 @@ import warnings
 from .direct import direct_knobs, schedule_direct
 from .grad_weight import grad_weight_knobs, schedule_grad_weight
 from .winograd import schedule_winograd, winograd_knobs
+from .pool import pool_knobs, schedule_pool
 
 
 def declining(rule, grid):
@@ -47,6 +49,8 @@ def declining(rule, grid):
 direct_rule = declining(schedule_direct, direct_knobs)
 grad_weight_rule = declining(schedule_grad_weight, grad_weight_knobs)
 winograd_rule = declining(schedule_winograd, winograd_knobs)
+pool_rule = declining(schedule_pool, pool_knobs)
 
-# In dispatch order; each declines what is not its op (direct declines Winograd declarations).
-RULES = [winograd_rule, direct_rule, grad_weight_rule]
+# In dispatch order; each declines what is not its op (pooling first: the conv rules never see
+# a pooling function, whose spec they could not read; direct declines Winograd declarations).
+RULES = [pool_rule, winograd_rule, direct_rule, grad_weight_rule]
