@@ -15,6 +15,7 @@ from convc.schedules import RULES
 from convc.schedules.default import default
 
 from .ops import winograd
+from .spec import ConvSpec
 from .target import info
 from .records import find_record
 
@@ -24,6 +25,8 @@ def resolve_algorithm(spec, op: str, target):
     "winograd" (with its tile) where Winograd was measured faster (prefers_winograd), else stays
     (declared direct). A forced "winograd" on a GPU target is a ValueError: the Winograd
     schedules are CPU-only."""
+    if not isinstance(spec, ConvSpec):  # a PoolSpec: one algorithm
+        return spec
     if spec.algorithm == "winograd" and op != "grad_weight" and info(target).is_gpu:
         raise ValueError("algorithm='winograd' is implemented for CPU (LLVM) targets only: "
                          f"target {info(target).key} is a GPU")
