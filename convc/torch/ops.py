@@ -10,6 +10,14 @@ and torch.export.
     torch.ops.convc.conv_grad_weight(input, grad_output, weight_size, stride, padding,
                                      dilation, groups, padding_mode)
     torch.ops.convc.conv_grad_bias(grad_output)
+    torch.ops.convc.conv_transpose(input, weight, packed_weight, bias, stride, padding,
+                                   output_padding, groups, dilation)
+        F.conv_transposeNd (arguments in its order, groups before dilation; weight PyTorch's
+        (in, out/groups, *k); padding_mode always zeros)
+    torch.ops.convc.conv_transpose_grad_input(grad_output, weight, packed_weight, input_size,
+                                              stride, padding, output_padding, groups, dilation)
+    torch.ops.convc.conv_transpose_grad_weight(input, grad_output, weight_size, stride, padding,
+                                               output_padding, groups, dilation)
 
 One op each for 1-D, 2-D and 3-D (the rank is the tensors'). Tensors are batched, indexed as
 PyTorch's (N, C, *spatial), weights (O, I/groups, *k); `padding` is (before..., after...), one
@@ -27,6 +35,14 @@ differentiable (double backward, gradient penalties):
     grad_input   -> conv (grad_output), conv_grad_weight (weight)
     grad_weight  -> conv_grad_input (input), conv (grad_output)
     grad_bias    -> grad_output broadcast
+    conv_transpose             -> conv_transpose_grad_input (input), conv_transpose_grad_weight
+                                  (weight), conv_grad_bias (bias)
+    conv_transpose_grad_input  -> conv_transpose (grad_output), conv_transpose_grad_weight (weight)
+    conv_transpose_grad_weight -> conv_transpose_grad_input (input), conv_transpose (grad_output)
+
+The transposed ops run the kernels convc.transpose derives from the equivalent convolution:
+conv_transpose is its grad_input (+ bias), conv_transpose_grad_input its forward,
+conv_transpose_grad_weight its grad_weight with x and dy swapped (no logic of their own).
 
 Only gradients that ctx.needs_input_grad asks for are computed (a frozen layer's weight gets no
 conv_grad_weight). `CALLS` counts kernel launches per op (the tests read it).
