@@ -307,13 +307,12 @@ def test_convert_keeps_outputs_and_reports_what_it_left():
     ids = [id(p) for p in net.parameters()]
     report = ct.convert(net)
     assert [id(p) for p in net.parameters()] == ids         # in place: an optimizer keeps working
-    assert len(report.replaced) == 7
-    assert all(type(m) is not nn.Conv2d for m in net.modules())
+    assert len(report.replaced) == 8
+    assert all(type(m) not in (nn.Conv2d, nn.ConvTranspose2d) for m in net.modules())
+    assert ("6", "convc.torch.ConvTranspose2d") in report.replaced
     left = {name: reason for name, _, reason in report.left}
-    assert left == {"5": "not supported yet (pooling)",
-                    "6": "not supported yet (transposed convolution)",
-                    "10": "not supported yet (pooling)"}
-    assert "left 3" in str(report)
+    assert left == {"5": "not supported yet (pooling)", "10": "not supported yet (pooling)"}
+    assert "left 2" in str(report)
     _close(net(x), expected)
 
 
@@ -347,6 +346,199 @@ def test_state_dict_round_trip():
     ct.convert(fresh)
     x = torch.randn(1, 3, 12, 12)
     _close(fresh(x), net(x))
+
+
+# --- transposed convolution -------------------------------------------------------------------
+
+def _transpose_geometry(ndim=2):
+    """stride 2, padding 1 / 0 (before / after on the last axis), output_padding 1, groups 2,
+    dilation 2 on the last axis: the op's argument lists (stride, padding, output_padding,
+    groups, dilation)."""
+    return ([2] * ndim, [1] * ndim + [1] * (ndim - 1) + [0], [1] * ndim, 2,
+            [1] * (ndim - 1) + [2])
+
+
+def _transpose_reference(x, w, b, stride, padding, output_padding, groups, dilation):
+    """F.conv_transposeNd of the op's arguments, padding (before..., after...) maybe unequal:
+    F's unpadded output (output_padding included) with `before` cropped from the front of each
+    axis and `after` from its end."""
+    half = len(padding) // 2
+    f = {3: F.conv_transpose1d, 4: F.conv_transpose2d, 5: F.conv_transpose3d}[x.dim()]
+    y = f(x, w, b, stride, 0, output_padding, groups, dilation)
+    index = [slice(None), slice(None)]
+    index += [slice(before, size - after) for before, after, size in
+              zip(padding[:half], padding[half:], y.shape[2:])]
+    return y[tuple(index)]
+
+
+def _transpose_opcheck_cases():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 4, 3, generator=g, requires_grad=True)
+    w = torch.randn(4, 3, 3, 2, generator=g, requires_grad=True)
+    b = torch.randn(6, generator=g, requires_grad=True)
+    geometry = list(_transpose_geometry())
+    y_shape = ops._conv_transpose_fake(x, w, None, b, *geometry).shape
+    dy = torch.randn(y_shape, generator=g, requires_grad=True)
+    cl = torch.channels_last
+
+    def last(t):
+        return t.detach().to(memory_format=cl).requires_grad_()
+
+    return {
+        "conv_transpose": (ops.conv_transpose, (x, w, None, b, *geometry)),
+        "conv_transpose channels_last": (ops.conv_transpose, (
+            last(x), w, layout.pack_weight(w.detach(), True), b, *geometry)),
+        "grad_input": (ops.conv_transpose_grad_input, (dy, w, None, list(x.shape), *geometry)),
+        "grad_input channels_last": (ops.conv_transpose_grad_input, (
+            last(dy), w, None, list(x.shape), *geometry)),
+        "grad_weight": (ops.conv_transpose_grad_weight, (x, dy, list(w.shape), *geometry)),
+        "grad_weight channels_last": (ops.conv_transpose_grad_weight, (
+            last(x), dy, list(w.shape), *geometry)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_transpose_opcheck_cases()))
+def test_conv_transpose_opcheck(case):
+    op, args = _transpose_opcheck_cases()[case]
+    torch.library.opcheck(op, args)
+
+
+def test_conv_transpose_ops_compute_pytorchs_and_its_adjoints():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 4, 4, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 2, generator=g, dtype=torch.float64)
+    b = torch.randn(6, generator=g, dtype=torch.float64)
+    geometry = _transpose_geometry()
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xx = x.to(memory_format=fmt).requires_grad_()
+        ww = w.clone().requires_grad_()
+        bb = b.clone().requires_grad_()
+        expected = _transpose_reference(xx, ww, bb, *geometry)
+        dy = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+        gx, gw, gb = torch.autograd.grad(expected, (xx, ww, bb), dy)
+        y = ops.conv_transpose(xx, ww, None, bb, *geometry)
+        _close(y, expected)
+        assert y.is_contiguous(memory_format=fmt)
+        dy = dy.to(memory_format=fmt)
+        _close(ops.conv_transpose_grad_input(dy, ww, None, list(x.shape), *geometry), gx)
+        _close(ops.conv_transpose_grad_weight(xx, dy, list(w.shape), *geometry), gw)
+        _close(ops.conv_grad_bias(dy), gb)
+
+
+@pytest.mark.parametrize("ndim, geometry", [
+    (2, _transpose_geometry()),
+    (1, ([1], [1, 1], [1], 2, [2])),          # output_padding >= stride (dilation 2 > stride 1)
+    (3, ([2, 1, 2], [0, 1, 1, 0, 1, 0], [1, 0, 1], 1, [1, 1, 1])),
+])
+def test_conv_transpose_gradcheck_and_gradgradcheck(ndim, geometry):
+    """The transposed op's gradients (conv_transpose_grad_input / _grad_weight / conv_grad_bias)
+    and their gradients (the transposed ops' own autograd) against finite differences."""
+    g = torch.Generator().manual_seed(7)
+    size = {1: [4], 2: [3, 3], 3: [2, 2, 2]}[ndim]
+    x = torch.randn(1, 4, *size, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 1, *([2] * ndim), generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(geometry[3], generator=g, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return ops.conv_transpose(x, w, None, b, *geometry)
+
+    _close(f(x, w, b), _transpose_reference(x, w, b, *geometry))
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_conv_transpose_module_matches_torch(ndim):
+    cls = getattr(nn, f"ConvTranspose{ndim}d")
+    reference, ours = _pair(cls, 4, 6, 3, stride=2, padding=1, output_padding=1, groups=2,
+                            dilation=2)
+    assert isinstance(ours, cls)
+    assert repr(ours) == repr(reference)
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    x = torch.randn(2, 4, *([4] * ndim))
+    outputs = []
+    for m in (reference, ours):
+        xx = x.clone().requires_grad_()
+        y = m(xx)
+        y.square().sum().backward()
+        outputs.append((y, xx.grad, m.weight.grad, m.bias.grad))
+    for a, b in zip(*outputs):
+        _close(b, a)
+    # output_size picks the output_padding, as torch's; unbatched inputs; torch's errors.
+    reference, ours = _pair(cls, 4, 2, 3, stride=2, padding=1, bias=False)
+    for size in ([7] * ndim, [8] * ndim, [2, 2, *([8] * ndim)]):
+        _close(ours(x, output_size=size), reference(x, output_size=size))
+    _close(ours(x[0]), reference(x[0]))
+    with pytest.raises(ValueError, match="output size"):
+        ours(x, output_size=[9] * ndim)
+
+
+def test_conv_transpose_channels_last_runs_on_the_inputs_memory():
+    reference, ours = _pair(nn.ConvTranspose2d, 8, 4, 3, stride=2, padding=1, output_padding=1)
+    x = torch.randn(2, 8, 5, 5).to(memory_format=torch.channels_last)
+    y = ours(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _close(y, reference(x))
+    first = ours._convc_packed[1]
+    ours(x)
+    assert ours._convc_packed[1] is first                    # the repacked weight, reused
+    r3, o3 = _pair(nn.ConvTranspose3d, 4, 2, 2, stride=2)
+    x3 = torch.randn(1, 4, 3, 2, 3).to(memory_format=torch.channels_last_3d)
+    y3 = o3(x3)
+    assert y3.is_contiguous(memory_format=torch.channels_last_3d)
+    _close(y3, r3(x3))
+
+
+def _decoder():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(4, 2, 4, stride=2, padding=1, groups=2, bias=False))
+
+
+def test_convert_a_decoder_outputs_gradients_state_dict_and_frozen_layers():
+    net = _decoder()
+    converted = copy.deepcopy(net)
+    report = ct.convert(converted)
+    assert [what for _, what in report.replaced] == [
+        "convc.torch.Conv2d", "convc.torch.ConvTranspose2d", "convc.torch.ConvTranspose2d"]
+    assert report.left == []
+    x = torch.randn(2, 3, 6, 6)
+    results = []
+    for m in (net, converted):
+        xx = x.clone().requires_grad_()
+        y = m(xx)
+        y.square().sum().backward()
+        results.append((y, xx.grad, *(p.grad for p in m.parameters())))
+    for a, b in zip(*results):
+        _close(b, a)
+    # state_dict round trip
+    assert list(converted.state_dict()) == list(net.state_dict())
+    fresh = _decoder()
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    fresh.load_state_dict(converted.state_dict())
+    ct.convert(fresh)
+    _close(fresh(x), net(x))
+    # a frozen transposed layer computes no weight gradient
+    fresh[4].weight.requires_grad_(False)
+    before = dict(ops.CALLS)
+    fresh(x).sum().backward()
+    counts = {k: ops.CALLS[k] - before.get(k, 0) for k in ops.CALLS}
+    assert counts["conv_transpose_grad_weight"] == 1         # fresh[2] only
+    assert counts["conv_transpose_grad_input"] == 2
+    assert fresh[4].weight.grad is None
+
+
+def test_conv_transpose_torch_compile_and_export():
+    net = _decoder()
+    ct.convert(net)
+    x = torch.randn(1, 3, 6, 6)
+    program = torch.export.export(net, (x,))
+    assert "torch.ops.convc.conv_transpose.default" in program.graph_module.code
+    _close(program.module()(x), net(x))
 
 
 # --- torch.compile, torch.export ---------------------------------------------------------------

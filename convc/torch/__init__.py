@@ -3,21 +3,26 @@
     import convc.torch
     model = torchvision.models.resnet18()
     report = convc.torch.convert(model)      # nn.Conv{1,2,3}d -> convc.torch.Conv{1,2,3}d, in place
+                                             # (nn.ConvTranspose{1,2,3}d likewise)
     print(report)                            # what was replaced, what was left and why
     loss = model(x).sum(); loss.backward()   # autograd through convc's adjoint kernels
 
     convc.torch.fuse(model.eval())           # conv -> BN (-> ReLU, -> residual add): one kernel
 
-    ops.py       torch.ops.convc.conv / conv_grad_input / conv_grad_weight / conv_grad_bias:
+    ops.py       torch.ops.convc.conv / conv_grad_input / conv_grad_weight / conv_grad_bias,
+                 conv_transpose / conv_transpose_grad_input / conv_transpose_grad_weight:
                  custom ops with fake kernels and autograd (double backward included)
     layout.py    PyTorch memory formats <-> convc layouts, zero-copy
-    modules.py   Conv1d/2d/3d (drop-in subclasses of torch's), FusedConv1d/2d/3d
+    modules.py   Conv1d/2d/3d, ConvTranspose1d/2d/3d (drop-in subclasses of torch's),
+                 FusedConv1d/2d/3d
     convert.py   convert(model), fuse(model) and their Report
 """
 
 from .convert import NOT_YET, REPLACEMENTS, Report, convert, fuse
-from .modules import Conv1d, Conv2d, Conv3d, FusedConv1d, FusedConv2d, FusedConv3d
+from .modules import (Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d,
+                      FusedConv1d, FusedConv2d, FusedConv3d)
 from .ops import CALLS, OPS
 
-__all__ = ["CALLS", "NOT_YET", "OPS", "REPLACEMENTS", "Conv1d", "Conv2d", "Conv3d", "FusedConv1d",
+__all__ = ["CALLS", "NOT_YET", "OPS", "REPLACEMENTS", "Conv1d", "Conv2d", "Conv3d",
+           "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "FusedConv1d",
            "FusedConv2d", "FusedConv3d", "Report", "convert", "fuse"]

@@ -16,13 +16,12 @@ import torch
 from torch import nn
 
 from ..batch_norm import fold_batch_norm
-from .modules import ACTIVATIONS, CONV, DTYPES, FUSED
+from .modules import ACTIVATIONS, CONV, DTYPES, FUSED, TRANSPOSED
 
 # torch class -> convc class (convert).
-REPLACEMENTS: dict = dict(CONV)
+REPLACEMENTS: dict = {**CONV, **TRANSPOSED}
 # torch classes convc will replace once their ops land -> what is missing.
 NOT_YET: dict = {
-    **{getattr(nn, f"ConvTranspose{n}d"): "not supported yet (transposed convolution)" for n in (1, 2, 3)},
     **{getattr(nn, f"{kind}{n}d"): "not supported yet (pooling)"
        for kind in ("MaxPool", "AvgPool", "AdaptiveAvgPool") for n in (1, 2, 3)},
 }

@@ -1,4 +1,5 @@
-"""Drop-in modules: `convc.torch.Conv1d/Conv2d/Conv3d` are torch.nn's, with convc's kernels.
+"""Drop-in modules: `convc.torch.Conv1d/Conv2d/Conv3d` and `ConvTranspose1d/2d/3d` are
+torch.nn's, with convc's kernels.
 
 They subclass torch.nn.Conv{1,2,3}d and change only `_conv_forward`: same constructor,
 parameters, state_dict keys and repr; every padding_mode (convc fills the ring itself, no F.pad
@@ -9,6 +10,10 @@ runs PyTorch's own convolution instead.
 
 `FusedConv{1,2,3}d` (made by convc.torch.fuse) compute activation(conv(x) + bias + residual) in
 one kernel, batch norm folded into weight and bias.
+
+`ConvTranspose{1,2,3}d` subclass torch.nn.ConvTranspose{1,2,3}d and change only `forward`:
+`output_size` works as in torch (its own _output_padding picks the output_padding), unbatched
+and channels_last inputs as above; the calls are torch.ops.convc.conv_transpose's.
 
 Calls: inside torch.compile / torch.export the module calls the custom op torch.ops.convc.conv
 (convc.torch.ops); in eager mode it calls the op's implementation directly, through the same
@@ -24,7 +29,8 @@ from torch import nn
 
 from ..spec import resolve_padding
 from .layout import is_channels_last, pack_weight
-from .ops import conv, conv_eager, conv_impl
+from .ops import (conv, conv_eager, conv_impl, conv_transpose, conv_transpose_eager,
+                  conv_transpose_impl)
 
 DTYPES = (torch.float32, torch.float64, torch.float16)
 # Activations of the fused epilogue, by the torch module that computes them (convc's names).
@@ -37,21 +43,8 @@ def runs_on_convc(input: torch.Tensor, weight: torch.Tensor) -> bool:
             and input.dtype in DTYPES and weight.dtype is input.dtype)
 
 
-class _ConvcConv:
-    """What the three convc modules share (a mixin before torch's class in the bases)."""
-
-    def _convc_args(self) -> tuple:
-        """(stride, padding as (before..., after...), dilation, groups, padding_mode), worked
-        out once per module (from torch's own attributes, so a converted module needs no setup)."""
-        args = self.__dict__.get("_convc_cached_args")
-        if args is None:
-            ndim = len(self.kernel_size)
-            before, after = resolve_padding(self.padding, ndim, self.kernel_size, self.stride,
-                                            self.dilation)
-            args = (list(self.stride), [*before, *after], list(self.dilation), self.groups,
-                    self.padding_mode)
-            self.__dict__["_convc_cached_args"] = args
-        return args
+class _PackedWeight:
+    """The channels-last weight cache the convc modules share."""
 
     def _packed_weight(self, weight: torch.Tensor, last: bool):
         """The channels-last kernel's weight (*k, I/groups, O), repacked only when `weight`
@@ -68,6 +61,27 @@ class _ConvcConv:
         self.__dict__["_convc_packed"] = (key, packed)
         return packed
 
+
+def _records_graph(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class _ConvcConv(_PackedWeight):
+    """What the three convc modules share (a mixin before torch's class in the bases)."""
+
+    def _convc_args(self) -> tuple:
+        """(stride, padding as (before..., after...), dilation, groups, padding_mode), worked
+        out once per module (from torch's own attributes, so a converted module needs no setup)."""
+        args = self.__dict__.get("_convc_cached_args")
+        if args is None:
+            ndim = len(self.kernel_size)
+            before, after = resolve_padding(self.padding, ndim, self.kernel_size, self.stride,
+                                            self.dilation)
+            args = (list(self.stride), [*before, *after], list(self.dilation), self.groups,
+                    self.padding_mode)
+            self.__dict__["_convc_cached_args"] = args
+        return args
+
     def _convc(self, input, weight, bias, residual=None, activation="", negative_slope=0.01):
         ndim = len(self.kernel_size)
         unbatched = input.dim() == ndim + 1
@@ -78,10 +92,7 @@ class _ConvcConv:
         packed = self._packed_weight(weight, last)
         if torch.compiler.is_compiling():
             call = conv                     # the custom op: what compile and export trace
-        elif torch.is_grad_enabled() and (
-                input.requires_grad or weight.requires_grad
-                or (bias is not None and bias.requires_grad)
-                or (residual is not None and residual.requires_grad)):
+        elif _records_graph(input, weight, bias, residual):
             call = conv_eager               # the op's autograd, without the dispatcher's cost
         else:
             call = conv_impl                # nothing to record: the kernel call itself
@@ -105,6 +116,45 @@ class Conv2d(_ConvcConv, nn.Conv2d):
 
 class Conv3d(_ConvcConv, nn.Conv3d):
     __doc__ = nn.Conv3d.__doc__
+
+
+class _ConvcConvTranspose(_PackedWeight):
+    """What the three convc transposed modules share: torch's forward (output_size included,
+    worked out by torch's own _output_padding) with convc's transposed kernels."""
+
+    def forward(self, input, output_size=None):
+        if self.padding_mode != "zeros" or not runs_on_convc(input, self.weight):
+            return super().forward(input, output_size)      # torch's (and its errors)
+        ndim = len(self.kernel_size)
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, ndim, self.dilation)
+        unbatched = input.dim() == ndim + 1
+        if unbatched:
+            input = input.unsqueeze(0)
+        last = is_channels_last(input)
+        packed = self._packed_weight(self.weight, last)
+        if torch.compiler.is_compiling():
+            call = conv_transpose
+        elif _records_graph(input, self.weight, self.bias):
+            call = conv_transpose_eager
+        else:
+            call = conv_transpose_impl
+        y = call(input, self.weight, packed, self.bias, list(self.stride),
+                 [*self.padding, *self.padding], list(output_padding), self.groups,
+                 list(self.dilation))
+        return y.squeeze(0) if unbatched else y
+
+
+class ConvTranspose1d(_ConvcConvTranspose, nn.ConvTranspose1d):
+    __doc__ = nn.ConvTranspose1d.__doc__
+
+
+class ConvTranspose2d(_ConvcConvTranspose, nn.ConvTranspose2d):
+    __doc__ = nn.ConvTranspose2d.__doc__
+
+
+class ConvTranspose3d(_ConvcConvTranspose, nn.ConvTranspose3d):
+    __doc__ = nn.ConvTranspose3d.__doc__
 
 
 def _torch_activation(y, activation: str, negative_slope: float):
@@ -157,5 +207,7 @@ class FusedConv3d(_FusedConv, nn.Conv3d):
 
 # torch.nn class -> the convc module that replaces it (convc.torch.convert), and the fused one.
 CONV = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.Conv3d: Conv3d}
+TRANSPOSED = {nn.ConvTranspose1d: ConvTranspose1d, nn.ConvTranspose2d: ConvTranspose2d,
+              nn.ConvTranspose3d: ConvTranspose3d}
 FUSED = {nn.Conv1d: FusedConv1d, nn.Conv2d: FusedConv2d, nn.Conv3d: FusedConv3d,
          Conv1d: FusedConv1d, Conv2d: FusedConv2d, Conv3d: FusedConv3d}

@@ -10,6 +10,14 @@ and torch.export.
     torch.ops.convc.conv_grad_weight(input, grad_output, weight_size, stride, padding,
                                      dilation, groups, padding_mode)
     torch.ops.convc.conv_grad_bias(grad_output)
+    torch.ops.convc.conv_transpose(input, weight, packed_weight, bias, stride, padding,
+                                   output_padding, groups, dilation)
+        F.conv_transposeNd (arguments in its order, groups before dilation; weight PyTorch's
+        (in, out/groups, *k); padding_mode always zeros)
+    torch.ops.convc.conv_transpose_grad_input(grad_output, weight, packed_weight, input_size,
+                                              stride, padding, output_padding, groups, dilation)
+    torch.ops.convc.conv_transpose_grad_weight(input, grad_output, weight_size, stride, padding,
+                                               output_padding, groups, dilation)
 
 One op each for 1-D, 2-D and 3-D (the rank is the tensors'). Tensors are batched, indexed as
 PyTorch's (N, C, *spatial), weights (O, I/groups, *k); `padding` is (before..., after...), one
@@ -27,6 +35,14 @@ differentiable (double backward, gradient penalties):
     grad_input   -> conv (grad_output), conv_grad_weight (weight)
     grad_weight  -> conv_grad_input (input), conv (grad_output)
     grad_bias    -> grad_output broadcast
+    conv_transpose             -> conv_transpose_grad_input (input), conv_transpose_grad_weight
+                                  (weight), conv_grad_bias (bias)
+    conv_transpose_grad_input  -> conv_transpose (grad_output), conv_transpose_grad_weight (weight)
+    conv_transpose_grad_weight -> conv_transpose_grad_input (input), conv_transpose (grad_output)
+
+The transposed ops run the kernels convc.transpose derives from the equivalent convolution:
+conv_transpose is its grad_input (+ bias), conv_transpose_grad_input its forward,
+conv_transpose_grad_weight its grad_weight with x and dy swapped (no logic of their own).
 
 Only gradients that ctx.needs_input_grad asks for are computed (a frozen layer's weight gets no
 conv_grad_weight). `CALLS` counts kernel launches per op (the tests read it).
@@ -40,7 +56,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from .. import api
+from .. import api, transpose
 from ..kernel import compile as compile_kernel
 from ..spec import LAYOUTS, ConvSpec, out_size
 from ..target import resolve
@@ -81,9 +97,30 @@ def _kernel(op, x_shape, w_shape, stride, padding, dilation, groups, padding_mod
                                 layout=LAYOUTS[ndim][int(last)], dtype=str(dtype).split(".")[-1],
                                 bias=bias, padding_mode=padding_mode, scale_shift=scale_shift,
                                 residual=residual, activation=_activation_arg(activation, slope))
+    return _compiled(key, spec, op)
+
+
+def _compiled(key, spec, op):
     kernel = compile_kernel(spec, op, resolve(None))
     found = _KERNELS[key] = (kernel.function, kernel.arg_shapes[-1])
     return found
+
+
+def _transpose_kernel(op, x_shape, w_shape, stride, padding, output_padding, groups, dilation,
+                      last, dtype, bias=False):
+    """_kernel for the transposed ops ("conv_transpose", "conv_transpose_grad_input",
+    "conv_transpose_grad_weight"): the same kernels of the equivalent convolution
+    (convc.transpose.from_shapes), keyed by the transposed op's own shapes (in the layout)."""
+    key = (op, x_shape, w_shape, tuple(stride), tuple(padding), tuple(output_padding), groups,
+           tuple(dilation), last, dtype, bias)
+    found = _KERNELS.get(key)
+    if found is not None:
+        return found
+    ndim = len(x_shape) - 2
+    spec = transpose.from_shapes(x_shape, w_shape, stride, _pairs(padding), output_padding,
+                                 groups, dilation, layout=LAYOUTS[ndim][int(last)],
+                                 dtype=str(dtype).split(".")[-1], bias=bias)
+    return _compiled(key, spec, op)
 
 
 def _indexed(shape, last: bool) -> tuple:
@@ -364,5 +401,200 @@ def _grad_bias_backward(ctx, g):
 
 conv_grad_bias.register_autograd(_grad_bias_backward, setup_context=_grad_bias_setup)
 
+
+# --- transposed convolution --------------------------------------------------------------------
+# Weights are PyTorch's transposed ones, (in, out/groups, *k); the channels-last kernels take
+# (*k, out/groups, in), the same permutation as a convolution's weight (pack_weight). Each op is
+# the kernel convc.transpose names: conv_transpose = the equivalent convolution's grad_input
+# (+ bias), conv_transpose_grad_input = its forward, conv_transpose_grad_weight = its grad_weight
+# with x and dy swapped.
+
+def _transpose_size(in_size, kernel, stride, padding, output_padding, dilation) -> tuple:
+    half = len(padding) // 2
+    return transpose.transposed_size(in_size, kernel, stride, dilation, padding[:half],
+                                     padding[half:], output_padding)
+
+
+def conv_transpose_impl(input: Tensor, weight: Tensor, packed_weight: Optional[Tensor],
+                        bias: Optional[Tensor], stride: List[int], padding: List[int],
+                        output_padding: List[int], groups: int, dilation: List[int]) -> Tensor:
+    input = input.detach()
+    last = is_channels_last(input)
+    x = to_layout(input, last)
+    w = (packed_weight if last and packed_weight is not None else pack_weight(weight, last)).detach()
+    extra = [] if bias is None else [bias.detach()]
+    function, shape = _transpose_kernel("conv_transpose", tuple(x.shape), tuple(w.shape), stride,
+                                        padding, output_padding, groups, dilation, last,
+                                        input.dtype, bias is not None)
+    y = empty_output(input, _indexed(shape, last), last)
+    function(x, w, *extra, to_layout(y, last))
+    CALLS["conv_transpose"] += 1
+    return y
+
+
+conv_transpose = torch.library.custom_op(f"{NAMESPACE}::conv_transpose", conv_transpose_impl,
+                                         mutates_args=(), device_types="cpu")
+
+
+@conv_transpose.register_fake
+def _conv_transpose_fake(input, weight, packed_weight, bias, stride, padding, output_padding,
+                         groups, dilation):
+    size = _transpose_size(input.shape[2:], weight.shape[2:], stride, padding, output_padding,
+                           dilation)
+    return empty_output(input, (input.shape[0], weight.shape[1] * groups, *size),
+                        is_channels_last(input))
+
+
+def conv_transpose_grad_input_impl(grad_output: Tensor, weight: Tensor,
+                                   packed_weight: Optional[Tensor], input_size: List[int],
+                                   stride: List[int], padding: List[int],
+                                   output_padding: List[int], groups: int,
+                                   dilation: List[int]) -> Tensor:
+    grad_output = grad_output.detach()
+    last = is_channels_last(grad_output)
+    dy = to_layout(grad_output, last)
+    w = (packed_weight if last and packed_weight is not None else pack_weight(weight, last)).detach()
+    size = tuple(input_size)
+    x_shape = (size[0], *size[2:], size[1]) if last else size
+    function, shape = _transpose_kernel("conv_transpose_grad_input", x_shape, tuple(w.shape),
+                                        stride, padding, output_padding, groups, dilation, last,
+                                        grad_output.dtype)
+    dx = empty_output(grad_output, size, last)
+    function(dy, w, to_layout(dx, last))
+    CALLS["conv_transpose_grad_input"] += 1
+    return dx
+
+
+conv_transpose_grad_input = torch.library.custom_op(
+    f"{NAMESPACE}::conv_transpose_grad_input", conv_transpose_grad_input_impl, mutates_args=(),
+    device_types="cpu")
+
+
+@conv_transpose_grad_input.register_fake
+def _conv_transpose_grad_input_fake(grad_output, weight, packed_weight, input_size, stride,
+                                    padding, output_padding, groups, dilation):
+    return empty_output(grad_output, tuple(input_size), is_channels_last(grad_output))
+
+
+def conv_transpose_grad_weight_impl(input: Tensor, grad_output: Tensor, weight_size: List[int],
+                                    stride: List[int], padding: List[int],
+                                    output_padding: List[int], groups: int,
+                                    dilation: List[int]) -> Tensor:
+    input = input.detach()
+    last = is_channels_last(input)
+    x = to_layout(input, last)
+    dy = to_layout(grad_output.detach(), last)
+    size = tuple(weight_size)
+    w_shape = (*size[2:], size[1], size[0]) if last else size
+    function, shape = _transpose_kernel("conv_transpose_grad_weight", tuple(x.shape), w_shape,
+                                        stride, padding, output_padding, groups, dilation, last,
+                                        input.dtype)
+    dw = torch.empty(shape, dtype=input.dtype)
+    function(dy, x, dw)            # dy first: the equivalent convolution's input (convc.ops)
+    CALLS["conv_transpose_grad_weight"] += 1
+    return unpack_weight(dw, last)
+
+
+conv_transpose_grad_weight = torch.library.custom_op(
+    f"{NAMESPACE}::conv_transpose_grad_weight", conv_transpose_grad_weight_impl, mutates_args=(),
+    device_types="cpu")
+
+
+@conv_transpose_grad_weight.register_fake
+def _conv_transpose_grad_weight_fake(input, grad_output, weight_size, stride, padding,
+                                     output_padding, groups, dilation):
+    return input.new_empty(tuple(weight_size))
+
+
+def _conv_transpose_setup(ctx, inputs, output):
+    input, weight, packed, bias, *params = inputs
+    ctx.save_for_backward(input, weight, packed, bias)
+    ctx.params = params
+
+
+def _conv_transpose_backward(ctx, dy):
+    input, weight, packed, bias = ctx.saved_tensors
+    params = ctx.params
+    need = ctx.needs_input_grad
+    dy = _like_layout(dy, input)
+    dx = dw = db = None
+    if need[0]:
+        dx = conv_transpose_grad_input(dy, weight, packed, list(input.shape), *params)
+    if need[1]:
+        dw = conv_transpose_grad_weight(input, dy, list(weight.shape), *params)
+    if bias is not None and need[3]:
+        db = conv_grad_bias(dy)
+    return dx, dw, None, db, None, None, None, None, None
+
+
+conv_transpose.register_autograd(_conv_transpose_backward, setup_context=_conv_transpose_setup)
+
+
+class _EagerConvTranspose(torch.autograd.Function):
+    """conv_transpose's registered autograd for eager calls that record a graph (see _EagerConv)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = conv_transpose_impl(*inputs)
+        _conv_transpose_setup(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return _conv_transpose_backward(ctx, grad_output)
+
+
+def conv_transpose_eager(*inputs) -> Tensor:
+    """torch.ops.convc.conv_transpose's forward and autograd, in eager mode."""
+    return _EagerConvTranspose.apply(*inputs)
+
+
+def _transpose_grad_input_setup(ctx, inputs, output):
+    grad_output, weight, packed, input_size, *params = inputs
+    ctx.save_for_backward(grad_output, weight, packed)
+    ctx.params = params
+
+
+def _transpose_grad_input_backward(ctx, g):
+    grad_output, weight, packed = ctx.saved_tensors
+    params = ctx.params
+    need = ctx.needs_input_grad
+    g = _like_layout(g, grad_output)
+    d_dy = d_w = None
+    if need[0]:
+        d_dy = conv_transpose(g, weight, packed, None, *params)
+    if need[1]:
+        d_w = conv_transpose_grad_weight(g, grad_output, list(weight.shape), *params)
+    return d_dy, d_w, None, None, None, None, None, None, None
+
+
+conv_transpose_grad_input.register_autograd(_transpose_grad_input_backward,
+                                            setup_context=_transpose_grad_input_setup)
+
+
+def _transpose_grad_weight_setup(ctx, inputs, output):
+    input, grad_output, weight_size, *params = inputs
+    ctx.save_for_backward(input, grad_output)
+    ctx.params = params
+
+
+def _transpose_grad_weight_backward(ctx, g):
+    input, grad_output = ctx.saved_tensors
+    params = ctx.params
+    need = ctx.needs_input_grad
+    d_x = d_dy = None
+    if need[0]:
+        d_x = conv_transpose_grad_input(_like_layout(grad_output, input), g, None,
+                                        list(input.shape), *params)
+    if need[1]:
+        d_dy = conv_transpose(input, g, None, None, *params)
+    return d_x, d_dy, None, None, None, None, None, None
+
+
+conv_transpose_grad_weight.register_autograd(_transpose_grad_weight_backward,
+                                             setup_context=_transpose_grad_weight_setup)
+
 OPS = {"conv": conv, "conv_grad_input": conv_grad_input, "conv_grad_weight": conv_grad_weight,
-       "conv_grad_bias": conv_grad_bias}
+       "conv_grad_bias": conv_grad_bias, "conv_transpose": conv_transpose,
+       "conv_transpose_grad_input": conv_transpose_grad_input,
+       "conv_transpose_grad_weight": conv_transpose_grad_weight}
