@@ -15,6 +15,7 @@ import convc
 from conftest import check_spec, make_spec
 from convc.ops import declare
 from convc.schedules import RULES
+from convc.pool_spec import PoolSpec
 from convc.spec import ConvSpec
 from convc.target import resolve
 
@@ -114,9 +115,10 @@ def test_each_rule_takes_only_its_op():
     spec = _spec(CASES[0], "last")
     winograd = ConvSpec.from_shapes((1, 8, 8, 16), (3, 3, 16, 16), padding=1, layout="NHWC",
                                     algorithm="winograd")
+    pool = PoolSpec.max_pool((1, 8, 8, 16), 3, 2, 1, layout="NHWC")
+    kernels = [(s, op) for s in (spec, winograd) for op in OPS] + [(pool, op) for op in pool.ops]
     for rule in RULES["cpu"]:
-        taken = [op for op in OPS for s in (spec, winograd)
-                 if rule(declare(s, op), target) is not None]
+        taken = [op for s, op in kernels if rule(declare(s, op), target) is not None]
         assert taken, f"{rule.__name__} took no op"
     for op in OPS:
         takers = [rule.__name__ for rule in RULES["cpu"] if rule(declare(spec, op), target) is not None]
