@@ -109,6 +109,35 @@ def _check_grad_output(spec: ConvSpec, grad_output: np.ndarray, where: str) -> N
         )
 
 
+def _grad_input_arrays(ndim, input_size, weight, grad_output, layout):
+    """A grad_input call's arguments checked and batched: (input size, w, dy, unbatched)."""
+    size, unbatched = _batched_size(input_size, "input_size", ndim, layout)
+    w = _weight(_float_array(weight, "weight"), "weight", ndim, layout)
+    dy = _float_array(grad_output, "grad_output")
+    _same_dtype(w, "weight", dy, "grad_output")
+    if dy.ndim != len(size) - (1 if unbatched else 0):
+        raise ValueError(f"grad_output has shape {tuple(dy.shape)}: expected rank "
+                         f"{len(size) - (1 if unbatched else 0)}, like input_size={tuple(input_size)}")
+    return size, w, dy[None] if unbatched else dy, unbatched
+
+
+def _grad_weight_arrays(ndim, input, weight_size, grad_output, layout, weight_layouts):
+    """A grad_weight call's arrays checked and batched: (x, weight size, dy, unbatched).
+    weight_layouts names the weight's axes per layout, for the error message."""
+    x = _float_array(input, "input")
+    size = _shape(weight_size, "weight_size")
+    if len(size) != ndim + 2:
+        raise ValueError(f"weight_size={size} has {len(size)} entries: expected {ndim + 2} "
+                         f"({weight_layouts[layout]})")
+    dy = _float_array(grad_output, "grad_output")
+    _same_dtype(x, "input", dy, "grad_output")
+    x, unbatched = _batched(x, "input", ndim, layout)
+    if dy.ndim != x.ndim - (1 if unbatched else 0):
+        raise ValueError(f"grad_output has shape {tuple(dy.shape)}: expected rank "
+                         f"{x.ndim - (1 if unbatched else 0)}, like input")
+    return x, size, dy[None] if unbatched else dy, unbatched
+
+
 def _cached(key_of, arrays, *args):
     """(the call's memo key, or None where no key can hold its arguments; the result of the plan
     kept under that key, or None: no plan, or the plan declined these arrays)."""
@@ -247,14 +276,7 @@ def _grad_input(ndim, input_size, weight, grad_output, stride, padding, dilation
         return result
     activation, derivative_from, saved, saved_name = _saved(through)
     layout = _layout(layout, ndim)
-    size, unbatched = _batched_size(input_size, "input_size", ndim, layout)
-    w = _weight(_float_array(weight, "weight"), "weight", ndim, layout)
-    dy = _float_array(grad_output, "grad_output")
-    _same_dtype(w, "weight", dy, "grad_output")
-    if dy.ndim != len(size) - (1 if unbatched else 0):
-        raise ValueError(f"grad_output has shape {tuple(dy.shape)}: expected rank "
-                         f"{len(size) - (1 if unbatched else 0)}, like input_size={tuple(input_size)}")
-    dy = dy[None] if unbatched else dy
+    size, w, dy, unbatched = _grad_input_arrays(ndim, input_size, weight, grad_output, layout)
     spec = ConvSpec.from_shapes(size, w.shape, stride, padding, dilation, groups,
                                 layout=layout, dtype=str(w.dtype), padding_mode=padding_mode,
                                 activation=activation, derivative_from=derivative_from,
@@ -279,18 +301,8 @@ def _grad_weight(ndim, input, weight_size, grad_output, stride, padding, dilatio
         return result
     activation, derivative_from, saved, saved_name = _saved(through)
     layout = _layout(layout, ndim)
-    x = _float_array(input, "input")
-    size = _shape(weight_size, "weight_size")
-    if len(size) != ndim + 2:
-        raise ValueError(f"weight_size={size} has {len(size)} entries: expected {ndim + 2} "
-                         f"({WEIGHT_LAYOUTS[layout]})")
-    dy = _float_array(grad_output, "grad_output")
-    _same_dtype(x, "input", dy, "grad_output")
-    x, unbatched = _batched(x, "input", ndim, layout)
-    if dy.ndim != x.ndim - (1 if unbatched else 0):
-        raise ValueError(f"grad_output has shape {tuple(dy.shape)}: expected rank "
-                         f"{x.ndim - (1 if unbatched else 0)}, like input")
-    dy = dy[None] if unbatched else dy
+    x, size, dy, unbatched = _grad_weight_arrays(ndim, input, weight_size, grad_output, layout,
+                                                 WEIGHT_LAYOUTS)
     spec = ConvSpec.from_shapes(x.shape, size, stride, padding, dilation, groups,
                                 layout=layout, dtype=str(x.dtype), padding_mode=padding_mode,
                                 activation=activation, derivative_from=derivative_from)

@@ -18,11 +18,11 @@ convc.api: the first call checks everything and leaves a plan; a call with the s
 from __future__ import annotations
 
 from . import transpose
-from .api import (_batched, _batched_size, _cached, _float_array, _layout, _like, _remember,
-                  _same_dtype, _unbatch, _weight)
+from .api import (_batched, _cached, _float_array, _grad_input_arrays,
+                  _grad_weight_arrays, _layout, _like, _remember, _same_dtype, _unbatch, _weight)
 from .kernel import compile as compile_kernel
 from .plans import plain
-from .spec import LAYOUTS, _shape
+from .spec import LAYOUTS
 from .target import given_key, resolve
 
 
@@ -79,14 +79,7 @@ def _grad_input(ndim, input_size, weight, grad_output, args, layout, target):
     if result is not None:
         return result
     layout = _layout(layout, ndim)
-    size, unbatched = _batched_size(input_size, "input_size", ndim, layout)
-    w = _weight(_float_array(weight, "weight"), "weight", ndim, layout)
-    dy = _float_array(grad_output, "grad_output")
-    _same_dtype(w, "weight", dy, "grad_output")
-    if dy.ndim != len(size) - (1 if unbatched else 0):
-        raise ValueError(f"grad_output has shape {tuple(dy.shape)}: expected rank "
-                         f"{len(size) - (1 if unbatched else 0)}, like input_size={tuple(input_size)}")
-    dy = dy[None] if unbatched else dy
+    size, w, dy, unbatched = _grad_input_arrays(ndim, input_size, weight, grad_output, layout)
     spec = _spec(size, w.shape, args, layout, str(w.dtype))
     _check_grad_output(spec.input_shape, dy, f"input_size={tuple(input_size)}, weight "
                                              f"{tuple(w.shape)}")
@@ -103,18 +96,8 @@ def _grad_weight(ndim, input, weight_size, grad_output, args, layout, target):
     if result is not None:
         return result
     layout = _layout(layout, ndim)
-    x = _float_array(input, "input")
-    size = _shape(weight_size, "weight_size")
-    if len(size) != ndim + 2:
-        raise ValueError(f"weight_size={size} has {len(size)} entries: expected {ndim + 2} "
-                         f"({transpose.TRANSPOSE_WEIGHT_LAYOUTS[layout]})")
-    dy = _float_array(grad_output, "grad_output")
-    _same_dtype(x, "input", dy, "grad_output")
-    x, unbatched = _batched(x, "input", ndim, layout)
-    if dy.ndim != x.ndim - (1 if unbatched else 0):
-        raise ValueError(f"grad_output has shape {tuple(dy.shape)}: expected rank "
-                         f"{x.ndim - (1 if unbatched else 0)}, like input")
-    dy = dy[None] if unbatched else dy
+    x, size, dy, unbatched = _grad_weight_arrays(ndim, input, weight_size, grad_output, layout,
+                                                 transpose.TRANSPOSE_WEIGHT_LAYOUTS)
     spec = _spec(x.shape, size, args, layout, str(x.dtype))
     _check_grad_output(spec.input_shape, dy, f"input {tuple(x.shape)}, weight_size={size}")
     kernel = compile_kernel(spec, "conv_transpose_grad_weight", resolve(target))

@@ -18,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .spec import (LAYOUTS, ConvSpec, SpecBase, _is_int, _shape, check_dtype, check_layout,
-                   default_layout, expand)
+from .spec import (LAYOUTS, ConvSpec, SpecBase, _is_int, check_dtype, check_layout, expand,
+                   split_input)
 
 POOLS = ("max", "avg", "adaptive_avg")
 # The kernels of each pooling, in the order the library lists them. max: forward (values),
@@ -181,7 +181,7 @@ class PoolSpec(SpecBase):
     def max_pool(cls, input_shape, kernel_size, stride=None, padding=0, dilation=1,
                  ceil_mode=False, *, layout=None, dtype="float32") -> "PoolSpec":
         """As torch.nn.functional.max_pool{1,2,3}d, from a batched input shape."""
-        ndim, layout, batch, channels, in_size = _input(input_shape, layout)
+        ndim, layout, batch, channels, in_size = split_input(input_shape, layout)
         kernel, stride, padding = _window(ndim, kernel_size, stride, padding)
         dilation = expand(dilation, ndim, "dilation", 1)
         return cls("max", layout, batch, channels, in_size, kernel, stride, padding, dilation,
@@ -192,7 +192,7 @@ class PoolSpec(SpecBase):
                  count_include_pad=True, divisor_override=None, *, layout=None,
                  dtype="float32") -> "PoolSpec":
         """As torch.nn.functional.avg_pool{1,2,3}d, from a batched input shape."""
-        ndim, layout, batch, channels, in_size = _input(input_shape, layout)
+        ndim, layout, batch, channels, in_size = split_input(input_shape, layout)
         kernel, stride, padding = _window(ndim, kernel_size, stride, padding)
         if divisor_override is not None and (not _is_int(divisor_override) or divisor_override == 0):
             kind = TypeError if not _is_int(divisor_override) else ValueError
@@ -209,7 +209,7 @@ class PoolSpec(SpecBase):
                           dtype="float32") -> "PoolSpec":
         """As torch.nn.functional.adaptive_avg_pool{1,2,3}d (None in output_size: the input's
         size on that axis), from a batched input shape."""
-        ndim, layout, batch, channels, in_size = _input(input_shape, layout)
+        ndim, layout, batch, channels, in_size = split_input(input_shape, layout)
         entries = (output_size,) * ndim if _is_int(output_size) or output_size is None \
             else output_size
         if isinstance(entries, str) or not hasattr(entries, "__len__"):
@@ -269,21 +269,6 @@ class PoolSpec(SpecBase):
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}"
                 f"{', ceil_mode=True' if self.ceil_mode else ''}: the output size would be "
                 f"{out}, expected at least 1 in every dimension")
-
-
-def _input(input_shape, layout):
-    """-> (ndim, layout, batch, channels, in_size) of a batched input shape."""
-    input_shape = _shape(input_shape, "input_shape")
-    ndim = len(input_shape) - 2
-    if ndim not in LAYOUTS:
-        raise ValueError(f"input_shape={input_shape} has rank {len(input_shape)}: expected 3, 4 "
-                         "or 5 (batch, channels and 1 to 3 spatial dimensions)")
-    layout = check_layout(layout or default_layout(ndim), ndim)
-    if layout[-1] == "C":
-        batch, *in_size, channels = input_shape
-    else:
-        batch, channels, *in_size = input_shape
-    return ndim, layout, batch, channels, tuple(in_size)
 
 
 def _window(ndim, kernel_size, stride, padding):

@@ -382,25 +382,16 @@ class ConvSpec(SpecBase):
                     winograd_m=0) -> "ConvSpec":
         """Build a spec from a batched input shape and a weight shape in `layout`'s convention."""
         input_shape = _shape(input_shape, "input_shape")
+        ndim, layout, batch, in_channels, in_size = split_input(input_shape, layout)
         weight_shape = _shape(weight_shape, "weight_shape")
-        ndim = len(input_shape) - 2
-        if ndim not in LAYOUTS:
-            raise ValueError(
-                f"input_shape={input_shape} has rank {len(input_shape)}: expected 3, 4 or 5 "
-                "(batch, channels and 1 to 3 spatial dimensions)"
-            )
-        layout = check_layout(layout or default_layout(ndim), ndim)
         if len(weight_shape) != ndim + 2:
             raise ValueError(
                 f"weight_shape={weight_shape} has rank {len(weight_shape)}: expected {ndim + 2} "
                 f"({WEIGHT_LAYOUTS[layout]}) for a {ndim}-D convolution"
             )
-        channels_last = layout[-1] == "C"
-        if channels_last:
-            batch, *in_size, in_channels = input_shape
+        if layout[-1] == "C":
             *kernel, cg, out_channels = weight_shape
         else:
-            batch, in_channels, *in_size = input_shape
             out_channels, cg, *kernel = weight_shape
         stride = expand(stride, ndim, "stride", 1)
         dilation = expand(dilation, ndim, "dilation", 1)
@@ -537,6 +528,22 @@ class ConvSpec(SpecBase):
                     f"padding_mode='circular' needs padding <= the input size on every axis: "
                     f"padding {self.pad_before}/{self.pad_after} on input size {self.in_size} "
                     f"(axis {axis})")
+
+
+def split_input(input_shape, layout):
+    """-> (ndim, layout, batch, channels, in_size) of a batched input shape; layout None is the
+    default of its rank."""
+    input_shape = _shape(input_shape, "input_shape")
+    ndim = len(input_shape) - 2
+    if ndim not in LAYOUTS:
+        raise ValueError(f"input_shape={input_shape} has rank {len(input_shape)}: expected 3, 4 "
+                         "or 5 (batch, channels and 1 to 3 spatial dimensions)")
+    layout = check_layout(layout or default_layout(ndim), ndim)
+    if layout[-1] == "C":
+        batch, *in_size, channels = input_shape
+    else:
+        batch, channels, *in_size = input_shape
+    return ndim, layout, batch, channels, tuple(in_size)
 
 
 def _shape(shape, name) -> tuple:

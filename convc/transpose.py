@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .spec import (LAYOUTS, ConvSpec, _is_int, _shape, check_dtype, check_layout,
-                   default_layout, expand, resolve_padding)
+from .spec import (ConvSpec, _is_int, _shape, check_dtype, expand, resolve_padding,
+                   split_input)
 
 # The transposed weight's layout, in the transposed op's words (I = its input channels).
 TRANSPOSE_WEIGHT_LAYOUTS = {
@@ -94,12 +94,8 @@ def from_shapes(input_shape, weight_shape, stride=1, padding=0, output_padding=0
     channels-first, (*k, out/groups, in) channels-last), then F.conv_transposeNd's arguments in
     its order (groups before dilation). Errors name the transposed op's parameters."""
     input_shape = _shape(input_shape, "input_shape")
+    ndim, layout, batch, in_channels, in_size = split_input(input_shape, layout)
     weight_shape = _shape(weight_shape, "weight_shape")
-    ndim = len(input_shape) - 2
-    if ndim not in LAYOUTS:
-        raise ValueError(f"input_shape={input_shape} has rank {len(input_shape)}: expected 3, 4 or "
-                         "5 (batch, channels and 1 to 3 spatial dimensions)")
-    layout = check_layout(layout or default_layout(ndim), ndim)
     if padding_mode != "zeros":
         raise ValueError(f"padding_mode={padding_mode!r} is not supported for a transposed "
                          "convolution: only 'zeros', as torch.nn.ConvTransposeNd")
@@ -108,10 +104,8 @@ def from_shapes(input_shape, weight_shape, stride=1, padding=0, output_padding=0
                          f"{ndim + 2} ({TRANSPOSE_WEIGHT_LAYOUTS[layout]}) for a {ndim}-D "
                          "transposed convolution")
     if layout[-1] == "C":
-        batch, *in_size, in_channels = input_shape
         *kernel, out_per_group, w_in = weight_shape
     else:
-        batch, in_channels, *in_size = input_shape
         w_in, out_per_group, *kernel = weight_shape
     stride = expand(stride, ndim, "stride", 1)
     dilation = expand(dilation, ndim, "dilation", 1)

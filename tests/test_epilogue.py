@@ -10,7 +10,7 @@ import pytest
 import convc
 from conftest import assert_close, make_spec, torch_or_skip
 from convc.check import kernel_inputs, operands, reference
-from workloads import spec_params
+from workloads import varied_params
 
 ACTIVATIONS = [None, "relu", "relu6", ("leaky_relu", 0.2), "silu", "gelu", ("gelu", "tanh"),
                "hardswish", "sigmoid"]
@@ -26,13 +26,7 @@ def fused(spec, i):
 
 def grid(dtype, layouts=("first", "last"), families=None):
     """The workload grid, each workload in one layout (the layouts taking turns)."""
-    params = []
-    for i, param in enumerate(spec_params(dtype, layouts, families)):
-        workload, layout = divmod(i, len(layouts))
-        if workload % len(layouts) == layout:
-            spec = fused(param.values[0], workload)
-            params.append(pytest.param(spec, id=f"{param.id}-{spec.key.split('_g')[-1]}"))
-    return params
+    return varied_params(fused, dtype, layouts, families)
 
 
 def check_forward(spec):

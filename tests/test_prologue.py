@@ -13,7 +13,7 @@ from conftest import assert_close, make_spec, torch_or_skip
 from convc.check import kernel_inputs, operands, reference
 from convc.ops import SAVED
 from convc.spec import FROM_OUTPUT, check_activation
-from workloads import spec_params
+from workloads import varied_params
 
 ACTIVATIONS = ["relu", "relu6", ("leaky_relu", 0.2), "silu", "gelu", ("gelu", "tanh"),
                "hardswish", "sigmoid"]
@@ -32,13 +32,7 @@ def through(spec, i):
 
 def grid(dtype, layouts=("first", "last"), families=None):
     """The workload grid, each workload in one layout (the layouts taking turns)."""
-    params = []
-    for i, param in enumerate(spec_params(dtype, layouts, families)):
-        workload, layout = divmod(i, len(layouts))
-        if workload % len(layouts) == layout:
-            spec = through(param.values[0], workload)
-            params.append(pytest.param(spec, id=f"{param.id}-{spec.key.split('_g')[-1]}"))
-    return params
+    return varied_params(through, dtype, layouts, families)
 
 
 def check_adjoints(spec):

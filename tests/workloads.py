@@ -74,3 +74,17 @@ def spec_params(dtype="float32", layouts=("first", "last"), families=None, bias_
                                      dtype=dtype, bias=i % bias_every == 1)
                 params.append(pytest.param(spec, id=f"{name}-{spec.layout}-{dtype}"))
     return params
+
+
+def varied_params(vary, dtype, layouts=("first", "last"), families=None):
+    """pytest params: each workload of spec_params in one layout (the layouts taking turns),
+    made into `vary(spec, i)` for the workload's index i (the tests of a fused variant)."""
+    import pytest
+
+    params = []
+    for i, param in enumerate(spec_params(dtype, layouts, families)):
+        workload, layout = divmod(i, len(layouts))
+        if workload % len(layouts) == layout:
+            spec = vary(param.values[0], workload)
+            params.append(pytest.param(spec, id=f"{param.id}-{spec.key.split('_g')[-1]}"))
+    return params

@@ -149,7 +149,6 @@ def run(args) -> int:
     try:
         if args.peer == "topi":
             from convc.bench import topi_peer
-            from convc.spec import OPS
 
             reports = topi_peer.tune(specs, kernels or OPS, trials=args.trials,
                                      log_dir=args.log_dir, target=target, quiet=args.quiet,
