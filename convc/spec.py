@@ -59,8 +59,11 @@ DERIVATIVE_FROM = ("pre_activation", "output")
 FROM_OUTPUT = ("relu", "relu6", "leaky_relu", "sigmoid")
 
 
-# Fields left out of to_dict() at these defaults (see ConvSpec.to_dict)
-OPTIONAL_FIELDS = {"derivative_from": None, "algorithm": "auto", "winograd_m": 0}
+# Fields left out of to_dict() at these defaults (see ConvSpec.to_dict): every field added after
+# the shipped tuning records were made (tuning_logs/, 2026-11-29), whose TIR carries the spec.
+OPTIONAL_FIELDS = {"padding_mode": "zeros", "scale_shift": False, "residual": False,
+                   "activation": None, "negative_slope": 0.01, "derivative_from": None,
+                   "algorithm": "auto", "winograd_m": 0}
 
 
 def default_layout(ndim: int) -> str:
