@@ -256,6 +256,17 @@ adaptive_avg_pool_grad_input = _register("adaptive_avg_pool_grad_input",
 
 # --- autograd ------------------------------------------------------------------------------------
 
+def _call(name: str, *args):
+    """Op `name` as a backward calls it: in plain eager mode (real tensors, no tracing or
+    dispatch mode: not inside torch.compile / torch.export) through its autograd.Function (see
+    convc.torch.ops.eager: the same autograd, without the custom-op wrapper's ~65 us a call),
+    else the custom op itself (what the tracers record)."""
+    plain = (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+             and all(type(a) in (Tensor, torch.nn.Parameter) for a in args
+                     if isinstance(a, Tensor)))
+    return (EAGER if plain else POOL_OPS)[name](*args)
+
+
 def _save_input(ctx, inputs, output):
     """Save the first argument (the input, or grad_output) and keep the rest as parameters."""
     ctx.save_for_backward(inputs[0])
@@ -266,7 +277,7 @@ def _max_pool_backward(ctx, dy):
     (input,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return None, None, None, None, None, None
-    dx = max_pool_grad_input(input, _like_layout(dy, input), *ctx.params)
+    dx = _call("max_pool_grad_input", input, _like_layout(dy, input), *ctx.params)
     return dx, None, None, None, None, None
 
 
@@ -279,8 +290,8 @@ def _max_pool_grad_input_backward(ctx, g):
     (input,) = ctx.saved_tensors
     d_dy = None
     if ctx.needs_input_grad[1]:
-        _, indices = max_pool_with_indices(input, *ctx.params)
-        d_dy = max_pool_gather(_like_layout(g, input), indices, *ctx.params)
+        _, indices = _call("max_pool_with_indices", input, *ctx.params)
+        d_dy = _call("max_pool_gather", _like_layout(g, input), indices, *ctx.params)
     return None, d_dy, None, None, None, None, None
 
 
@@ -294,7 +305,7 @@ def _with_indices_backward(ctx, dy, _):
     (indices,) = ctx.saved_tensors
     dx = None
     if ctx.needs_input_grad[0]:
-        dx = max_pool_grad_input_indices(_like_layout(dy, indices), indices, ctx.size,
+        dx = _call("max_pool_grad_input_indices", _like_layout(dy, indices), indices, ctx.size,
                                          *ctx.params)
     return dx, None, None, None, None, None
 
@@ -310,7 +321,7 @@ def _grad_input_indices_backward(ctx, g):
     (indices,) = ctx.saved_tensors
     d_dy = None
     if ctx.needs_input_grad[0]:
-        d_dy = max_pool_gather(_like_layout(g, indices), indices, *ctx.params)
+        d_dy = _call("max_pool_gather", _like_layout(g, indices), indices, *ctx.params)
     return d_dy, None, None, None, None, None, None, None
 
 
@@ -318,7 +329,7 @@ def _gather_backward(ctx, g):
     (indices,) = ctx.saved_tensors
     d_x = None
     if ctx.needs_input_grad[0]:
-        d_x = max_pool_grad_input_indices(_like_layout(g, indices), indices, ctx.size,
+        d_x = _call("max_pool_grad_input_indices", _like_layout(g, indices), indices, ctx.size,
                                           *ctx.params)
     return d_x, None, None, None, None, None, None
 
@@ -332,28 +343,28 @@ def _shape_setup(ctx, inputs, output):
 def _avg_pool_backward(ctx, dy):
     dx = None
     if ctx.needs_input_grad[0]:
-        dx = avg_pool_grad_input(_stored(dy, ctx.last), ctx.size, *ctx.params)
+        dx = _call("avg_pool_grad_input", _stored(dy, ctx.last), ctx.size, *ctx.params)
     return dx, None, None, None, None, None, None
 
 
 def _avg_pool_grad_input_backward(ctx, g):
     d_dy = None
     if ctx.needs_input_grad[0]:
-        d_dy = avg_pool(_stored(g, ctx.last), *ctx.params[1:])
+        d_dy = _call("avg_pool", _stored(g, ctx.last), *ctx.params[1:])
     return d_dy, None, None, None, None, None, None, None
 
 
 def _adaptive_backward(ctx, dy):
     dx = None
     if ctx.needs_input_grad[0]:
-        dx = adaptive_avg_pool_grad_input(_stored(dy, ctx.last), ctx.size)
+        dx = _call("adaptive_avg_pool_grad_input", _stored(dy, ctx.last), ctx.size)
     return dx, None
 
 
 def _adaptive_grad_input_backward(ctx, g):
     d_dy = None
     if ctx.needs_input_grad[0]:
-        d_dy = adaptive_avg_pool(_stored(g, ctx.last), ctx.size[2:])
+        d_dy = _call("adaptive_avg_pool", _stored(g, ctx.last), ctx.size[2:])
     return d_dy, None
 
 
@@ -378,9 +389,9 @@ AUTOGRAD = {  # op -> (implementation, setup_context, backward)
                                      _adaptive_grad_input_backward),
 }
 POOL_OPS = {name: op for name, (op, _, _, _) in AUTOGRAD.items()}
-# The forwards the modules call, in eager mode with autograd (see convc.torch.ops.eager).
+# Each op with its autograd in eager mode (convc.torch.ops.eager): what the modules and the
+# backwards call outside torch.compile / torch.export.
 EAGER = {}
 for _name, (_op, _impl, _setup, _backward) in AUTOGRAD.items():
     _op.register_autograd(_backward, setup_context=_setup)
-    if _name in ("max_pool", "max_pool_with_indices", "avg_pool", "adaptive_avg_pool"):
-        EAGER[_name] = eager(_name, _impl, _setup, _backward)
+    EAGER[_name] = eager(_name, _impl, _setup, _backward)
