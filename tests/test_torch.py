@@ -571,8 +571,13 @@ def test_torch_export_matches_eager_and_holds_the_convc_ops():
     x = torch.randn(2, 3, 9, 9)
     program = torch.export.export(model, (x,))
     assert "torch.ops.convc.conv.default" in program.graph_module.code
+    check_exported(program, model, x)
+
+
+def check_exported(program, model, x):
+    """The exported program's outputs are the model's, and so are its input gradients (the graph
+    is differentiable through the ops' registered autograd)."""
     _close(program.module()(x), model(x))
-    # The exported graph is differentiable through the ops' registered autograd.
     xx = x.clone().requires_grad_()
     program.module()(xx).sum().backward()
     xe = x.clone().requires_grad_()

@@ -23,6 +23,7 @@ from torch import nn  # noqa: E402
 import convc.torch as ct  # noqa: E402
 from convc.torch import layout  # noqa: E402
 from convc.torch import pool_ops as P  # noqa: E402
+from test_torch import check_exported  # noqa: E402
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 CL = {2: torch.channels_last, 3: torch.channels_last_3d}
@@ -259,9 +260,4 @@ def test_torch_compile_and_export_of_a_converted_model_with_pools():
     code = program.graph_module.code
     for op in ("max_pool", "avg_pool", "adaptive_avg_pool"):
         assert f"torch.ops.convc.{op}.default" in code
-    _close(program.module()(x), model(x))
-    xx = x.clone().requires_grad_()
-    program.module()(xx).sum().backward()
-    xe = x.clone().requires_grad_()
-    model(xe).sum().backward()
-    _close(xx.grad, xe.grad)
+    check_exported(program, model, x)
