@@ -40,10 +40,14 @@ def operands(spec: PoolSpec, seed: int = 0, ties: bool = False, indices: bool = 
 def reference(spec: PoolSpec, op: str, x=None, dy=None, indices=None):
     """The reference result of `op` in spec's layout: float64 values (a (values, int64 indices)
     pair for forward_indices). grad_input of a max pool takes x (its maxima found again);
-    grad_input_indices takes indices."""
+    grad_input_indices takes indices, gather_indices x and indices."""
     spec.check_op(op)
     size = (spec.batch, spec.channels, *spec.in_size)
     if spec.pool == "max":
+        if op == "gather_indices":
+            return _layout(spec, ref.max_pool_gather(_cf(spec, x), _cf(spec, indices),
+                                                     spec.kernel, spec.stride, spec.padding,
+                                                     spec.dilation, spec.ceil_mode))
         if op in ("forward", "forward_indices") or (op == "grad_input" and indices is None):
             y, found = ref.max_pool(_cf(spec, x), spec.kernel, spec.stride, spec.padding,
                                     spec.dilation, spec.ceil_mode)

@@ -30,6 +30,11 @@ POOL_OPS = {
     "avg": ("forward", "grad_input"),
     "adaptive_avg": ("forward", "grad_input"),
 }
+# Kernels compiled on demand beside those (convc.compile accepts them; a library exports POOL_OPS
+# unless asked): max pooling's gather_indices, y = x at saved indices (zero where an index is
+# outside its window): grad_input_indices' adjoint w.r.t. dy, what convc.torch's double backward
+# of max pooling runs.
+ADJOINT_OPS = {"max": ("gather_indices",)}
 INDEX_DTYPE = "int64"  # PyTorch's indices: the flat position in the input's spatial plane
 # Parameter names of each kernel, destination last (forward_indices has two outputs).
 ARGUMENTS = {
@@ -37,6 +42,7 @@ ARGUMENTS = {
     ("max", "forward_indices"): ("x", "y", "indices"),
     ("max", "grad_input"): ("x", "dy", "dx"),
     ("max", "grad_input_indices"): ("dy", "indices", "dx"),
+    ("max", "gather_indices"): ("x", "indices", "y"),
     ("avg", "forward"): ("x", "y"),
     ("avg", "grad_input"): ("dy", "dx"),
     ("adaptive_avg", "forward"): ("x", "y"),
@@ -139,9 +145,10 @@ class PoolSpec(SpecBase):
         return self.batch * self.channels * math.prod(self.out_size) * math.prod(self.window)
 
     def check_op(self, op) -> str:
-        if op not in self.ops:
+        known = self.ops + ADJOINT_OPS.get(self.pool, ())
+        if op not in known:
             raise ValueError(f"op={op!r} is not a kernel of {self.pool} pooling: expected one of "
-                             f"{self.ops}")
+                             f"{known}")
         return op
 
     def signature(self, op: str) -> tuple:
@@ -293,5 +300,5 @@ def spec_from_dict(data: dict):
     return (PoolSpec if "pool" in data else ConvSpec).from_dict(data)
 
 
-__all__ = ["ARGUMENTS", "INDEX_DTYPE", "OUTPUTS", "POOLS", "POOL_OPS", "PoolSpec",
+__all__ = ["ADJOINT_OPS", "ARGUMENTS", "INDEX_DTYPE", "OUTPUTS", "POOLS", "POOL_OPS", "PoolSpec",
            "adaptive_window", "check_flag", "is_pool", "pooled_size", "spec_from_dict"]

@@ -74,6 +74,23 @@ def max_pool_grad_input(input_size, dy, indices):
     return dx.reshape(n, c, *size)
 
 
+def max_pool_gather(x, indices, kernel, stride, padding, dilation, ceil_mode):
+    """y: x at each saved index, where the index is a position of its own window (else 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    n, c, *size = x.shape
+    flat_x = x.reshape(n, c, -1)
+    indices = np.asarray(indices)
+    y = np.zeros(indices.shape)
+    for o, taps in _windows(size, kernel, stride, padding, dilation, ceil_mode):
+        window = {_flat(tap, size) for tap in taps}
+        for b in range(n):
+            for ch in range(c):
+                index = int(indices[(b, ch, *o)])
+                if index in window:
+                    y[(b, ch, *o)] = flat_x[b, ch, index]
+    return y
+
+
 def _avg_divisor(o, size, kernel, stride, padding, ceil_mode, count_include_pad,
                  divisor_override):
     """(divisor, empty) of output position `o`, as PyTorch's avg_pool kernels compute it."""

@@ -440,3 +440,29 @@ def test_tuning_a_pooling(tmp_path):
     kernel = convc.compile(spec, "forward")
     assert kernel.how in ("tuned", "hand-written")
     assert check_kernel(kernel, operands(spec)) <= 2e-5
+
+
+# --- max pooling's gather at saved indices (convc.torch's double backward) --------------------
+
+@pytest.mark.parametrize("name", ["resnet_maxpool_3x3s2", "max_dilated", "max_ceil_overhang",
+                                  "1d_max", "3d_max"])
+def test_gather_indices_is_the_adjoint_of_grad_input_indices(name):
+    """gather_indices (not among spec.ops: compiled on demand, see pool_spec.ADJOINT_OPS) in both
+    layouts: hand-written, the reference's values, and <grad_input_indices(dy, i), x> =
+    <dy, gather_indices(x, i)>; an index outside its window gathers 0."""
+    pool, shape, kwargs = {k: v for table in FAMILIES.values() for k, v in table.items()}[name]
+    for last in (False, True):
+        spec = pool_spec(pool, shape, kwargs, last)
+        data = operands(spec)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            kernel = convc.compile(spec, "gather_indices")
+        assert kernel.how == "hand-written" and "gather_indices" not in spec.ops
+        assert check_kernel(kernel, data) == 0.0
+        dx = convc.compile(spec, "grad_input_indices")(data["dy"], data["indices"])
+        lhs = float((dx.astype(np.float64) * data["x"]).sum())
+        rhs = float((data["dy"].astype(np.float64) * kernel(data["x"], data["indices"])).sum())
+        assert abs(lhs - rhs) <= 1e-5 * (1 + abs(lhs))
+        wrong = np.zeros_like(data["indices"]) + (int(np.prod(spec.in_size)) - 1)
+        got = kernel(data["x"], wrong)
+        assert check_kernel(kernel, {**data, "indices": wrong}) == 0.0 and (got == 0).any()

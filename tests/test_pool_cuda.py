@@ -31,16 +31,17 @@ GRID += [(f"resnet-{dtype}", PoolSpec.max_pool((1, 9, 8, 20), 3, 2, 1, layout="N
 GRID += [("avg-float16", PoolSpec.avg_pool((1, 5, 9, 8), 3, 2, 1, True, False, dtype="float16"))]
 
 
-def check_serialized(spec: PoolSpec, target=SM90):
-    """All kernels of `spec`, scheduled for the GPU, serialized into one CPU module, each against
-    the reference on guarded arguments (a stray read or write shows)."""
+def check_serialized(spec: PoolSpec, target=SM90, ops=None):
+    """All kernels of `spec` (or `ops`), scheduled for the GPU, serialized into one CPU module,
+    each against the reference on guarded arguments (a stray read or write shows)."""
+    ops = ops or spec.ops
     mods = {}
-    for op in spec.ops:
+    for op in ops:
         mods[op], how = scheduled(spec, op, target)
         assert how == "hand-written", f"{op} {spec.key}: the GPU rule declined ({how})"
     cpu = cuda.build_serial(merge(mods))
     data = operands(spec)
-    for op in spec.ops:
+    for op in ops:
         args = kernel_inputs(spec, op, data)
         outputs = spec.signature(op)[len(args):]
         got = run_guarded(cpu[op], args, [(shape, dtype) for _, shape, dtype in outputs])
@@ -56,6 +57,14 @@ def check_serialized(spec: PoolSpec, target=SM90):
 @pytest.mark.parametrize("spec", [pytest.param(s, id=i) for i, s in GRID])
 def test_serialized_pool_schedule_matches_reference(spec):
     check_serialized(spec)
+
+
+def test_serialized_gather_indices_matches_reference():
+    """Max pooling's gather at saved indices (compiled on demand: not in spec.ops), both layouts."""
+    for last in (False, True):
+        check_serialized(pool_spec("max", (1, 5, 10, 11), dict(kernel_size=3, stride=2, padding=1,
+                                                               ceil_mode=True), last),
+                         ops=("gather_indices",))
 
 
 def test_layer_suite_serialized_matches_reference():

@@ -307,12 +307,12 @@ def test_convert_keeps_outputs_and_reports_what_it_left():
     ids = [id(p) for p in net.parameters()]
     report = ct.convert(net)
     assert [id(p) for p in net.parameters()] == ids         # in place: an optimizer keeps working
-    assert len(report.replaced) == 8
+    assert len(report.replaced) == 10 and report.left == []
     assert all(type(m) not in (nn.Conv2d, nn.ConvTranspose2d) for m in net.modules())
     assert ("6", "convc.torch.ConvTranspose2d") in report.replaced
-    left = {name: reason for name, _, reason in report.left}
-    assert left == {"5": "not supported yet (pooling)", "10": "not supported yet (pooling)"}
-    assert "left 2" in str(report)
+    assert ("5", "convc.torch.MaxPool2d") in report.replaced
+    assert ("10", "convc.torch.AdaptiveAvgPool2d") in report.replaced
+    assert "left 0" in str(report)
     _close(net(x), expected)
 
 
@@ -571,8 +571,13 @@ def test_torch_export_matches_eager_and_holds_the_convc_ops():
     x = torch.randn(2, 3, 9, 9)
     program = torch.export.export(model, (x,))
     assert "torch.ops.convc.conv.default" in program.graph_module.code
+    check_exported(program, model, x)
+
+
+def check_exported(program, model, x):
+    """The exported program's outputs are the model's, and so are its input gradients (the graph
+    is differentiable through the ops' registered autograd)."""
     _close(program.module()(x), model(x))
-    # The exported graph is differentiable through the ops' registered autograd.
     xx = x.clone().requires_grad_()
     program.module()(xx).sum().backward()
     xe = x.clone().requires_grad_()
@@ -583,7 +588,8 @@ def test_torch_export_matches_eager_and_holds_the_convc_ops():
 # --- the digits example, short -----------------------------------------------------------------
 
 def test_train_digits_short_form_matches_pytorch():
-    """examples/train_digits.py for 60 steps: the convc-converted model's loss curve is
+    """examples/train_digits.py for 60 steps: the convc-converted model's (convolutions and max
+    pools) loss curve is
     PyTorch's (1e-3 relative, the example's own bound) and the loss falls."""
     pytest.importorskip("sklearn")
     import importlib.util
@@ -598,4 +604,4 @@ def test_train_digits_short_form_matches_pytorch():
     assert results["parity"] <= example.PARITY_RTOL
     losses = results["convc"]["losses"]
     assert len(losses) == 60 and sum(losses[-10:]) < 0.7 * sum(losses[:10])
-    assert any("not supported yet (pooling)" in line for line in lines)
+    assert any("convc.torch.MaxPool2d" in line for line in lines)       # the pools too

@@ -11,6 +11,9 @@ dx once, with no scatter and no atomics:
     avg:  dx[p] = sum_{o covers p} dy[o] * scale[o]           scale = 1/divisor (or 0: empty)
     max:  dx[p] = sum_{o covers p} (argmax[o] == flat(p)) * dy[o]
 
+and the max adjoint's own adjoint (w.r.t. dy) is the forward's window again:
+y[o] = sum_{taps t of o} (indices[o] == flat(t)) * x[t] ("gather_indices").
+
 Stages: "pad" (max: -inf, avg: 0; absent without padding or overhang), "pool" (the forward
 reduction), "argmax" and "indices" (max: where the maximum came from), "scale" (the divisor's
 reciprocal per output position, where it is not one constant), "dx" (the gather), "output" (the
@@ -400,6 +403,32 @@ def max_grad_input_indices(spec: PoolSpec):
     return make_func([args["dy"], args["indices"], dx], spec, "grad_input_indices", ATTR)
 
 
+def max_gather_indices(spec: PoolSpec):
+    """y[o] = x at indices[o] where that position is a tap of o's window, else 0: the adjoint of
+    grad_input_indices w.r.t. dy (<grad_input_indices(dy, i), x> = <dy, gather_indices(x, i)>),
+    which max pooling's double backward runs. Written as the forward's reduction over the taps
+    (the one tap whose flat position is the index, summed), so it is scheduled as the forward.
+    Tensors: x (input shape), indices (int64, output shape), y (output shape). Stages: "pad" (0),
+    "pool" (in acc_dtype), "output" (float16)."""
+    cl, axes, acc = spec.channels_last, Axis.of(spec), acc_dtype(spec.dtype)
+    args = _placeholders(spec, "gather_indices")
+    x, indices = args["x"], args["indices"]
+    xp = _padded(x, spec, axes, 0.0)
+    taps = [te.reduce_axis((0, a.kernel), name=f"r{i}") for i, a in enumerate(axes)]
+
+    def element(*idx):
+        n, c, out = split_data_index(cl, idx)
+        pos, conditions = zip(*[a.tap(o, r) for o, r, a in zip(out, taps, axes)])
+        value = xp[data_index(cl, n, c, [o * a.stride + r * a.dilation
+                                          for o, r, a in zip(out, taps, axes)])].astype(acc)
+        hit = indices[idx] == _flat(pos, axes).astype(indices.dtype)
+        hit = hit if _all(conditions) is None else tvm.tirx.all(_all(conditions), hit)
+        return te.sum(tvm.tirx.Select(hit, value, tvm.tirx.const(0, acc)), axis=taps)
+
+    y = _cast(te.compute(spec.output_shape, element, name="pool"), spec)
+    return make_func([x, indices, y], spec, "gather_indices", ATTR)
+
+
 def avg_forward(spec: PoolSpec):
     """y = sum over the window (zero padding) / divisor: divisor_override, else the window's
     length clipped to the padded input (count_include_pad) or to the input; adaptive windows
@@ -437,6 +466,7 @@ DECLARATIONS = {
     ("max", "forward_indices"): max_forward_indices,
     ("max", "grad_input"): max_grad_input,
     ("max", "grad_input_indices"): max_grad_input_indices,
+    ("max", "gather_indices"): max_gather_indices,
     ("avg", "forward"): avg_forward,
     ("avg", "grad_input"): avg_grad_input,
     ("adaptive_avg", "forward"): avg_forward,
@@ -444,7 +474,7 @@ DECLARATIONS = {
 }
 # The reduction stage of each kernel, by name (schedules find blocks by name).
 REDUCTION = {"forward": "pool", "forward_indices": "pool", "grad_input": "dx",
-             "grad_input_indices": "dx"}
+             "grad_input_indices": "dx", "gather_indices": "pool"}
 
 
 def declare_pool(spec: PoolSpec, op: str):

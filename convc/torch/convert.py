@@ -17,14 +17,12 @@ from torch import nn
 
 from ..batch_norm import fold_batch_norm
 from .modules import ACTIVATIONS, CONV, DTYPES, FUSED, TRANSPOSED
+from .pool_modules import POOLS
 
 # torch class -> convc class (convert).
-REPLACEMENTS: dict = {**CONV, **TRANSPOSED}
-# torch classes convc will replace once their ops land -> what is missing.
-NOT_YET: dict = {
-    **{getattr(nn, f"{kind}{n}d"): "not supported yet (pooling)"
-       for kind in ("MaxPool", "AvgPool", "AdaptiveAvgPool") for n in (1, 2, 3)},
-}
+REPLACEMENTS: dict = {**CONV, **TRANSPOSED, **POOLS}
+# torch classes convc will replace once their ops land -> what is missing (none at present).
+NOT_YET: dict = {}
 
 
 @dataclasses.dataclass
@@ -67,6 +65,11 @@ def convert(model: nn.Module) -> Report:
             reason = _why_not(module)
             if reason is None:
                 module.__class__ = REPLACEMENTS[kind]
+                if kind in POOLS:  # arguments convc's pooling cannot take: put it back
+                    reason = module.why_not()
+                    if reason is not None:
+                        module.__class__ = kind
+            if reason is None:
                 report.replaced.append((name, f"convc.torch.{REPLACEMENTS[kind].__name__}"))
             else:
                 report.left.append((name, kind.__name__, reason))

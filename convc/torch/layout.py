@@ -44,17 +44,19 @@ def from_layout(y: torch.Tensor, last: bool) -> torch.Tensor:
     return y.permute(FROM_LAST[y.dim() - 2]) if last else y
 
 
-def empty_output(like: torch.Tensor, shape, last: bool) -> torch.Tensor:
+def empty_output(like: torch.Tensor, shape, last: bool, dtype=None) -> torch.Tensor:
     """A new (N, C, *spatial) tensor of `shape` stored in the layout's memory format: not a view
-    (a view made inside an op would trip autograd on a later in-place op, e.g. ReLU(inplace))."""
+    (a view made inside an op would trip autograd on a later in-place op, e.g. ReLU(inplace));
+    like's dtype unless given (max pooling's int64 indices)."""
+    dtype = like.dtype if dtype is None else dtype
     if not last:
-        return like.new_empty(shape)
+        return like.new_empty(shape, dtype=dtype)
     strides = [0] * len(shape)
     step = 1
     for axis in reversed(TO_LAST[len(shape) - 2]):
         strides[axis] = step
         step *= shape[axis]
-    return like.new_empty_strided(tuple(shape), tuple(strides))
+    return like.new_empty_strided(tuple(shape), tuple(strides), dtype=dtype)
 
 
 def pack_weight(weight: torch.Tensor, last: bool) -> torch.Tensor:

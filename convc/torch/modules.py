@@ -66,6 +66,15 @@ def _records_graph(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def call_for(op, eager, impl, *tensors):
+    """What a module calls: the custom op inside torch.compile / torch.export (what they trace),
+    in eager mode the op's autograd without the dispatcher's cost when a graph is recorded for
+    `tensors`, else the kernel call itself."""
+    if torch.compiler.is_compiling():
+        return op
+    return eager if _records_graph(*tensors) else impl
+
+
 class _ConvcConv(_PackedWeight):
     """What the three convc modules share (a mixin before torch's class in the bases)."""
 
@@ -90,12 +99,7 @@ class _ConvcConv(_PackedWeight):
             residual = None if residual is None else residual.unsqueeze(0)
         last = is_channels_last(input)
         packed = self._packed_weight(weight, last)
-        if torch.compiler.is_compiling():
-            call = conv                     # the custom op: what compile and export trace
-        elif _records_graph(input, weight, bias, residual):
-            call = conv_eager               # the op's autograd, without the dispatcher's cost
-        else:
-            call = conv_impl                # nothing to record: the kernel call itself
+        call = call_for(conv, conv_eager, conv_impl, input, weight, bias, residual)
         y = call(input, weight, packed, bias, None, None, residual, *self._convc_args(),
                  activation, negative_slope)
         return y.squeeze(0) if unbatched else y
@@ -133,12 +137,8 @@ class _ConvcConvTranspose(_PackedWeight):
             input = input.unsqueeze(0)
         last = is_channels_last(input)
         packed = self._packed_weight(self.weight, last)
-        if torch.compiler.is_compiling():
-            call = conv_transpose
-        elif _records_graph(input, self.weight, self.bias):
-            call = conv_transpose_eager
-        else:
-            call = conv_transpose_impl
+        call = call_for(conv_transpose, conv_transpose_eager, conv_transpose_impl, input,
+                        self.weight, self.bias)
         y = call(input, self.weight, packed, self.bias, list(self.stride),
                  [*self.padding, *self.padding], list(output_padding), self.groups,
                  list(self.dilation))

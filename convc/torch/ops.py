@@ -128,6 +128,12 @@ def _indexed(shape, last: bool) -> tuple:
     return (shape[0], shape[-1], *shape[1:-1]) if last else tuple(shape)
 
 
+def _in_layout(size, last: bool) -> tuple:
+    """A (N, C, *spatial) size as the kernel's layout holds it: (N, *spatial, C) if last."""
+    size = tuple(size)
+    return (size[0], *size[2:], size[1]) if last else size
+
+
 def _output_size(in_size, kernel, stride, padding, dilation) -> tuple:
     half = len(padding) // 2
     return out_size(in_size, kernel, stride, dilation, padding[:half], padding[half:])
@@ -177,7 +183,7 @@ def grad_input_impl(grad_output: Tensor, weight: Tensor, packed_weight: Optional
     dy = to_layout(grad_output, last)
     w = (packed_weight if last and packed_weight is not None else pack_weight(weight, last)).detach()
     size = tuple(input_size)
-    x_shape = (size[0], *size[2:], size[1]) if last else size
+    x_shape = _in_layout(size, last)
     function, shape = _kernel("grad_input", x_shape, tuple(w.shape), stride, padding, dilation,
                               groups, padding_mode, last, grad_output.dtype)
     dx = empty_output(grad_output, size, last)
@@ -274,10 +280,15 @@ def _activation_backward(dy: Tensor, z: Tensor, activation: str, slope: float) -
     raise ValueError(f"activation={activation!r} has no derivative here")
 
 
+def _stored(t: Tensor, last: bool) -> Tensor:
+    """t (N, C, *spatial) stored channels-last if `last`, else contiguous (a copy only where it
+    is not)."""
+    return t if is_channels_last(t) == last else from_layout(to_layout(t, last), last)
+
+
 def _like_layout(t: Tensor, template: Tensor) -> Tensor:
     """t stored in template's layout (gradients arrive in whatever memory the next op made)."""
-    last = is_channels_last(template)
-    return t if is_channels_last(t) == last else from_layout(to_layout(t, last), last)
+    return _stored(t, is_channels_last(template))
 
 
 def _conv_setup(ctx, inputs, output):
@@ -321,27 +332,31 @@ def _conv_backward(ctx, dy):
 conv.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
-class _EagerConv(torch.autograd.Function):
-    """conv's registered autograd, for eager calls that record a graph, without the custom-op
-    wrapper's cost: torch 2.13's wrapper re-reads the op's 14-argument schema on every call
-    (torch._library.utils.fill_defaults, ~65 us of a ~100 us call on a tiny layer). The same
-    setup and backward as conv.register_autograd, so the gradients, and their own gradients
-    (the backward calls the ops), are the same."""
+def eager(name: str, impl, setup, backward, doc: str = ""):
+    """An op's registered autograd as a plain function for eager calls that record a graph:
+    an autograd.Function running `impl` with the op's own `setup` and `backward` (so the
+    gradients, and their own gradients, since the backward calls the ops, are the op's), without
+    the custom-op wrapper's cost: torch 2.13's wrapper re-reads the op's schema on every call
+    (torch._library.utils.fill_defaults, ~65 us of a ~100 us call on a tiny conv layer)."""
 
-    @staticmethod
     def forward(ctx, *inputs):
-        output = conv_impl(*inputs)
-        _conv_setup(ctx, inputs, output)
+        output = impl(*inputs)
+        setup(ctx, inputs, output)
         return output
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        return _conv_backward(ctx, grad_output)
+    function = type(f"_Eager_{name}", (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "backward": staticmethod(backward)})
+
+    def call(*inputs):
+        return function.apply(*inputs)
+
+    call.__name__ = call.__qualname__ = f"{name}_eager"
+    call.__doc__ = doc or f"torch.ops.convc.{name}'s forward and autograd, in eager mode (eager)."
+    return call
 
 
-def conv_eager(*inputs) -> Tensor:
-    """torch.ops.convc.conv's forward and autograd, called in eager mode (see _EagerConv)."""
-    return _EagerConv.apply(*inputs)
+conv_eager = eager("conv", conv_impl, _conv_setup, _conv_backward)
 
 
 def _grad_input_setup(ctx, inputs, output):
@@ -455,7 +470,7 @@ def conv_transpose_grad_input_impl(grad_output: Tensor, weight: Tensor,
     dy = to_layout(grad_output, last)
     w = (packed_weight if last and packed_weight is not None else pack_weight(weight, last)).detach()
     size = tuple(input_size)
-    x_shape = (size[0], *size[2:], size[1]) if last else size
+    x_shape = _in_layout(size, last)
     function, shape = _transpose_kernel("conv_transpose_grad_input", x_shape, tuple(w.shape),
                                         stride, padding, output_padding, groups, dilation, last,
                                         grad_output.dtype)
@@ -530,23 +545,8 @@ def _conv_transpose_backward(ctx, dy):
 conv_transpose.register_autograd(_conv_transpose_backward, setup_context=_conv_transpose_setup)
 
 
-class _EagerConvTranspose(torch.autograd.Function):
-    """conv_transpose's registered autograd for eager calls that record a graph (see _EagerConv)."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        output = conv_transpose_impl(*inputs)
-        _conv_transpose_setup(ctx, inputs, output)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return _conv_transpose_backward(ctx, grad_output)
-
-
-def conv_transpose_eager(*inputs) -> Tensor:
-    """torch.ops.convc.conv_transpose's forward and autograd, in eager mode."""
-    return _EagerConvTranspose.apply(*inputs)
+conv_transpose_eager = eager("conv_transpose", conv_transpose_impl, _conv_transpose_setup,
+                             _conv_transpose_backward)
 
 
 def _transpose_grad_input_setup(ctx, inputs, output):
