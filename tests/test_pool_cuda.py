@@ -85,9 +85,6 @@ def test_pool_rule_declines_convolutions():
     assert pool.rule(func, resolve("llvm")) is None and pool.rule(func, resolve("cuda"))
 
 
-@pytest.mark.xfail(strict=True, reason="open: since the gathers clip the covering outputs in "
-                   "range (convc.ops.pool.Axis._in_range), the ResNet 3x3/2 NCHW float32 max "
-                   "grad_input from x spills 4 registers (32 used); to fix in schedules/cuda/pool.py")
 def test_pool_kernels_compile_to_device_code():
     """nvcc -cubin of every pooling kernel of the grid, sm_90 and sm_80: no spills, within the
     launch limits (compile_batch applies check_limits)."""

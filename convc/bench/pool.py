@@ -2,11 +2,12 @@
 
 Pooling is memory-bound, so the figure of merit is bandwidth: GB/s = the bytes a kernel must move
 at least (every argument read or written once: PoolSpec.bytes) / its time. Beside it, on the same
-bytes, a plain copy on this machine (NumPy's copyto and, with PyTorch, Tensor.copy_ on the same
-threads; the faster of the two): what moving those bytes costs at best. Each row times, side by
-side in alternating rounds (convc.bench.time_side_by_side), convc in NCHW and NHWC, PyTorch in
-NCHW and channels_last, and the copy; ratio = PyTorch time / convc time inside each round (the
-best layout of each), median over rounds (convc.bench.paired_ratio).
+bytes, a plain copy on this machine (NumPy's copyto, a TVM copy kernel on the same threads and
+pool as convc's and, with PyTorch, Tensor.copy_ on the same threads; the fastest of the three):
+what moving those bytes costs at best. Each row times, side by side in alternating rounds
+(convc.bench.time_side_by_side), convc in NCHW and NHWC, PyTorch in NCHW and channels_last, and
+the copies; ratio = PyTorch time / convc time inside each round (the best layout of each),
+median over rounds (convc.bench.paired_ratio).
 
 Backward is, for max pooling, the gradient from the saved indices (PyTorch:
 max_pool2d_with_indices_backward, what autograd runs; convc: grad_input_indices), for average
@@ -157,14 +158,20 @@ def _no_grad(torch, fn):
     return call
 
 
-def copy_calls(nbytes: int, threads: int) -> dict:
-    """{("copy", kind): callable}: a plain copy moving `nbytes` (half read, half written)."""
+def copy_calls(nbytes: int, threads: int, target=None) -> dict:
+    """{("copy", kind): callable}: a plain copy moving `nbytes` (half read, half written), three
+    ways: NumPy's copyto (glibc memcpy, one thread), a TVM kernel on `threads` threads of the
+    pool convc's kernels run on (contiguous halves, 64-byte vectors: what a copy kernel compiled
+    like convc's does at best) and, with PyTorch, Tensor.copy_ on `threads` threads. The table
+    shows the fastest: the strictest yardstick."""
     from ..kernel import aligned_empty
 
     count = max(1, nbytes // 8)  # float32 elements per side
     src, dst = aligned_empty((count,), "float32"), aligned_empty((count,), "float32")
     src[...] = 1.0
     calls = {("copy", "numpy"): lambda: np.copyto(dst, src)}
+    parallel = _parallel_copy(count, threads, target)
+    calls[("copy", f"tvm x{threads}")] = lambda: parallel(src, dst)
     try:
         import torch
     except ImportError:
@@ -173,6 +180,30 @@ def copy_calls(nbytes: int, threads: int) -> dict:
     tsrc, tdst = torch.ones(count), torch.empty(count)
     calls[("copy", "torch")] = lambda: tdst.copy_(tsrc)
     return calls
+
+
+def _parallel_copy(count: int, threads: int, target):
+    """dst[:] = src[:] as a TVM kernel: `threads` contiguous chunks in parallel, each a loop of
+    vectors of the target's width (a scalar tail where they do not divide)."""
+    import tvm
+    from tvm import te
+
+    from ..target import info, resolved
+
+    target = resolved(target)
+    lanes = info(target).lanes("float32")
+    src = te.placeholder((count,), "float32", name="src")
+    dst = te.compute((count,), lambda i: src[i], name="dst")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([src, dst]))
+    (i,) = sch.get_loops(sch.get_sblock("dst"))
+    chunk = -(-count // threads)
+    if count % (threads * lanes) == 0:
+        outer, inner, vector = sch.split(i, [threads, None, lanes])
+        sch.vectorize(vector)
+    else:
+        outer, inner = sch.split(i, [threads, chunk])
+    sch.parallel(outer)
+    return tvm.compile(sch.mod, target=target)["main"]
 
 
 def run(layers=None, batches=BATCHES, directions=DIRECTIONS, repeat=7, target=None,
@@ -191,7 +222,7 @@ def run(layers=None, batches=BATCHES, directions=DIRECTIONS, repeat=7, target=No
                 row = Row(layer, batch, direction, s.bytes(kernel_op(s, direction)))
                 calls, hows = convc_calls(layer, batch, direction, target)
                 calls.update(torch_calls(layer, batch, direction, threads))
-                calls.update(copy_calls(row.bytes, threads))
+                calls.update(copy_calls(row.bytes, threads, target))
                 batches_ = time_side_by_side(calls, repeat)
                 row.ratio = paired_ratio(batches_, [k for k in calls if k[0] == "torch"],
                                          [k for k in calls if k[0] == "convc"], stat_fn)
@@ -246,7 +277,7 @@ def summary(rows) -> str:
     return "\n".join(lines)
 
 
-def main(target, repeat: int, threads: int, stat: str = "median") -> int:
+def main(target, repeat: int, threads: int, stat: str = "median", layers=None) -> int:
     """What `convc bench --pool` prints: the table, then the targets."""
     import datetime
 
@@ -258,7 +289,7 @@ def main(target, repeat: int, threads: int, stat: str = "median") -> int:
     print(f"convc bench --pool  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"machine: LLVM mcpu {target.info.arch}, {target.info.num_cores} cores; {peer}; "
           f"{threads} thread(s) each; {stat} of {repeat} paired rounds")
-    rows = run(repeat=repeat, target=target, threads=threads, stat=stat,
+    rows = run(layers=layers, repeat=repeat, target=target, threads=threads, stat=stat,
                progress=lambda r: print(f"  {r.layer:16s} batch {r.batch} {r.direction:8s} "
                                         f"ratio {r.ratio or 0:.2f}", flush=True))
     print()

@@ -59,7 +59,7 @@ def add_parser(subparsers):
                         "forward and PyTorch's eval conv -> batch_norm -> relu")
     p.add_argument("--pool", action="store_true",
                    help="instead: pooling forward and backward in GB/s beside PyTorch and a plain "
-                        "copy (convc/bench/pool.py)")
+                        "copy (convc/bench/pool.py); --layers then names its layers")
     zoo = p.add_argument_group("zoo", "--zoo: every distinct convolution of torchvision's "
                                "classification models (convc/bench/zoo.json), convc in NCHW and "
                                "NHWC beside PyTorch contiguous and channels_last")
@@ -105,22 +105,24 @@ def run(args) -> int:
     os.environ["TVM_NUM_THREADS"] = str(args.threads or info(target).num_cores)
     if info(target).is_gpu:
         raise ValueError(f"--target={args.target!r}: convc bench times CPU kernels only")
-    ops = _list(args.ops, bench.OPS, "ops")
-    layers = _list(args.layers, bench.LAYERS, "layers")
-    layouts = _list(args.layouts, bench.LAYOUTS, "layouts")
     if args.repeat < 1:
         raise ValueError(f"--repeat={args.repeat} must be at least 1")
     threads = args.threads or info(target).num_cores
+    if args.pool:
+        from convc.bench import pool
+
+        given = args.layers != ",".join(bench.LAYERS)  # --layers names pooling layers here
+        return pool.main(target, args.repeat, threads, args.stat,
+                         _list(args.layers, pool.LAYERS, "layers") if given else None)
+    ops = _list(args.ops, bench.OPS, "ops")
+    layers = _list(args.layers, bench.LAYERS, "layers")
+    layouts = _list(args.layouts, bench.LAYOUTS, "layouts")
     if args.overhead:
         return _overhead(target, args.repeat, threads, args.stat)
     if args.train:
         return _train(target, args.models, args.repeat, threads, args.stat)
     if args.padding_modes or args.fused:
         return _variants(args, layers, ops, layouts, target)
-    if args.pool:
-        from convc.bench import pool
-
-        return pool.main(target, args.repeat, threads, args.stat)
     peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
     try:
         import torch

@@ -54,6 +54,12 @@ def _choice(spec, op, target) -> dict:
     lanes = info(target).lanes(spec.dtype)
     if spec.channels_last:
         vectors = max(1, min(4, spec.channels // lanes))
+        if op == "forward" and spec.pool == "max" and spec.padding[-1] > 0 and spec.ndim > 1:
+            # one position per tile, the padded columns peeled off (no bound test per tap in
+            # the others): ResNet's 3x3/2 max pool, 8x112x112x64 NHWC, 2 threads, Zen 4
+            # (2026-12-02, paired): 1125 us against 1458 with two positions and the test, 66 %
+            # of a 2-thread copy of the same bytes (744 us) against 51 %
+            return {"vectors": vectors, "width": 1, "peel": True}
         return {"vectors": vectors, "width": max(1, min(2, MAX_ACCUMULATORS // vectors))}
     return {"vectors": 2, "width": 1}
 
@@ -179,6 +185,9 @@ def _tile(sch: s_tir.Schedule, block, spec, target, knobs, attach=(), epilogue=T
         else:
             order = [n, *outer_sp, w_o, v_o, *reduction, w_i, v_m, v_l]
             tile_loop, parallel, unrolled = v_o, [n, *outer_sp, w_o, v_o], [w_i]
+            if knobs.get("peel") and not peel:  # the padded columns' tiles peeled off
+                partition_hint(sch, w_o)
+                parallel = [n, *outer_sp]
     else:
         order = [n, c, *outer_sp, v_o, *reduction, *([phase] if phase else []), v_m, v_l]
         tile_loop, parallel, unrolled = v_o, [n, c, *outer_sp, v_o], [phase] if phase else []
