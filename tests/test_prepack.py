@@ -1,0 +1,124 @@
+"""Prepacked weights of every forward and grad_input kernel (Kernel.prepack; Winograd's own
+tests are in test_winograd.py): the direct schedules' weight stage split off the scheduled kernel
+(convc.build.packing), "copy" packs where a kernel reads w as given, round trips against the
+unpacked call and the NumPy reference, snapshots (a changed weight is never served from a stale
+pack), and the errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convc
+from convc.build import packed_functions
+from convc.build.packing import split_weight_stage
+from convc.check import kernel_inputs, operands, reference
+from convc.spec import ConvSpec
+from convc.target import resolve
+
+from conftest import assert_close
+
+
+def spec_of(input_cf, weight_cf, layout, **kw):
+    n, c, *size = input_cf
+    k, cg, *kernel = weight_cf
+    if layout.endswith("C"):
+        return ConvSpec.from_shapes((n, *size, c), (*kernel, cg, k), layout=layout, **kw)
+    return ConvSpec.from_shapes(input_cf, weight_cf, layout=layout, **kw)
+
+
+# (layout, op, channels-first input, weight, keywords, the pack's kind)
+CASES = [
+    ("NCHW", "forward", (2, 16, 9, 11), (40, 16, 3, 3), {"padding": 1, "bias": True}, "direct"),
+    ("NCHW", "grad_input", (2, 16, 9, 11), (40, 16, 3, 3), {"padding": 1}, "direct"),
+    ("NHWC", "grad_input", (1, 24, 8, 8), (32, 12, 3, 3), {"padding": 1, "groups": 2}, "direct"),
+    ("NCHW", "grad_input", (1, 32, 12, 12), (16, 32, 3, 3), {"stride": 2, "padding": 1}, "direct"),
+    ("NCDHW", "forward", (1, 16, 5, 6, 7), (32, 16, 3, 3, 3), {"padding": 1}, "direct"),
+    ("NCW", "grad_input", (2, 16, 19), (32, 16, 5), {"padding": 2, "dilation": 2}, "direct"),
+    ("NHWC", "forward", (1, 16, 9, 9), (32, 16, 3, 3), {"padding": 1}, "copy"),
+    ("NCHW", "grad_input", (1, 64, 7, 7), (32, 64, 1, 1), {}, "copy"),
+]
+
+
+@pytest.mark.parametrize("layout, op, x, w, kw, kind", CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[5]}-{i}" for i, c in enumerate(CASES)])
+def test_direct_prepack_round_trip(layout, op, x, w, kw, kind):
+    """kernel(.., kernel.prepack(w), ..) == kernel(.., w, ..) == the reference; after the weight
+    changes in place, the old pack keeps the old values and a new pack follows the new ones."""
+    spec = spec_of(x, w, layout, algorithm="direct", **kw)
+    data = operands(spec, 3)
+    kernel = convc.compile(spec, op)
+    args = kernel_inputs(spec, op, data)
+    at = kernel.arg_names.index("w")
+    weight = data["w"].copy()
+    packed = kernel.prepack(weight)
+    assert packed.kind == kind, f"{kernel!r}: a {packed.kind} pack, expected {kind}"
+    expected = reference(spec, op, **data)
+    plain = kernel(*args)
+    with_pack = kernel(*args[:at], packed, *args[at + 1:])
+    assert_close(with_pack, expected, spec.dtype, f"{op} {spec.key} packed")
+    np.testing.assert_array_equal(with_pack, plain)  # the same schedule minus the weight stage
+    weight *= -0.5
+    changed = reference(spec, op, **{**data, "w": weight})
+    assert_close(kernel(*args[:at], weight, *args[at + 1:]), changed, spec.dtype, "unpacked")
+    assert_close(kernel(*args[:at], kernel.prepack(weight), *args[at + 1:]), changed,
+                 spec.dtype, "repacked")
+    assert_close(kernel(*args[:at], packed, *args[at + 1:]), expected, spec.dtype,
+                 "the old pack is a snapshot")
+
+
+def test_split_keeps_the_schedule_minus_the_weight_stage():
+    """The packed function is the scheduled kernel without its weight stage: the pack has the
+    blocked layout the micro-kernel reads (o // vo, *r, c, o % vo) and w is no longer a parameter."""
+    spec = ConvSpec.from_shapes((1, 64, 7, 7), (64, 64, 3, 3), padding=1, algorithm="direct")
+    target = resolve(None)
+    made = packed_functions(spec, "grad_input", target)
+    assert made.kind == "direct"
+    assert len(made.shape) == 5 and made.shape[1:3] == (3, 3) and made.shape[3] == 64
+    assert made.shape[0] * made.shape[4] >= 64
+    assert [p.name for p in made.packed.params][0] == "dy"
+    assert "w" not in [p.name for p in made.packed.params]
+    assert "w_flipped" in made.prepack.script() and "w_flipped" not in \
+        [b.name for b in made.packed.body.block.alloc_buffers]
+
+
+def test_split_declines_without_a_weight_stage():
+    spec = ConvSpec.from_shapes((1, 9, 9, 16), (3, 3, 16, 32), layout="NHWC", padding=1,
+                                algorithm="direct")
+    from convc.build import schedule
+    mod, _ = schedule(spec, "forward", resolve(None))
+    assert split_weight_stage(mod["forward"], name="forward") is None
+
+
+def test_prepack_float16_and_prologue():
+    """A float16 kernel's direct pack stays float16; grad_input through an activation (the saved
+    tensor before w) takes the pack in w's place."""
+    spec = ConvSpec.from_shapes((1, 16, 8, 8), (32, 16, 3, 3), padding=1, dtype="float16",
+                                algorithm="direct")
+    data = operands(spec, 1)
+    kernel = convc.compile(spec, "forward")
+    packed = kernel.prepack(data["w"])
+    assert packed.array.dtype == np.float16
+    np.testing.assert_array_equal(kernel(data["x"], packed), kernel(data["x"], data["w"]))
+    fused = ConvSpec.from_shapes((1, 16, 8, 8), (32, 16, 3, 3), padding=1, activation="relu",
+                                 derivative_from="pre_activation", algorithm="direct")
+    data = operands(fused, 2)
+    kernel = convc.compile(fused, "grad_input")
+    args = kernel_inputs(fused, "grad_input", data)
+    assert kernel.arg_names.index("w") == 2
+    packed = kernel.prepack(data["w"])
+    np.testing.assert_array_equal(kernel(args[0], args[1], packed), kernel(*args))
+
+
+def test_prepack_errors():
+    spec = ConvSpec.from_shapes((1, 16, 8, 8), (32, 16, 3, 3), padding=1, algorithm="direct")
+    w = np.ones(spec.weight_shape, "float32")
+    packed = convc.compile(spec, "forward").prepack(w)
+    with pytest.raises(ValueError, match="packed for"):
+        convc.compile(spec, "grad_input")(np.ones(spec.output_shape, "float32"), packed)
+    with pytest.raises(ValueError, match="no prepacked form"):
+        convc.compile(spec, "grad_weight").prepack(w)
+    with pytest.raises(ValueError, match="shape"):
+        convc.compile(spec, "forward").prepack(np.ones((32, 16, 5, 5), "float32"))
+    with pytest.raises(TypeError, match="dtype"):
+        convc.compile(spec, "forward").prepack(w.astype("float64"))
