@@ -122,3 +122,50 @@ def test_prepack_errors():
         convc.compile(spec, "forward").prepack(np.ones((32, 16, 5, 5), "float32"))
     with pytest.raises(TypeError, match="dtype"):
         convc.compile(spec, "forward").prepack(w.astype("float64"))
+
+
+# --- exported libraries --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout, algorithm", [("NCHW", "direct"), ("NHWC", "winograd")])
+def test_exported_packed_calls(tmp_path, layout, algorithm):
+    """export_library(..., prepacked=True): "<op>_prepack" / "<op>_packed" in the library and its
+    manifest; the loaded kernels' packed calls, and the raw functions through tvm_ffi alone,
+    give the unpacked results."""
+    import tvm_ffi
+    from convc.export import export_library, load
+
+    spec = spec_of((1, 16, 8, 10), (32, 16, 3, 3), layout, padding=1, algorithm=algorithm)
+    path = export_library(spec, tmp_path / "lib.so", ops=("forward", "grad_input", "grad_weight"),
+                          prepacked=True)
+    lib = load(path)
+    entries = lib.manifest["functions"]
+    assert sorted(entries) == sorted(["forward", "grad_input", "grad_weight", "forward_prepack",
+                                      "forward_packed", "grad_input_prepack", "grad_input_packed"])
+    assert entries["forward_packed"]["pack"]["kind"] == ("winograd" if algorithm == "winograd"
+                                                        else "direct")
+    data = operands(spec, 4)
+    module = tvm_ffi.load_module(str(path))
+    for op in ("forward", "grad_input"):
+        args = kernel_inputs(spec, op, data)
+        plain = lib[op](*args)
+        packed = lib[op].prepack(data["w"])
+        assert packed.kind == entries[f"{op}_prepack"]["pack"]["kind"]
+        assert list(packed.array.shape) == entries[f"{op}_packed"]["args"][1]["shape"]
+        np.testing.assert_array_equal(lib[op](args[0], packed), plain)
+        assert_close(plain, reference(spec, op, **data), spec.dtype, f"{op} {spec.key}")
+        raw = np.zeros_like(packed.array)
+        module[f"{op}_prepack"](data["w"], raw)
+        np.testing.assert_array_equal(raw, packed.array)
+        out = np.zeros_like(plain)
+        module[f"{op}_packed"](args[0], raw, out)
+        np.testing.assert_array_equal(out, plain)
+
+
+def test_exported_without_packs_refuses_prepack(tmp_path):
+    from convc.export import export_library, load
+
+    spec = ConvSpec.from_shapes((1, 16, 8, 8), (16, 16, 3, 3), padding=1, algorithm="direct")
+    lib = load(export_library(spec, tmp_path / "plain.so", ops=("forward",)))
+    assert "forward_prepack" not in lib.manifest["functions"]
+    with pytest.raises(ValueError, match="prepacked=True"):
+        lib.forward.prepack(np.ones(spec.weight_shape, "float32"))
