@@ -169,3 +169,41 @@ def test_exported_without_packs_refuses_prepack(tmp_path):
     assert "forward_prepack" not in lib.manifest["functions"]
     with pytest.raises(ValueError, match="prepacked=True"):
         lib.forward.prepack(np.ones(spec.weight_shape, "float32"))
+
+
+@pytest.mark.skipif(__import__("shutil").which("g++") is None
+                    or __import__("shutil").which("make") is None,
+                    reason="the C++ example needs g++ and make")
+def test_cpp_example_packed_calls(tmp_path):
+    """examples/cpp on prepacked libraries (a direct NCHW layer and a Winograd NHWC one): it
+    packs the weight once with <op>_prepack and checks two packed calls against its own loop
+    nest, besides the usual checks."""
+    import shutil
+    import subprocess
+
+    from convc.export import export_library
+    from test_export_deploy import ROOT, _tvm_ffi_config
+
+    config = _tvm_ffi_config()
+    if config is None:
+        pytest.skip("tvm-ffi-config (installed with apache-tvm-ffi) is not on PATH")
+    for name in ("run_library.cc", "Makefile"):
+        shutil.copy(ROOT / "examples" / "cpp" / name, tmp_path / name)
+    build = subprocess.run(["make", "-s", f"TVM_FFI_CONFIG={config}"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
+    cases = {"direct.so": ("NCHW", "direct", "direct"), "wino.so": ("NHWC", "winograd", "winograd")}
+    for file, (layout, algorithm, kind) in cases.items():
+        spec = spec_of((2, 16, 6, 7), (24, 16, 3, 3), layout, padding=1, bias=True,
+                       algorithm=algorithm)
+        library = export_library(spec, tmp_path / file, prepacked=True)
+        run = subprocess.run([str(tmp_path / "run_library"), str(library)], capture_output=True,
+                             text=True, timeout=120, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+        assert run.returncode == 0, run.stdout + run.stderr
+        lines = run.stdout.splitlines()
+        assert lines[-1] == "ALL PASS", lines
+        for op in ("forward", "grad_input"):
+            packed = [line for line in lines if line.startswith(op) and "packed call" in line]
+            assert len(packed) == 2 and all(f"({kind} pack, once)" in line and
+                                            line.endswith("PASS") for line in packed), lines
+        assert not any(line.startswith("grad_weight") and "packed" in line for line in lines)
