@@ -178,26 +178,18 @@ def test_cpp_example_packed_calls(tmp_path):
     """examples/cpp on prepacked libraries (a direct NCHW layer and a Winograd NHWC one): it
     packs the weight once with <op>_prepack and checks two packed calls against its own loop
     nest, besides the usual checks."""
-    import shutil
     import subprocess
 
     from convc.export import export_library
-    from test_export_deploy import ROOT, _tvm_ffi_config
+    from test_export_deploy import build_cpp_example
 
-    config = _tvm_ffi_config()
-    if config is None:
-        pytest.skip("tvm-ffi-config (installed with apache-tvm-ffi) is not on PATH")
-    for name in ("run_library.cc", "Makefile"):
-        shutil.copy(ROOT / "examples" / "cpp" / name, tmp_path / name)
-    build = subprocess.run(["make", "-s", f"TVM_FFI_CONFIG={config}"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stdout + build.stderr
+    program = build_cpp_example(tmp_path)
     cases = {"direct.so": ("NCHW", "direct", "direct"), "wino.so": ("NHWC", "winograd", "winograd")}
     for file, (layout, algorithm, kind) in cases.items():
         spec = spec_of((2, 16, 6, 7), (24, 16, 3, 3), layout, padding=1, bias=True,
                        algorithm=algorithm)
         library = export_library(spec, tmp_path / file, prepacked=True)
-        run = subprocess.run([str(tmp_path / "run_library"), str(library)], capture_output=True,
+        run = subprocess.run([str(program), str(library)], capture_output=True,
                              text=True, timeout=120, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
         assert run.returncode == 0, run.stdout + run.stderr
         lines = run.stdout.splitlines()
@@ -207,3 +199,17 @@ def test_cpp_example_packed_calls(tmp_path):
             assert len(packed) == 2 and all(f"({kind} pack, once)" in line and
                                             line.endswith("PASS") for line in packed), lines
         assert not any(line.startswith("grad_weight") and "packed" in line for line in lines)
+
+
+def test_forced_direct_declares_the_auto_tir():
+    """algorithm="direct" declares the same TIR as "auto" resolved to direct, so a layer forced
+    to direct still finds the shipped tuning records of that layer (keyed by the TIR)."""
+    import tvm_ffi
+
+    from convc.ops import declare
+
+    for op in ("forward", "grad_input", "grad_weight"):
+        auto = ConvSpec.from_shapes((1, 9, 9, 16), (3, 3, 16, 32), layout="NHWC", padding=1)
+        direct = ConvSpec.from_shapes((1, 9, 9, 16), (3, 3, 16, 32), layout="NHWC", padding=1,
+                                      algorithm="direct")
+        assert tvm_ffi.structural_equal(declare(auto, op), declare(direct, op)), op

@@ -7,6 +7,8 @@ convolution (convc.transpose) under their own kernel names.
 
 from __future__ import annotations
 
+import dataclasses
+
 from tvm import te
 
 from ..pool_spec import OUTPUTS, PoolSpec
@@ -126,6 +128,10 @@ def declare(spec, op: str = "forward"):
         if reason is not None:
             raise ValueError(f"algorithm='winograd' cannot compute {op} of this layer: {reason}")
         return WINOGRAD[op](spec, winograd.choose_tile(spec, op))
+    if spec.algorithm == "direct":
+        # The same declaration as "auto" resolved to direct: one TIR, so a layer forced to
+        # direct finds the tuning records of that layer (keyed by the TIR's structural hash).
+        spec = dataclasses.replace(spec, algorithm="auto")
     return DECLARATIONS[op](spec)
 
 
