@@ -23,7 +23,8 @@ def _library_calls(spec, op, target, directory: Path) -> tuple[dict, str]:
     from ..export import export_library, load
     from ..kernel import aligned_copy, aligned_empty
 
-    path = export_library(spec, directory / f"{op}-{spec.layout}.so", ops=(op,), target=target,
+    # one file name per library: dlopen hands back an already loaded library for a path it saw
+    path = export_library(spec, directory / f"{spec.key}-{op}.so", ops=(op,), target=target,
                           prepacked=True)
     kernel = load(path)[op]
     args = [aligned_copy(a) for a in kernel_inputs(spec, op, operands(spec))]

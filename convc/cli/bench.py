@@ -244,8 +244,7 @@ def _prepacked(args, layers, ops, layouts, target, threads) -> int:
           f"{_cpu_name()}, {target.info.num_cores} cores, {threads} thread(s); median of "
           f"{args.repeat} paired rounds")
     rows = prepacked.prepacked_costs(layers, ops, layouts, args.repeat, target, threads,
-                                     progress=lambda r: print(f"  {r['layer']} {r['op']} done",
-                                                              flush=True))
+                                     progress=lambda r: print(f"  {r}", flush=True))
     print(prepacked.prepacked_table(rows, layouts))
     return 0
 
