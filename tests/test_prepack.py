@@ -213,3 +213,16 @@ def test_forced_direct_declares_the_auto_tir():
         direct = ConvSpec.from_shapes((1, 9, 9, 16), (3, 3, 16, 32), layout="NHWC", padding=1,
                                       algorithm="direct")
         assert tvm_ffi.structural_equal(declare(auto, op), declare(direct, op)), op
+
+
+def test_bench_prepacked_table():
+    """convc bench --prepacked's rows and table on a tiny layer (one round; no timing asserted)."""
+    from convc.bench.prepacked import prepacked_costs, prepacked_table
+
+    layer = (1, 16, 6, 6, 16, 3, 1, 1, 1)
+    rows = prepacked_costs([layer], ops=("grad_input",), repeat=1)
+    (row,) = rows
+    assert row["kinds"] == {"NCHW": "direct", "NHWC": "direct"}
+    assert all(v > 0 for v in row["speedup"].values())
+    text = prepacked_table(rows)
+    assert "grad_input" in text and "NCHW direct" in text
