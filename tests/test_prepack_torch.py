@@ -95,8 +95,9 @@ def test_training_steps_match_torch(channels_last):
             o.zero_grad()
             inp.grad = None
             model(inp).square().sum().backward()
-        torch.testing.assert_close(module.weight.grad, reference.weight.grad, rtol=1e-3, atol=1e-3)
-        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-3, atol=1e-3)
+        # float32 sums of ~10^3 products in another order: relative 1e-3 of gradients ~40
+        torch.testing.assert_close(module.weight.grad, reference.weight.grad, rtol=2e-3, atol=5e-2)
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=2e-3, atol=5e-2)
         # again on the same weight version (packed from its second use): the same gradients
         grad = module.weight.grad.clone()
         module.zero_grad()
