@@ -25,6 +25,8 @@ Manifest (lib.json beside lib.so), format FORMAT:
     library, artifact       file name and "shared-library" or "object" (cross compile, no linker)
     sha256                  of the library file
     functions               name -> {op, how, spec, flops, args: [{name, role, shape, dtype, layout}]}
+                            (prepacked=True: "<op>_prepack" / "<op>_packed" entries add
+                            pack: {of, kind, shape, dtype}; their pack argument is "pack")
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import tvm_ffi
 from tvm.support import cc as tvm_cc
 
 from . import export_runtime
-from .build import cuda, schedule
+from .build import PackedFunctions, cuda, packed_functions, schedule
 from .export_runtime import LINK_OPTIONS
 from .files import sha256, write_text_atomic
 from .kernel import CudaKernel, Kernel
@@ -58,6 +60,8 @@ from .target import info, resolve, resolved
 from .version import __version__
 
 FORMAT = "convc-library/1"
+# Ops whose weight a library can prepack (export_library(..., prepacked=True)).
+PACKABLE_OPS = ("forward", "grad_input")
 
 # Features LLVM lists for a CPU include tuning hints ("slow-3ops-lea", "fast-gather"): only these
 # name instructions whose absence makes the code fault.
@@ -76,7 +80,8 @@ class CrossCompileWarning(UserWarning):
 
 # --- export ------------------------------------------------------------------------------------
 
-def export_library(kernels, path, ops=None, target=None, *, log_dir=None, cc=None) -> Path:
+def export_library(kernels, path, ops=None, target=None, *, log_dir=None, cc=None,
+                   prepacked: bool = False) -> Path:
     """Compile kernels into one library at `path` and write its manifest beside it (same name,
     suffix .json). Returns the path of what was written (the library, or the object file).
 
@@ -91,6 +96,10 @@ def export_library(kernels, path, ops=None, target=None, *, log_dir=None, cc=Non
     log_dir: a directory of tuning records to consult (a spec only).
     cc: the compiler that links the library (default: $CXX, g++, ... for this CPU;
     `<triple>-g++` / `<triple>-gcc` for another one).
+    prepacked: also export "<op>_prepack" (w -> pack) and "<op>_packed" (the op with the pack in
+    w's place) for every forward and grad_input of a convolution (CPU targets; see
+    convc.kernel.prepack): pack a weight once, then run packed calls. The manifest lists them
+    with the pack's kind, shape and dtype.
     """
     path = Path(path)
     if path.suffix in (".json", ".o"):
@@ -99,6 +108,8 @@ def export_library(kernels, path, ops=None, target=None, *, log_dir=None, cc=Non
     if log_dir is not None and not Path(log_dir).is_dir():
         raise ValueError(f"log_dir={str(log_dir)!r} is not a directory")
     entries, code, target = _collect(kernels, ops, target, log_dir)
+    if prepacked:
+        entries, code = _with_packs(entries, code, target, log_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     link, extra = None, {}
     if target.is_gpu:
@@ -129,6 +140,27 @@ def _collect(kernels, ops, target, log_dir):
         return [(op, spec, op, how) for op, how in hows.items()], mod, target
     kernels = _check_kernels(kernels, ops, target, log_dir)
     return _entries(kernels), _module_of(kernels), kernels[0].target
+
+
+def _with_packs(entries, code, target, log_dir):
+    """entries and module with "<op>_prepack" / "<op>_packed" beside every forward and
+    grad_input of a convolution (convc.build.packed_functions, from the scheduled function
+    itself, so the pack has that schedule's layout)."""
+    if target.is_gpu:
+        raise ValueError("prepacked=True: prepacked weights are implemented for CPU (LLVM) "
+                         "targets only")
+    functions = {name: func for name, func in code.functions_items()}
+    functions = {str(getattr(name, "name_hint", name)): func for name, func in functions.items()}
+    more = []
+    for name, spec, op, how in entries:
+        if not isinstance(spec, ConvSpec) or op not in PACKABLE_OPS:
+            continue
+        made = packed_functions(spec, op, target, func=functions[name], log_dir=log_dir)
+        pack = {"of": name, "kind": made.kind, "shape": list(made.shape), "dtype": made.dtype}
+        for suffix, func in (("prepack", made.prepack), ("packed", made.packed)):
+            functions[f"{name}_{suffix}"] = func.with_attr("global_symbol", f"{name}_{suffix}")
+            more.append((f"{name}_{suffix}", spec, op, how, pack))
+    return [*entries, *more], tvm.IRModule(functions)
 
 
 def _entries(kernels) -> list:
@@ -274,7 +306,10 @@ def _cpu_features(target) -> list:
 
 def _manifest(entries, target, path: Path, artifact, link, extra) -> dict:
     functions = {}
-    for name, spec, op, how in entries:
+    for name, spec, op, how, *pack in entries:
+        if pack:
+            functions[name] = _pack_entry(name, spec, op, how, pack[0])
+            continue
         names, arg_shapes, arg_dtypes = arguments(spec, op), shapes(spec, op), dtypes(spec, op)
         first_output = len(names) - outputs(spec, op)
         functions[name] = {
@@ -302,6 +337,24 @@ def _manifest(entries, target, path: Path, artifact, link, extra) -> dict:
         manifest["link"] = {k: v for k, v in link.items() if k != "message"}
     manifest.update(extra)
     return manifest
+
+
+def _pack_entry(name: str, spec, op: str, how: str, pack: dict) -> dict:
+    """The manifest entry of "<op>_prepack" (w in, pack out) or "<op>_packed" (the op's
+    arguments with the pack in w's place)."""
+    pack_arg = {"name": "pack", "role": "input", "shape": pack["shape"], "dtype": pack["dtype"],
+                "layout": f"packed ({pack['kind']})"}
+    weight = _arg(spec, "w", spec.weight_shape, spec.dtype, "input", op)
+    if name.endswith("_prepack"):
+        args = [weight, {**pack_arg, "role": "output"}]
+    else:
+        first_output = len(arguments(spec, op)) - outputs(spec, op)
+        args = [pack_arg if arg == "w" else
+                _arg(spec, arg, shape, dtype, "output" if i >= first_output else "input", op)
+                for i, (arg, shape, dtype) in enumerate(zip(arguments(spec, op), shapes(spec, op),
+                                                            dtypes(spec, op)))]
+    return {"op": f"{op}_{name.rsplit('_', 1)[1]}", "how": how, "spec": spec.to_dict(),
+            "pack": pack, "args": args}
 
 
 def _epilogue(spec: ConvSpec) -> list:
@@ -438,6 +491,17 @@ class LoadedKernel(Kernel):
         """An exported library keeps no source: compile the spec again for its code."""
         return ""
 
+    def prepack(self, weight):
+        """The weight packed by the library's "<op>_prepack" (a PackedWeight that this
+        kernel's calls take in w's place, run by "<op>_packed"); ValueError for a library
+        exported without them (export_library(..., prepacked=True), `convc compile
+        --prepacked`)."""
+        if getattr(self, "_packed_functions", None) is None:
+            raise ValueError(f"{self!r}: the library has no {self.name}_prepack / "
+                             f"{self.name}_packed: export it with prepacked=True "
+                             "(convc compile --prepacked)")
+        return super().prepack(weight)
+
     def __repr__(self) -> str:
         return f"<convc.LoadedKernel {self.name}: {self.op} {self.spec.key} ({self.how})>"
 
@@ -524,9 +588,25 @@ def load(path) -> Library:
         target = resolve(manifest["target"])
     except ValueError as err:
         raise LibraryError(f"{str(library)!r}: its manifest's target is not usable here: {err}") from None
+    entries = manifest["functions"]
     functions = {name: _loaded_kernel(name, entry, manifest, target, module, library)
-                 for name, entry in manifest["functions"].items()}
+                 for name, entry in entries.items() if "pack" not in entry}
+    for name, entry in entries.items():
+        if "pack" in entry and name.endswith("_prepack"):
+            _attach_pack(functions, name, entry["pack"], module, library)
     return Library(library, manifest, module, functions)
+
+
+def _attach_pack(functions: dict, name: str, pack: dict, module, library: Path) -> None:
+    """Give the loaded kernel `pack["of"]` the library's prepack / packed pair."""
+    of = pack.get("of")
+    kernel = functions.get(of)
+    if kernel is None or kernel.target.is_gpu:
+        raise LibraryError(f"{str(library)!r}: {name} packs the weight of {of!r}, which the "
+                           "manifest does not list as a CPU function")
+    made = PackedFunctions(str(pack["kind"]), None, None, tuple(pack["shape"]), str(pack["dtype"]))
+    kernel._packed_functions = (_lookup(module, name, library),
+                                _lookup(module, f"{of}_packed", library), made)
 
 
 def dumps(manifest: dict) -> str:

@@ -317,20 +317,27 @@ def _tvm_ffi_config() -> str | None:
     return str(beside) if beside.exists() else shutil.which("tvm-ffi-config")
 
 
+def build_cpp_example(directory: Path) -> Path:
+    """examples/cpp built in `directory` with its Makefile against the installed tvm-ffi (the test
+    skips where tvm-ffi-config is missing); -> the program."""
+    config = _tvm_ffi_config()
+    if config is None:
+        pytest.skip("tvm-ffi-config (installed with apache-tvm-ffi) is not on PATH")
+    for name in ("run_library.cc", "Makefile"):
+        shutil.copy(ROOT / "examples" / "cpp" / name, directory / name)
+    build = subprocess.run(["make", "-s", f"TVM_FFI_CONFIG={config}"], cwd=directory,
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
+    return directory / "run_library"
+
+
 @pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
                     reason="the C++ example needs g++ and make")
 def test_cpp_example(tmp_path):
     """Build examples/cpp with its Makefile against the installed tvm-ffi, run it on a float32
     library (named by its bare file name) and on a float64 channels-last 3-D one padded in reflect
     mode, and read its verdicts."""
-    config = _tvm_ffi_config()
-    if config is None:
-        pytest.skip("tvm-ffi-config (installed with apache-tvm-ffi) is not on PATH")
-    for name in ("run_library.cc", "Makefile"):
-        shutil.copy(ROOT / "examples" / "cpp" / name, tmp_path / name)
-    build = subprocess.run(["make", "-s", f"TVM_FFI_CONFIG={config}"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stdout + build.stderr
+    build_cpp_example(tmp_path)
     libraries = [
         export_library(make_spec(**EXPORT_SPEC_ARGS), tmp_path / "nchw.so"),
         export_library(make_spec((2, 6, 7, 5, 4), (3, 2, 2, 2, 6), stride=(2, 1, 1),

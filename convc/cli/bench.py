@@ -57,6 +57,10 @@ def add_parser(subparsers):
     p.add_argument("--fused", action="store_true",
                    help="time the fused forward (conv+BN+ReLU, and + residual) against the plain "
                         "forward and PyTorch's eval conv -> batch_norm -> relu")
+    p.add_argument("--prepacked", action="store_true",
+                   help="forward and grad_input (or --ops) through exported libraries with the "
+                        "weight packed once against the plain call, beside PyTorch "
+                        "(convc/bench/prepacked.py)")
     p.add_argument("--pool", action="store_true",
                    help="instead: pooling forward and backward in GB/s beside PyTorch and a plain "
                         "copy (convc/bench/pool.py); --layers then names its layers")
@@ -123,6 +127,8 @@ def run(args) -> int:
         return _train(target, args.models, args.repeat, threads, args.stat)
     if args.padding_modes or args.fused:
         return _variants(args, layers, ops, layouts, target)
+    if args.prepacked:
+        return _prepacked(args, layers, ops, layouts, target, threads)
     peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
     try:
         import torch
@@ -227,6 +233,21 @@ def _variants(args, layers, ops, layouts, target) -> int:
         ops = ["grad_input"] if args.ops == ",".join(bench.OPS) else ops  # the one that folds
         print(variants.padding_table(variants.padding_mode_costs(
             layers, ops, layouts, args.repeat, target, progress=_progress)))
+    return 0
+
+
+def _prepacked(args, layers, ops, layouts, target, threads) -> int:
+    from convc import bench
+    from convc.bench import prepacked
+
+    ops = [op for op in ops if op != "grad_weight"] if args.ops != ",".join(bench.OPS) \
+        else ["forward", "grad_input"]
+    print(f"convc bench --prepacked  {datetime.datetime.now().isoformat(timespec='seconds')}; "
+          f"{_cpu_name()}, {target.info.num_cores} cores, {threads} thread(s); median of "
+          f"{args.repeat} paired rounds")
+    rows = prepacked.prepacked_costs(layers, ops, layouts, args.repeat, target, threads,
+                                     progress=lambda r: print(f"  {r}", flush=True))
+    print(prepacked.prepacked_table(rows, layouts))
     return 0
 
 

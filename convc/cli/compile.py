@@ -96,6 +96,9 @@ def add_parser(subparsers):
                    help="the target's architecture: a CUDA sm_XX, or an LLVM CPU name for llvm")
     p.add_argument("--log-dir", default=None, metavar="DIR",
                    help="directory of tuning records to consult besides the shipped ones")
+    p.add_argument("--prepacked", action="store_true",
+                   help="also export <op>_prepack / <op>_packed for forward and grad_input: "
+                        "pack the weight once, then run packed calls (CPU targets)")
     p.add_argument("-o", "--output", required=True, metavar="LIB.so",
                    help="the library to write; the manifest goes beside it as LIB.json")
     return p
@@ -257,7 +260,7 @@ def run(args) -> int:
         warnings.simplefilter("always", CrossCompileWarning)
         try:
             path = export_library(spec, args.output, ops=kernels, target=target,
-                                  log_dir=args.log_dir)
+                                  log_dir=args.log_dir, prepacked=args.prepacked)
         except (NotImplementedError, RuntimeError) as err:
             print(f"convc compile: error: {err}", file=sys.stderr)
             return 1

@@ -69,8 +69,8 @@ class Kernel:
         return self.spec.flops
 
     def __call__(self, *inputs, out=None):
-        if len(inputs) > 1 and type(inputs[1]) is PackedWeight:
-            return inputs[1].run(self, inputs, out)
+        if any(type(value) is PackedWeight for value in inputs[1:3]):
+            return next(v for v in inputs[1:3] if type(v) is PackedWeight).run(self, inputs, out)
         if out is None and len(inputs) == len(self._input_shapes):
             for array, shape, dtype in zip(inputs, self._input_shapes, self._input_dtypes):
                 if not (ready(array, dtype) and array.shape == shape):
@@ -80,10 +80,11 @@ class Kernel:
         return self.run(self.checked(inputs), out)
 
     def prepack(self, weight) -> PackedWeight:
-        """The weight transformed once for this kernel (Winograd forward and grad_input on CPUs;
-        ValueError for kernels of the direct schedules): a PackedWeight that later calls take in
-        the weight's place, `kernel(x, packed)`. A snapshot of the weight's values: pack again
-        after changing the weight."""
+        """The weight packed once for this kernel (forward and grad_input on CPUs: Winograd's
+        transformed filter, the direct schedules' blocked or flipped layout, or a plain copy where
+        the kernel reads w as given; see convc.kernel.prepack): a PackedWeight that later calls
+        take in the weight's place, `kernel(x, packed)`. A snapshot of the weight's values: pack
+        again after changing the weight. ValueError for grad_weight and CUDA kernels."""
         return pack(self, weight)
 
     def launch(self, arrays):
@@ -123,12 +124,15 @@ class Kernel:
                 in zip(inputs, names, self.arg_shapes, self.arg_dtypes)]
 
     def time(self, *inputs, repeat: int = 10, min_seconds: float = 0.2) -> float:
-        """Median seconds of one call on these inputs (warm-up excluded; each sample loops until
+        """Median seconds of one call on these inputs (a PackedWeight among them: the packed call;
+        warm-up excluded; each sample loops until
         it lasts at least min_seconds / repeat, so short kernels are timed over many calls)."""
         out = self(*inputs)                      # warm-up; also validates the inputs once
-        arrays = [safe(as_array(a, "input")) for a in inputs]
+        packs = [a for a in inputs if type(a) is PackedWeight]   # a PackedWeight: its packed call
+        arrays = [a.array if type(a) is PackedWeight else safe(as_array(a, "input"))
+                  for a in inputs]
         arrays += list(out) if self.outputs > 1 else [out]
-        function = self.function
+        function = packs[0].function if packs else self.function
         start = _time.perf_counter()
         function(*arrays)
         once = max(_time.perf_counter() - start, 1e-7)

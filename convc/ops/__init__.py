@@ -7,9 +7,14 @@ convolution (convc.transpose) under their own kernel names.
 
 from __future__ import annotations
 
+import dataclasses
+
+from tvm import te
+
 from ..pool_spec import OUTPUTS, PoolSpec
 from ..spec import OPS, TRANSPOSE_OPS, ConvSpec, check_op
-from .common import SAVED
+
+from .common import SAVED, make_func
 from .forward import forward
 from .grad_input import grad_input, ring_unpadded
 from .grad_weight import grad_weight
@@ -123,6 +128,10 @@ def declare(spec, op: str = "forward"):
         if reason is not None:
             raise ValueError(f"algorithm='winograd' cannot compute {op} of this layer: {reason}")
         return WINOGRAD[op](spec, winograd.choose_tile(spec, op))
+    if spec.algorithm == "direct":
+        # The same declaration as "auto" resolved to direct: one TIR, so a layer forced to
+        # direct finds the tuning records of that layer (keyed by the TIR's structural hash).
+        spec = dataclasses.replace(spec, algorithm="auto")
     return DECLARATIONS[op](spec)
 
 
@@ -141,6 +150,14 @@ def declare_packed(spec: ConvSpec, op: str) -> tuple:
     declare(spec, op)  # the same checks
     m = winograd.choose_tile(spec, op)
     return winograd.prepack(spec, op, m), WINOGRAD[op](spec, m, packed=True)
+
+
+def declare_weight_copy(spec: ConvSpec, op: str):
+    """"<op>_prepack" of a kernel that reads its weight as given: w copied (the pack of kind
+    "copy", see convc.build.packed_functions)."""
+    w = te.placeholder(spec.weight_shape, spec.dtype, name="w")
+    copy = te.compute(spec.weight_shape, lambda *i: w[i], name="w_pack")
+    return make_func([w, copy], spec, f"{op}_prepack")
 
 
 def packed_shape(spec: ConvSpec, op: str) -> tuple:

@@ -325,7 +325,13 @@ def make_func(params, spec: ConvSpec, op: str, attr: str = "convc.spec") -> tirx
     (PrimFunc.specialize refuses to), so this goes through a TVMScript round trip of the signature.
     """
     func = te.create_prim_func(params)
-    func = func.with_attr("convc.op", op).with_attr(attr, spec.to_json())
+    return relax_alignment(func.with_attr("convc.op", op).with_attr(attr, spec.to_json()))
+
+
+def relax_alignment(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` with every buffer parameter declared aligned to its element size only (make_func;
+    also the split weight stages of convc.build.packing, whose pack parameter was a buffer the
+    function allocated itself)."""
     source = func.script()
     head, sep, body = source.partition("):\n")
 

@@ -4,7 +4,9 @@ torch.nn's, with convc's kernels.
 They subclass torch.nn.Conv{1,2,3}d and change only `_conv_forward`: same constructor,
 parameters, state_dict keys and repr; every padding_mode (convc fills the ring itself, no F.pad
 copy); unbatched inputs; channels_last inputs run the channels-last kernel on their own memory
-(the weight repacked once and reused while the weight's `_version` and storage are unchanged).
+(the weight repacked once and reused while the weight's `_version` and storage are unchanged;
+so are the kernels' own packs, convc.torch.packs: the blocked or flipped layout of the direct
+schedules and Winograd's transformed filter, made on a weight version's second use).
 Where convc has no kernel (a tensor off the CPU, a dtype other than float16/32/64) the module
 runs PyTorch's own convolution instead.
 
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..spec import resolve_padding
+from . import packs
 from .layout import is_channels_last, pack_weight
 from .ops import (conv, conv_eager, conv_impl, conv_transpose, conv_transpose_eager,
                   conv_transpose_impl)
@@ -46,18 +49,23 @@ def runs_on_convc(input: torch.Tensor, weight: torch.Tensor) -> bool:
 class _PackedWeight:
     """The channels-last weight cache the convc modules share."""
 
-    def _packed_weight(self, weight: torch.Tensor, last: bool):
+    def _packed_weight(self, weight: torch.Tensor, last: bool, kernel_packs: bool = False):
         """The channels-last kernel's weight (*k, I/groups, O), repacked only when `weight`
         changed (a new tensor, new storage, or an in-place update: its _version). None for
-        channels-first kernels and inside torch.compile (the op repacks in the graph)."""
-        if not last or torch.compiler.is_compiling():
+        channels-first kernels and inside torch.compile (the op repacks in the graph).
+        `kernel_packs`: the tensor also carries the kernel packs of this weight version
+        (convc.torch.packs), and channels-first kernels get a detached alias of the weight to
+        carry them."""
+        if not (last or kernel_packs) or torch.compiler.is_compiling():
             return None
-        key = (id(weight), weight._version, weight.data_ptr(), weight.dtype)
+        key = (id(weight), weight._version, weight.data_ptr(), weight.dtype, last)
         cached = self.__dict__.get("_convc_packed")
         if cached is not None and cached[0] == key:
             return cached[1]
         with torch.no_grad():
-            packed = pack_weight(weight.detach(), True)
+            packed = pack_weight(weight.detach(), True) if last else weight.detach()
+        if kernel_packs:
+            packs.attach(packed, weight)
         self.__dict__["_convc_packed"] = (key, packed)
         return packed
 
@@ -98,7 +106,7 @@ class _ConvcConv(_PackedWeight):
             input = input.unsqueeze(0)
             residual = None if residual is None else residual.unsqueeze(0)
         last = is_channels_last(input)
-        packed = self._packed_weight(weight, last)
+        packed = self._packed_weight(weight, last, kernel_packs=True)
         call = call_for(conv, conv_eager, conv_impl, input, weight, bias, residual)
         y = call(input, weight, packed, bias, None, None, residual, *self._convc_args(),
                  activation, negative_slope)

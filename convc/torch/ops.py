@@ -24,7 +24,8 @@ PyTorch's (N, C, *spatial), weights (O, I/groups, *k); `padding` is (before..., 
 pair per spatial axis. An activation stored channels-last runs convc's channels-last kernel on
 a view of its memory, and the output is stored the same way (convc.torch.layout);
 `packed_weight`, when given, is the weight already repacked for the channels-last kernel (the
-modules cache it), else it is repacked per call.
+modules cache it), else it is repacked per call; conv and conv_grad_input also take from it the
+kernel packs a module keeps for the weight's current version (convc.torch.packs).
 
 Autograd: each op's backward calls the others as ops, so every gradient is itself
 differentiable (double backward, gradient penalties):
@@ -60,6 +61,7 @@ from .. import api, transpose
 from ..kernel import compile as compile_kernel
 from ..spec import LAYOUTS, ConvSpec, out_size
 from ..target import resolve
+from . import packs
 from .layout import empty_output, from_layout, is_channels_last, pack_weight, to_layout, unpack_weight
 
 NAMESPACE = "convc"
@@ -102,6 +104,7 @@ def _kernel(op, x_shape, w_shape, stride, padding, dilation, groups, padding_mod
 
 def _compiled(key, spec, op):
     kernel = compile_kernel(spec, op, resolve(None))
+    packs.remember(kernel)
     found = _KERNELS[key] = (kernel.function, kernel.arg_shapes[-1])
     return found
 
@@ -158,6 +161,7 @@ def conv_impl(input: Tensor, weight: Tensor, packed_weight: Optional[Tensor], bi
     function, shape = _kernel("forward", tuple(x.shape), tuple(w.shape), stride, padding, dilation,
                               groups, padding_mode, last, input.dtype, epilogue)
     y = empty_output(input, _indexed(shape, last), last)
+    function, w = packs.select(function, w, packed_weight, weight)  # a module's kernel pack
     function(x, w, *extra, to_layout(y, last))
     CALLS["conv"] += 1
     return y
@@ -187,6 +191,7 @@ def grad_input_impl(grad_output: Tensor, weight: Tensor, packed_weight: Optional
     function, shape = _kernel("grad_input", x_shape, tuple(w.shape), stride, padding, dilation,
                               groups, padding_mode, last, grad_output.dtype)
     dx = empty_output(grad_output, size, last)
+    function, w = packs.select(function, w, packed_weight, weight)  # a module's kernel pack
     function(dy, w, to_layout(dx, last))
     CALLS["conv_grad_input"] += 1
     return dx

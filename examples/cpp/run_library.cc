@@ -13,6 +13,12 @@
 // y = act((conv + b) * scale + shift + residual)) and the adjoints' prologue through the
 // activation (dy * act'(saved), saved the pre-activation or the output), as the manifest's spec,
 // "epilogue" and "prologue" entries say.
+//
+// Prepacked weights (a library from `convc compile --prepacked`): where the manifest lists
+// "<op>_prepack" / "<op>_packed" beside forward or grad_input, the weight is packed once
+// (<op>_prepack(w, pack), the pack's shape and dtype from the manifest's "pack") and the packed
+// function is called twice on that one pack (the weight's place taken by it), each result checked
+// against the same reference.
 
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/error.h>
@@ -327,6 +333,7 @@ int main(int argc, char** argv) {
     for (const auto& [key, value] : functions) {
       std::string name(key.cast<ffi::String>());
       ffi::json::Object entry = value.cast<ffi::json::Object>();
+      if (entry.count("pack")) continue;  // run below, with the op whose weight it packs
       std::string op(entry.at("op").cast<ffi::String>());
       Conv c = ReadConv(entry.at("spec").cast<ffi::json::Object>());
       DLDataType dtype = DType(c.dtype);
@@ -437,6 +444,34 @@ int main(int argc, char** argv) {
         std::string first = err.message().substr(0, err.message().find('\n'));
         std::printf("%-12s %-12s wrong output shape: raised %s (%s) PASS\n", name.c_str(),
                     op.c_str(), err.kind().c_str(), first.c_str());
+      }
+
+      // Prepacked: pack w once, then packed calls with the pack in w's place.
+      ffi::String prepack_name(name + "_prepack");
+      if (functions.count(prepack_name)) {
+        ffi::json::Object pack = functions.at(prepack_name).cast<ffi::json::Object>()
+                                     .at("pack").cast<ffi::json::Object>();
+        ffi::Tensor packed_w = NewTensor(Ints(pack.at("shape")),
+                                         DType(std::string(pack.at("dtype").cast<ffi::String>())));
+        ffi::Function prepack = module->GetFunction(name + "_prepack").value();
+        ffi::Function packed = module->GetFunction(name + "_packed").value();
+        ffi::AnyView pack_args[2] = {tensors.at("w"), packed_w};
+        prepack.CallPacked(pack_args, 2, &unused);
+        ffi::Tensor result = NewTensor(out_shape, dtype);
+        std::vector<ffi::AnyView> packed_args;
+        for (const std::string& arg : names) {
+          packed_args.push_back(arg == "w" ? ffi::AnyView(packed_w) : ffi::AnyView(tensors.at(arg)));
+        }
+        packed_args.back() = result;
+        for (int call = 1; call <= 2; ++call) {
+          packed.CallPacked(packed_args.data(), static_cast<int32_t>(packed_args.size()), &unused);
+          double packed_error = Error(Values(result), expected);
+          ok = packed_error <= tolerance;
+          failures += !ok;
+          std::printf("%-12s %-12s packed call %d (%s pack, once): error %.3g %s\n", name.c_str(),
+                      op.c_str(), call, std::string(pack.at("kind").cast<ffi::String>()).c_str(),
+                      packed_error, ok ? "PASS" : "FAIL");
+        }
       }
     }
   } catch (const std::exception& err) {

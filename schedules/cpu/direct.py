@@ -41,6 +41,12 @@ c3 197 (84%), batch-8 c3 206 (87%), grad_input 186-199 (79-84%). The tile fits t
 file: 14 positions x 2 vectors = 28 accumulators + 2 weight vectors + 1 broadcast = 31 of 32
 zmm; each step's 16 loads stay under the 2-3 load ports while its 28 FMAs fill the 2 FMA ports.
 Full table: README "Performance (CPU)".
+
+Prepacked weights (Kernel.prepack, exported <op>_prepack / <op>_packed, convc.build.packing): the
+weight stages above (the channels-first forward's blocked HWIO copy, grad_input's flipped,
+swapped and blocked filter) are split off the scheduled kernel and run once. Zen 5, 2 cores,
+2026-12-02, `convc bench --prepacked`, paired rounds, through exported libraries on a shared
+machine: c5 (512ch 7x7) grad_input NHWC 65 -> 170 GFLOP/s packed (2.24x; PyTorch best 88).
 """
 
 from __future__ import annotations
