@@ -85,15 +85,16 @@ def test_pool_rule_declines_convolutions():
     assert pool.rule(func, resolve("llvm")) is None and pool.rule(func, resolve("cuda"))
 
 
-def test_pool_kernels_compile_to_device_code():
-    """nvcc -cubin of every pooling kernel of the grid, sm_90 and sm_80: no spills, within the
-    launch limits (compile_batch applies check_limits)."""
+@pytest.mark.parametrize("target", [pytest.param(SM90, id="sm_90"),
+                                    pytest.param(SM80, id="sm_80", marks=pytest.mark.slow)])
+def test_pool_kernels_compile_to_device_code(target):
+    """nvcc -cubin of every pooling kernel of the grid: no spills, within the launch limits
+    (compile_batch applies check_limits). sm_80 (25 s) runs with -m slow."""
     _nvcc_or_skip()
-    for target in (SM90, SM80):
-        entries = {re.sub(r"\W", "_", f"p_{name}_{op}"): scheduled(spec, op, target)[0]
-                   for name, spec in GRID for op in spec.ops}
-        reports = compile_batch(entries, target)
-        assert all(r.threads <= 256 for r in reports)
+    entries = {re.sub(r"\W", "_", f"p_{name}_{op}"): scheduled(spec, op, target)[0]
+               for name, spec in GRID for op in spec.ops}
+    reports = compile_batch(entries, target)
+    assert all(r.threads <= 256 for r in reports)
 
 
 def test_pool_library_carries_device_code(tmp_path):
