@@ -69,8 +69,9 @@ class Kernel:
         return self.spec.flops
 
     def __call__(self, *inputs, out=None):
-        if any(type(value) is PackedWeight for value in inputs[1:3]):
-            return next(v for v in inputs[1:3] if type(v) is PackedWeight).run(self, inputs, out)
+        for value in inputs[1:3]:   # the weight's place: second, or third after a saved array
+            if type(value) is PackedWeight:
+                return value.run(self, inputs, out)
         if out is None and len(inputs) == len(self._input_shapes):
             for array, shape, dtype in zip(inputs, self._input_shapes, self._input_dtypes):
                 if not (ready(array, dtype) and array.shape == shape):
