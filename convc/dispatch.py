@@ -25,8 +25,8 @@ def resolve_algorithm(spec, op: str, target, log_dir=None):
     "winograd" (with its tile) where Winograd was measured faster, else stays (declared direct):
     the tuner's side-by-side verdict for this layer and target where one is recorded
     (recorded_algorithm: `convc tune` measures direct against each Winograd tile), else the
-    rule over past measurements (prefers_winograd). A forced "winograd" on a GPU target is a ValueError: the Winograd
-    schedules are CPU-only."""
+    rule over past measurements (prefers_winograd). A forced "winograd" on a GPU target is a
+    ValueError: the Winograd schedules are CPU-only."""
     if not isinstance(spec, ConvSpec):  # a PoolSpec: one algorithm
         return spec
     if spec.algorithm == "winograd" and op != "grad_weight" and info(target).is_gpu:
