@@ -105,6 +105,16 @@ def test_a_verdict_for_another_target_is_not_used(tmp_path, target, monkeypatch)
         assert resolve_algorithm(SPEC, "forward", target, tmp_path) is SPEC
 
 
+def test_the_verdict_takes_winograd_only_where_faster_and_the_smallest_tile_on_a_tie():
+    decide = importlib.import_module("convc.tuning.algorithm").decide
+    assert decide(100.0, {2: 99.0, 4: 98.0, 6: 98.5}, 0.03) == ("direct", 0)   # inside the margin
+    assert decide(100.0, {2: 80.0, 4: 50.0, 6: 49.0}, 0.03) == ("winograd", 4)  # m=6 ties m=4
+    assert decide(100.0, {2: 80.0, 4: 60.0, 6: 50.0}, 0.03) == ("winograd", 6)
+    assert decide(100.0, {2: None, 4: 60.0, 6: None}, 0.03) == ("winograd", 4)  # failed tiles
+    assert decide(100.0, {2: None}, 0.03) == ("direct", 0)
+    assert decide(None, {2: 10.0}, 0.03) == (None, 0)                          # no verdict
+
+
 @pytest.mark.tuning
 def test_tuner_measures_and_records_the_verdict(tmp_path, target, monkeypatch):
     tuning = importlib.import_module("convc.tuning")

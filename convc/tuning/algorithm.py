@@ -10,7 +10,8 @@ records (meta.json, ``kernels[op]["algorithm"]``)::
     {"choice": "winograd", "m": 4, "direct_us": 61.2, "winograd_us": {"2": 40.1, "4": 33.0},
      "rounds": 5, "measured": "2026-12-02T12:00:00+00:00"}
 
-Winograd is chosen only where its median beat direct's by the verdict margin; convc.dispatch
+Winograd is chosen only where its median beat direct's by the verdict margin, and of tiles as
+fast as the fastest (within the margin) the smallest, the most accurate (:func:`decide`); convc.dispatch
 (recorded_algorithm) follows the verdict for that layer and target, and falls back to its rule
 where there is none (or it no longer makes sense).
 """
@@ -76,16 +77,20 @@ def measure(spec, op: str, target, session, *, log_dir, rounds: int,
     times = session.measure(mods, infos, repeat=rounds)
     medians = dict(zip(tiles, (_us(_median(t)) for t in times)))
     direct = medians.pop(0)
-    report = AlgorithmReport(op, direct, medians, None, 0)
-    if direct is None:
-        return report
-    report.choice = "direct"
-    valid = {m: us for m, us in medians.items() if us is not None}
-    if valid:
-        best = min(valid, key=valid.get)
-        if valid[best] < direct * (1 - margin):
-            report.choice, report.m = "winograd", best
-    return report
+    return AlgorithmReport(op, direct, medians, *decide(direct, medians, margin))
+
+
+def decide(direct_us, winograd_us: dict, margin: float) -> tuple:
+    """(choice, m) from the medians: Winograd's fastest tile where it beat direct by ``margin``,
+    and of the tiles within ``margin`` of that one the smallest (the more accurate: F(2,3) <
+    F(4,3) < F(6,3) in error, README "Accuracy"); (None, 0) where direct has no time."""
+    if direct_us is None:
+        return None, 0
+    valid = {m: us for m, us in winograd_us.items() if us is not None}
+    if not valid or min(valid.values()) >= direct_us * (1 - margin):
+        return "direct", 0
+    fastest = min(valid.values())
+    return "winograd", min(m for m, us in valid.items() if us * (1 - margin) <= fastest)
 
 
 def record(store, report: AlgorithmReport, rounds: int) -> None:
