@@ -10,8 +10,8 @@ records (meta.json, ``kernels[op]["algorithm"]``)::
     {"choice": "winograd", "m": 4, "direct_us": 61.2, "winograd_us": {"2": 40.1, "4": 33.0},
      "rounds": 5, "measured": "2026-12-02T12:00:00+00:00"}
 
-Winograd is chosen only where its median beat direct's by the verdict margin, and of tiles as
-fast as the fastest (within the margin) the smallest, the most accurate (:func:`decide`); convc.dispatch
+Winograd is chosen only where its median beat direct's by the verdict margin, and of the tiles
+within the margin of the fastest the smallest, the most accurate (:func:`decide`); convc.dispatch
 (recorded_algorithm) follows the verdict for that layer and target, and falls back to its rule
 where there is none (or it no longer makes sense).
 """
