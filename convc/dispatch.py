@@ -17,14 +17,16 @@ from convc.schedules.default import default
 from .ops import winograd
 from .spec import ConvSpec
 from .target import info
-from .records import find_record
+from .records import algorithm_verdict, find_record, warn_once
 
 
-def resolve_algorithm(spec, op: str, target):
+def resolve_algorithm(spec, op: str, target, log_dir=None):
     """The spec to declare `op` of `spec` with on `target`: spec.algorithm "auto" becomes
-    "winograd" (with its tile) where Winograd was measured faster (prefers_winograd), else stays
-    (declared direct). A forced "winograd" on a GPU target is a ValueError: the Winograd
-    schedules are CPU-only."""
+    "winograd" (with its tile) where Winograd was measured faster, else stays (declared direct):
+    the tuner's side-by-side verdict for this layer and target where one is recorded
+    (recorded_algorithm: `convc tune` measures direct against each Winograd tile), else the
+    rule over past measurements (prefers_winograd). A forced "winograd" on a GPU target is a
+    ValueError: the Winograd schedules are CPU-only."""
     if not isinstance(spec, ConvSpec):  # a PoolSpec: one algorithm
         return spec
     if spec.algorithm == "winograd" and op != "grad_weight" and info(target).is_gpu:
@@ -34,8 +36,47 @@ def resolve_algorithm(spec, op: str, target):
         return spec
     if winograd.unsupported(spec, op) is not None or spec.batch == 0:
         return spec
-    m = prefers_winograd(spec, op, target)
+    m = recorded_algorithm(spec, op, target, log_dir)
+    if m is None:
+        m = prefers_winograd(spec, op, target)
     return dataclasses.replace(spec, algorithm="winograd", winograd_m=m) if m else spec
+
+
+def winograd_tiles(spec, op: str) -> list[int]:
+    """The Winograd tiles m that can compute `op` of `spec` (each checked as the spec it would
+    be declared with); empty where Winograd cannot."""
+    if winograd.unsupported(spec, op) is not None:
+        return []
+    allowed = []
+    for m in winograd.TILES:
+        try:
+            forced = dataclasses.replace(spec, algorithm="winograd", winograd_m=m)
+        except ValueError:  # this tile's limits (accuracy, sizes) refuse the layer
+            continue
+        if winograd.unsupported(forced, op) is None:
+            allowed.append(m)
+    return allowed
+
+
+def recorded_algorithm(spec, op: str, target, log_dir=None) -> int | None:
+    """The tuner's verdict for `op` of `spec` (algorithm "auto") on `target`: the Winograd tile it
+    measured fastest, 0 where direct was, None where no usable verdict is recorded (then the
+    rule decides). A verdict that no longer makes sense (an unknown choice, a tile this layer
+    cannot take, a damaged entry) is ignored, with a warning."""
+    found = algorithm_verdict(spec.key, op, target, log_dir)
+    if found is None:
+        return None
+    verdict, where = found
+    choice = verdict.get("choice") if isinstance(verdict, dict) else None
+    m = verdict.get("m") if isinstance(verdict, dict) else None
+    if choice == "direct":
+        return 0
+    if choice == "winograd" and type(m) is int and m in winograd_tiles(spec, op):
+        return m
+    warn_once(f"{op}: the algorithm verdict {verdict!r} in {where} is stale or damaged (not "
+              f"'direct' or a Winograd tile this layer takes: {winograd_tiles(spec, op)}); it is "
+              "ignored and the built-in rule decides; run `convc tune` again to renew it")
+    return None
 
 
 def prefers_winograd(spec, op: str, target) -> int:

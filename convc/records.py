@@ -465,6 +465,28 @@ def _from_store(store: RecordStore, func, target, kernel: str) -> Lookup | None:
                   seconds)
 
 
+def algorithm_verdict(workload: str, kernel: str, target, log_dir=None):
+    """(verdict, path) of the tuner's direct/Winograd verdict for ``kernel`` of ``workload`` on
+    ``target`` (meta.json's ``kernels[kernel]["algorithm"]``, written by convc.tuning.algorithm),
+    from the first of :func:`search_roots` that holds one; None where none does. The verdict is
+    returned as stored: the caller checks it still makes sense (convc.dispatch)."""
+    target = resolved(target)
+    for root in search_roots(log_dir):
+        try:
+            store = RecordStore.open(root, target, workload)
+            verdict = None if store is None else store.kernel(kernel).get("algorithm")
+        except RecordError as err:
+            _warn(str(err))
+            continue
+        except (AttributeError, TypeError, ValueError):  # meta.json of another shape
+            _warn(f"{layer_path(root, target, workload)}/{META} is damaged (kernels is not a "
+                  "mapping of mappings): its algorithm verdicts are not used")
+            continue
+        if verdict is not None:
+            return verdict, store.path
+    return None
+
+
 def best_record(database, mod):
     """The fastest valid record of ``mod`` in ``database``, or None."""
     if not database.has_workload(mod):
@@ -518,6 +540,11 @@ def _other_directories(root: Path, target, workload: str) -> list[str]:
         if where != here:
             found.append(where)
     return found
+
+
+def warn_once(message: str) -> None:
+    """Warn (RecordMismatchWarning) and log ``message``, once per process."""
+    _warn(message)
 
 
 def _warn(message: str) -> None:

@@ -26,7 +26,7 @@ from .packing import split_weight_stage
 
 def schedule(spec: ConvSpec, op: str, target, log_dir=None):
     """The scheduled IRModule of one kernel (function name = op) and how it was chosen."""
-    func = declare(resolve_algorithm(spec, op, target), op).with_attr("global_symbol", op)
+    func = declare(resolve_algorithm(spec, op, target, log_dir), op).with_attr("global_symbol", op)
     sch, how = choose(func, target, log_dir)
     (_, scheduled), = list(sch.mod.functions_items())
     return tvm.IRModule({op: scheduled.with_attr("global_symbol", op)}), how
@@ -70,7 +70,7 @@ def packed_functions(spec: ConvSpec, op: str, target, func=None, log_dir=None) -
     if op not in ("forward", "grad_input"):
         raise ValueError(f"op={op!r} takes no weight: prepacked weights are for forward and "
                          "grad_input")
-    resolved = resolve_algorithm(spec, op, target)
+    resolved = resolve_algorithm(spec, op, target, log_dir)
     if resolved.algorithm == "winograd":
         made = []
         for declared in declare_packed(resolved, op):

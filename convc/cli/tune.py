@@ -182,6 +182,14 @@ def _summary(report) -> None:
                    else "-")
         print(f"  {k.name:<{width}} {k.trials_total:>6} {_gflops(k, k.hand_written_us):>13} "
               f"{_gflops(k, k.tuned_us):>13}  {k.verdict or '-':<12} {reached}")
+    for a in getattr(report, "algorithms", {}).values():
+        tiles = ", ".join(f"m={m} {_us(us)}" for m, us in a.winograd_us.items())
+        uses = "direct" if a.choice == "direct" else f"winograd m={a.m}" if a.choice else "-"
+        print(f"  {a.op} algorithm: direct {_us(a.direct_us)}, winograd {tiles}: uses {uses}")
+
+
+def _us(us) -> str:
+    return "-" if us is None else f"{us:.1f} us"
 
 
 def _gflops(kernel, us) -> str:

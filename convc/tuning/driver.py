@@ -11,7 +11,9 @@ One run of :func:`tune_workload`:
    same command again continues instead of starting over), every measured candidate appended to
    the database as it is measured;
 4. measure the best record and the hand-written schedule again, side by side, alternating, and
-   record the verdict: the record is used only where it is faster.
+   record the verdict: the record is used only where it is faster;
+5. (hand space, a layer of algorithm "auto" Winograd can compute) measure the direct kernel
+   against each Winograd tile side by side and record which dispatch uses (.algorithm).
 
 :class:`Session` holds the warm builder and runner, shared by every workload of a run.
 """
@@ -43,6 +45,7 @@ from ..records import (
 )
 from ..target import host_cores
 from .errors import TuneError
+from . import algorithm
 from .intrinsics import load_for
 from .progress import INVALID_SECONDS, KernelProgress, ProgressCallback, ProgressLine
 from .rpc import rpc_config_for
@@ -84,6 +87,7 @@ class WorkloadReport:
     wall_s: float
     tuning_s: float
     trials: int
+    algorithms: dict = dataclasses.field(default_factory=dict)  # op -> algorithm.AlgorithmReport
 
     @property
     def trials_per_minute(self) -> float:
@@ -231,10 +235,19 @@ def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, sess
             total = max(after[k.name], done[k.name] + progress.kernels[k.name].trials)
             reports[k.name] = _verdict(k, mods[k.name], hand_mods.get(k.name), args_info[k.name],
                                        database, session, store, progress, total, target)
+        # 5. the algorithm choice: direct against each Winograd tile.
+        algorithms = {}
+        for k in kernels:
+            if space == "hand" and spec is not None and algorithm.takes_choice(spec, k.name,
+                                                                               target):
+                found = algorithm.measure(spec, k.name, target, session, log_dir=log_dir,
+                                          rounds=SIDE_BY_SIDE_ROUNDS, margin=VERDICT_MARGIN)
+                algorithm.record(store, found, SIDE_BY_SIDE_ROUNDS)
+                algorithms[k.name] = found
         if keep is not None:
             store.compact(keep)
     return WorkloadReport(workload, store.path, reports, time.perf_counter() - started, tuning_s,
-                          progress.trials)
+                          progress.trials, algorithms)
 
 
 def _scheduled(hand_written, func, target) -> tvm.IRModule:
