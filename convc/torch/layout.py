@@ -67,8 +67,25 @@ def pack_weight(weight: torch.Tensor, last: bool) -> torch.Tensor:
     return weight if weight.is_contiguous() else weight.contiguous()
 
 
+def weight_memory_format(ndim: int, last: bool):
+    """The memory format of a weight gradient: channels_last(_3d) beside channels-last kernels
+    (what `model.to(memory_format=torch.channels_last)` gives the weights, so autograd's
+    AccumulateGrad takes the gradient as it is instead of copying it into the weight's strides),
+    else contiguous."""
+    if last and ndim in (2, 3):
+        return torch.channels_last if ndim == 2 else torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def empty_weight(like: torch.Tensor, size, last: bool) -> torch.Tensor:
+    """A new (O, I/groups, *k) weight-shaped tensor in weight_memory_format's layout."""
+    return torch.empty(tuple(size), dtype=like.dtype, device=like.device,
+                       memory_format=weight_memory_format(len(size) - 2, last))
+
+
 def unpack_weight(weight: torch.Tensor, last: bool) -> torch.Tensor:
-    """A kernel's weight-shaped output back as a contiguous (O, I/groups, *k)."""
+    """A kernel's weight-shaped output back as (O, I/groups, *k), stored as empty_weight's."""
     if last:
-        return weight.permute(WEIGHT_FROM_LAST[weight.dim() - 2]).contiguous()
+        view = weight.permute(WEIGHT_FROM_LAST[weight.dim() - 2])
+        return empty_weight(weight, view.shape, True).copy_(view)
     return weight

@@ -62,7 +62,8 @@ from ..kernel import compile as compile_kernel
 from ..spec import LAYOUTS, ConvSpec, out_size
 from ..target import resolve
 from . import packs
-from .layout import empty_output, from_layout, is_channels_last, pack_weight, to_layout, unpack_weight
+from .layout import (empty_output, empty_weight, from_layout, is_channels_last, pack_weight,
+                     to_layout, unpack_weight)
 
 NAMESPACE = "convc"
 CALLS: collections.Counter = collections.Counter()
@@ -231,7 +232,7 @@ conv_grad_weight = torch.library.custom_op(f"{NAMESPACE}::conv_grad_weight", gra
 @conv_grad_weight.register_fake
 def _grad_weight_fake(input, grad_output, weight_size, stride, padding, dilation, groups,
                       padding_mode):
-    return input.new_empty(tuple(weight_size))
+    return empty_weight(input, weight_size, is_channels_last(input))
 
 
 def grad_bias_impl(grad_output: Tensor) -> Tensor:
@@ -523,7 +524,7 @@ conv_transpose_grad_weight = torch.library.custom_op(
 @conv_transpose_grad_weight.register_fake
 def _conv_transpose_grad_weight_fake(input, grad_output, weight_size, stride, padding,
                                      output_padding, groups, dilation):
-    return input.new_empty(tuple(weight_size))
+    return empty_weight(input, weight_size, is_channels_last(input))
 
 
 def _conv_transpose_setup(ctx, inputs, output):
