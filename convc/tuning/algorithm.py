@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import statistics
 
 from ..dispatch import choose, winograd_tiles
 from ..ops import declare
@@ -44,6 +45,15 @@ class AlgorithmReport:
                     timespec="seconds")}
 
 
+def _us(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e6, 3)
+
+
+def _median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
 def takes_choice(spec, op: str, target) -> bool:
     """Whether the algorithm choice is part of the hand space for `op` of `spec` on `target`."""
     return (op in OPS and getattr(spec, "algorithm", None) == "auto" and not target.is_gpu
@@ -64,7 +74,6 @@ def measure(spec, op: str, target, session, *, log_dir, rounds: int,
     return the verdict (not yet written; see :func:`record`)."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo  # noqa: PLC0415
 
-    from .driver import _median, _us  # noqa: PLC0415 - the driver imports this module
 
     tiles, mods, infos = [], [], []
     for m, func in candidates(spec, op):

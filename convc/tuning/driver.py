@@ -25,7 +25,6 @@ import datetime
 import logging
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from ..records import (
 from ..target import host_cores
 from .errors import TuneError
 from . import algorithm
+from .algorithm import _median, _us
 from .intrinsics import load_for
 from .progress import INVALID_SECONDS, KernelProgress, ProgressCallback, ProgressLine
 from .rpc import rpc_config_for
@@ -256,10 +256,6 @@ def _scheduled(hand_written, func, target) -> tvm.IRModule:
     return tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")})
 
 
-def _us(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1e6, 3)
-
-
 def _hash(mod) -> str:
     return str(tvm_ffi.structural_hash(mod))
 
@@ -402,11 +398,6 @@ def _verdict(kernel: Kernel, mod, hand_mod, args_info, database, session, store,
         **fields)
     return KernelReport(kernel.name, kernel.flops, state.trials, trials_total, hand_us, tuned_us,
                         verdict, reached)
-
-
-def _median(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
 
 
 __all__ = ["Kernel", "KernelReport", "RecordError", "Session", "TuneError", "WorkloadReport",
