@@ -182,7 +182,7 @@ def _summary(report) -> None:
                    else "-")
         print(f"  {k.name:<{width}} {k.trials_total:>6} {_gflops(k, k.hand_written_us):>13} "
               f"{_gflops(k, k.tuned_us):>13}  {k.verdict or '-':<12} {reached}")
-    for a in getattr(report, "algorithms", {}).values():
+    for a in report.algorithms.values():
         tiles = ", ".join(f"m={m} {_us(us)}" for m, us in a.winograd_us.items())
         uses = "direct" if a.choice == "direct" else f"winograd m={a.m}" if a.choice else "-"
         print(f"  {a.op} algorithm: direct {_us(a.direct_us)}, winograd {tiles}: uses {uses}")

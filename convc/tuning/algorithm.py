@@ -45,11 +45,11 @@ class AlgorithmReport:
                     timespec="seconds")}
 
 
-def _us(seconds: float | None) -> float | None:
+def seconds_to_us(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1e6, 3)
 
 
-def _median(values: list) -> float | None:
+def median_of(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
 
@@ -84,7 +84,7 @@ def measure(spec, op: str, target, session, *, log_dir, rounds: int,
         mods.append(mod)
         infos.append(ArgInfo.from_prim_func(mod["main"]))
     times = session.measure(mods, infos, repeat=rounds)
-    medians = dict(zip(tiles, (_us(_median(t)) for t in times)))
+    medians = dict(zip(tiles, (seconds_to_us(median_of(t)) for t in times)))
     direct = medians.pop(0)
     return AlgorithmReport(op, direct, medians, *decide(direct, medians, margin))
 

@@ -45,7 +45,7 @@ from ..records import (
 from ..target import host_cores
 from .errors import TuneError
 from . import algorithm
-from .algorithm import _median, _us
+from .algorithm import median_of, seconds_to_us
 from .intrinsics import load_for
 from .progress import INVALID_SECONDS, KernelProgress, ProgressCallback, ProgressLine
 from .rpc import rpc_config_for
@@ -211,7 +211,7 @@ def tune_workload(kernels: list[Kernel], target, *, workload: str, log_dir, sess
         for k in kernels:
             seconds = seconds_of.get(k.name)
             progress.kernels[k.name].hand_written_seconds = seconds
-            store.update_kernel(k.name, hand_written_us=_us(seconds), verdict=None,
+            store.update_kernel(k.name, hand_written_us=seconds_to_us(seconds), verdict=None,
                                 flops=k.flops, workload_hash=_hash(mods[k.name]))
 
         # 3. the search, for what is left of each budget.
@@ -373,13 +373,13 @@ def _verdict(kernel: Kernel, mod, hand_mod, args_info, database, session, store,
     hand_us = tuned_us = None
     if best_mod is not None and hand_mod is None:   # a peer's kernel: nothing to compare with
         (tuned,) = session.measure([best_mod], [args_info], repeat=SIDE_BY_SIDE_ROUNDS)
-        tuned_us = _us(_median(tuned))
+        tuned_us = seconds_to_us(median_of(tuned))
     elif best_mod is not None:
         hand, tuned = session.measure([hand_mod, best_mod], [args_info, args_info],
                                       repeat=SIDE_BY_SIDE_ROUNDS)
-        hand_us, tuned_us = _us(_median(hand)), _us(_median(tuned))
+        hand_us, tuned_us = seconds_to_us(median_of(hand)), seconds_to_us(median_of(tuned))
     elif state.hand_written_seconds is not None:
-        hand_us = _us(state.hand_written_seconds)
+        hand_us = seconds_to_us(state.hand_written_seconds)
     if tuned_us is None:
         verdict = None if best_mod is None else "hand-written"
     elif hand_us is None or tuned_us < hand_us * (1 - VERDICT_MARGIN):
