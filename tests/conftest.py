@@ -71,10 +71,24 @@ def _has_gpu() -> bool:
         return False
 
 
+def _slow_asked(config) -> bool:
+    return "slow" in (config.getoption("markexpr") or "")
+
+
+def pytest_configure(config):
+    """Property tests draw 12 examples in the default suite and 30 under -m slow (set before the
+    test modules are imported, so their @settings inherit it)."""
+    from hypothesis import settings
+
+    settings.register_profile("convc-default", max_examples=12)
+    settings.register_profile("convc-slow", max_examples=30)
+    settings.load_profile("convc-slow" if _slow_asked(config) else "convc-default")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` run only where an NVIDIA GPU is present; tests marked `slow` only when
     asked for with -m (e.g. `pytest -m slow`)."""
-    if "slow" not in (config.getoption("markexpr") or ""):
+    if not _slow_asked(config):
         skip_slow = pytest.mark.skip(reason="slow: run with -m slow")
         for item in items:
             if "slow" in item.keywords:

@@ -34,7 +34,7 @@ def conv_specs(draw):
                      bias=bias)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conv_specs())
 def test_random_convolutions_match_the_reference(spec):
     check_spec(spec)

@@ -121,7 +121,7 @@ def layers(draw):
                      layout=names[layout == "last"])
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
+@settings(deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(spec=layers())
 def test_random_channel_counts(spec):

@@ -197,18 +197,19 @@ GRID_SPEC = convc.ConvSpec.from_shapes((1, 10, 12, 32), (3, 3, 32, 32), padding=
 
 def test_hand_space_measures_each_alternative_once(tmp_path):
     """The default space: the rule's alternatives, each measured once, then nothing left; a small
-    budget measures that many; the records replay to correct kernels."""
+    budget measures that many; the records replay to correct kernels. One op (grad_weight: the
+    largest grid, no algorithm step) keeps it short; the grid's code is the same for every op."""
     import tvm_ffi
 
     from convc.tuning.space import hand_grid
 
     target = convc.target.resolve(None)
-    ops = ["forward", "grad_weight"]
+    ops = ["grad_weight"]
     distinct = {op: len({tvm_ffi.structural_hash(s.mod)
                          for _, s in hand_grid(declare(GRID_SPEC, op), target)}) for op in ops}
     assert all(n > 1 for n in distinct.values()), distinct
     (first,) = tuning.tune(GRID_SPEC, ops, trials=3, log_dir=tmp_path, quiet=True, seed=0)
-    assert first.trials == 6
+    assert first.trials == 3
     (rest,) = tuning.tune(GRID_SPEC, ops, trials=1000, log_dir=tmp_path, quiet=True, seed=0)
     assert {op: k.trials_run for op, k in rest.kernels.items()} == {
         op: n - 3 for op, n in distinct.items()}
