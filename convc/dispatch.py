@@ -102,8 +102,7 @@ def prefers_winograd(spec, op: str, target) -> int:
     cpu = info(target)
     lanes = cpu.lanes("float32")
     if (spec.dtype != "float32" or spec.groups != 1 or min(spec.in_channels, spec.out_channels) < 64
-            or spec.in_channels % lanes or spec.out_channels % lanes
-            or spec.padding_mode != "zeros" or cpu.vector_bits < 512):
+            or spec.in_channels % lanes or spec.out_channels % lanes or cpu.vector_bits < 512):
         return 0
     m = winograd.choose_tile(spec, op)
     if not spec.channels_last and winograd.transformed_input_bytes(spec, op, m) > LARGE_TRANSFORM:
