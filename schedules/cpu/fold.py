@@ -4,24 +4,22 @@ replicated or wrapped input elements) back onto the input positions it copies.
 The fold reads the padded gradient at the position itself and, near an edge, at the ring
 positions that copy it (convc.ops.grad_input.ring_copies); each ring term is guarded by a test on
 the spatial index. Every spatial loop carries a partition hint, so that TVM's LoopPartition cuts
-off the few edge positions and the interior is a plain vectorized copy with no test left: left in
-one vectorized loop (channels-first: the vector runs along the row, each lane its own test), the
-tests made TVM scalarize the whole stage. The vector runs along the channels in channels-last
-layouts (whose tests then hold for the whole vector) and along the innermost spatial axis in
-channels-first ones (cut into vectors that divide the row where one does; the edge vectors split
-off by the partition). Parallel over images and channel blocks only, never over a spatial loop
-(a fused or parallel loop is not partitioned). The channels-first rows are not split into
-vectors by the schedule: the partitioned pieces are plain loops that LLVM vectorizes itself (a
-hinted vector loop inside a partitioned one was left with a symbolic extent, which TVM's
-vectorizer refuses); likewise channels-last channel counts that no vector divides.
+off the few edge positions and the interior is a plain copy with no test left. Channels-last: the
+vector runs along the channels (a test then holds for the whole vector), in the widest of 1, 1/2,
+1/4 vector that divides them. Channels-first: the schedule vectorizes nothing; the partitioned
+pieces of each row are plain loops that LLVM vectorizes itself (vectorized by TVM across a row,
+each lane carried its own test and TVM scalarized the whole stage; a vector loop under a
+partitioned one was left with a symbolic extent, which TVM's vectorizer refuses). The same for
+channel counts no vector divides. Parallel over images and channel blocks only, never over a
+spatial loop (a fused loop is not partitioned).
 
 Measured (AMD EPYC Zen 4, LLVM znver4, 2 threads, 2026-12-02, paired rounds against the zeros
 mode in one process): MobileNetV2's 144-channel depthwise 3x3 56x56 grad_input NCHW, reflect /
 replicate / circular, 12.5 / 1.6 / 6.0x the zeros kernel with the fold vectorized as one root
 stage, 1.16-1.56 / 1.52 / 1.27-1.59x partitioned; the reduction over the padded domain alone is
 0.95-1.31x there, so the fold is now a fraction of the rest. NHWC is 2.1-2.4x either way (the
-reduction over the padded domain alone 1.43-1.59x; the fold, a pass over the padded gradient at
-~45 GB/s, the rest): fusing it into the reduction's write-back is what is left (README
+reduction over the padded domain alone 1.43-1.59x; the rest is the fold, a memory-bound pass
+over the padded gradient): fusing it into the reduction's write-back is what is left (README
 "Padding modes").
 """
 
@@ -63,10 +61,11 @@ def schedule_fold(sch, target) -> None:
 
 
 def _vector(sch, loop, lanes: int):
-    """Split `loop` into (outer, inner, inner is whole vectors?): vectors of the widest of lanes, lanes/2, lanes/4 that
-    divides it (or the whole loop where it is shorter than `lanes`); where none divides, outer is
-    a unit loop and inner the whole loop, left to LLVM to vectorize (a partitioned remainder
-    inside the fused parallel loop left a vector loop of symbolic extent, which TVM refuses)."""
+    """Split `loop` into (outer, inner, vectorize inner?): vectors of the widest of lanes,
+    lanes/2, lanes/4 that divides it, or the whole loop as one vector where it is no longer than
+    `lanes`; where none divides, a unit outer loop and the whole loop inside, left to LLVM (a
+    partitioned remainder under the fused parallel loop has a symbolic extent, which TVM's
+    vectorizer refuses)."""
     size = extent(sch, loop)
     for width in (lanes, lanes // 2, lanes // 4):
         if width >= 4 and size % width == 0 and size > lanes:
