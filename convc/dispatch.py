@@ -97,13 +97,15 @@ def prefers_winograd(spec, op: str, target) -> int:
     written and read again), so Winograd pays from about MIN_TILES tiles: m=4 from 40 tiles of
     4x4, else m=2 from 40 tiles of 2x2, else direct. Only where measured: float32, ungrouped, 64
     or more channels each side in whole vectors (channel counts no vector divides leave the
-    transforms scalar), zero padding, 512-bit vectors (other CPUs and dtypes keep direct;
-    algorithm="winograd" forces it anywhere it is supported)."""
+    transforms scalar), 512-bit vectors (other CPUs and dtypes keep direct;
+    algorithm="winograd" forces it anywhere it is supported). A ring padding (reflect, replicate,
+    circular) gets the verdict the zeros mode of the layer gets (decided on the same tiles), so
+    the two are compared like with like; its grad_input computes the padded domain's tiles and
+    folds the ring back (convc.ops.winograd.grad_input)."""
     cpu = info(target)
     lanes = cpu.lanes("float32")
     if (spec.dtype != "float32" or spec.groups != 1 or min(spec.in_channels, spec.out_channels) < 64
-            or spec.in_channels % lanes or spec.out_channels % lanes
-            or spec.padding_mode != "zeros" or cpu.vector_bits < 512):
+            or spec.in_channels % lanes or spec.out_channels % lanes or cpu.vector_bits < 512):
         return 0
     m = winograd.choose_tile(spec, op)
     if not spec.channels_last and winograd.transformed_input_bytes(spec, op, m) > LARGE_TRANSFORM:

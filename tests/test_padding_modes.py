@@ -177,3 +177,23 @@ def test_patch_embedding_gather_with_a_ring(mode):
     assert is_gather_grad_input(ring_unpadded(spec))
     kernels = check_spec(spec, ops=("grad_input",))
     assert '"convc.schedule": "gather' in kernels["grad_input"].tir
+
+
+@pytest.mark.parametrize("mode", RING_MODES)
+@pytest.mark.parametrize("x_shape, w_shape, padding, layout", [
+    ((2, 7, 21, 17), (3, 3, 17, 17), ((2, 1), (3, 2)), "NHWC"),  # no vector divides 17 channels
+    ((1, 9, 6, 3), (3, 3, 3, 5), 2, "NHWC"),                     # fewer channels than a vector
+    ((1, 5, 6, 64), (3, 3, 1, 64), 1, "NHWC"),                   # whole vectors, depthwise
+    ((1, 4, 9, 37), (4, 1, 3, 3), ((1, 2), (3, 1)), "NCHW"),     # a row no vector divides
+    ((1, 3, 4, 5, 19), (3, 3, 3, 3, 3), 2, "NCDHW"),
+])
+def test_fold_edges_and_partial_vectors(mode, x_shape, w_shape, padding, layout):
+    """grad_input's fold (the ring added back, its edges partitioned off the interior copy) on
+    channel counts and rows the vectors do not divide, padding up to the reflect limit, 2-D and
+    3-D, both layouts; depthwise where the weight says so."""
+    last = layout.endswith("C")
+    channels, per_group = (x_shape[-1], w_shape[-2]) if last else (x_shape[1], w_shape[1])
+    groups = channels // per_group
+    spec = ConvSpec.from_shapes(x_shape, w_shape, padding=padding, groups=groups, layout=layout,
+                                padding_mode=mode)
+    check_spec(spec, ops=("grad_input",))

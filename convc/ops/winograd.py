@@ -41,7 +41,7 @@ from tvm import te, tirx
 from ..spec import WINOGRAD_TILES, ConvSpec, winograd_limits
 from .common import acc_dtype, data_index, dilate_pad, epilogue, make_func, pad, split_data_index
 from .forward import forward_params
-from .grad_input import flip_swap
+from .grad_input import flip_swap, fold, ring_unpadded
 
 TILES = WINOGRAD_TILES
 
@@ -50,8 +50,6 @@ def unsupported(spec: ConvSpec, op: str) -> str | None:
     """Why Winograd cannot compute `op` of `spec` (a sentence naming the parameter), or None."""
     if op not in ("forward", "grad_input"):
         return f"op={op!r}: Winograd computes forward and grad_input only"
-    if op == "grad_input" and spec.ring_padded:
-        return f"padding_mode={spec.padding_mode!r}: Winograd grad_input takes zero padding only"
     if op == "grad_input" and spec.prologue:
         return (f"derivative_from={spec.derivative_from!r}: Winograd grad_input has no "
                 "activation-derivative prologue (algorithm='direct' has)")
@@ -255,19 +253,26 @@ def forward(spec: ConvSpec, m: int, packed: bool = False):
 def grad_input(spec: ConvSpec, m: int, packed: bool = False):
     """dx = W^T dy by Winograd: a 3x3 stride-1 correlation of dy, padded by 2 - pad_before (cropped
     where negative) up to whole tiles, with the flipped, channel-swapped filter (packed: its
-    transform u in w's place, "grad_input_packed")."""
+    transform u in w's place, "grad_input_packed").
+
+    With a ring padding (a padding mode other than zeros) "dx" is the gradient of the padded
+    input (the transposed convolution of ring_unpadded, whole tiles over the padded domain) and
+    "fold" adds the ring back onto the input, as the direct declaration does
+    (convc.ops.grad_input.fold)."""
     cl = spec.channels_last
+    inner = ring_unpadded(spec)
     dy = te.placeholder(spec.output_shape, spec.dtype, name="dy")
     w = te.placeholder(spec.weight_shape, spec.dtype, name="w")
-    before = [2 - pb for pb in spec.pad_before]
-    dy_padded = dilate_pad(dy, cl, _whole_tiles(spec.in_size, m), (1, 1), before, name="dy_dilated")
+    before = [2 - pb for pb in inner.pad_before]
+    dy_padded = dilate_pad(dy, cl, _whole_tiles(inner.in_size, m), (1, 1), before,
+                           name="dy_dilated")
     if dy_padded is dy:
         dy_padded = te.compute(dy.shape, lambda *i: dy[i], name="dy_dilated")
     param, u = _filter(spec, "grad_input", m, w, packed)
-    dx = winograd_correlate(dy_padded, u, spec=spec, in_channels=spec.out_channels,
-                            out_channels=spec.in_channels, out_size=spec.in_size, m=m, name="dx")
-    return make_func([dy, param, epilogue(dx, spec)], spec,
-                     "grad_input_packed" if packed else "grad_input")
+    dx = winograd_correlate(dy_padded, u, spec=inner, in_channels=spec.out_channels,
+                            out_channels=spec.in_channels, out_size=inner.in_size, m=m, name="dx")
+    out = fold(dx, spec) if spec.ring_padded else epilogue(dx, spec)
+    return make_func([dy, param, out], spec, "grad_input_packed" if packed else "grad_input")
 
 
 def prepack(spec: ConvSpec, op: str, m: int):

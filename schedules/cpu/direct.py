@@ -54,7 +54,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from convc.ops import FOLD, PROLOGUE, is_winograd, reduction_spec_of
+from convc.ops import PROLOGUE, is_winograd, reduction_spec_of
 from convc.ops.common import acc_dtype
 from convc.ops.grad_input import is_gather_grad_input
 from convc.target import info
@@ -62,6 +62,7 @@ from convc.target import info
 from .common import (box_split, box_tile, channel_tail, channel_vectors, channels_last_map, extent,
                      find, finish_output, index_map, label, new_schedule, parallel_block,
                      parallel_outer, partition_hint, pick_tile, to_hwio, vector_registers)
+from .fold import schedule_fold
 
 
 # Weight bytes of one output-channel slice (all reduction channels and taps x vo) above which the
@@ -259,12 +260,10 @@ def finish_prologue(sch, target) -> None:
 
 
 def finish_fold(sch, target):
-    """grad_input of a ring padding: its "fold" (the ring added back) in parallel at the root;
+    """grad_input of a ring padding: its "fold" (the ring added back) at the root (schedule_fold);
     the prologue on dy (finish_prologue)."""
     finish_prologue(sch, target)
-    fold = find(sch, FOLD)
-    if fold is not None:
-        parallel_block(sch, fold, target)
+    schedule_fold(sch, target)
     return sch
 
 

@@ -36,11 +36,13 @@ F4 232 / 233 (1.1x PyTorch: the weakest, many tiles of few channels).
 from __future__ import annotations
 
 from convc.ops import EPILOGUE, base_op, is_winograd, spec_of
+from convc.ops.grad_input import ring_unpadded
 from convc.ops.winograd import choose_tile, tiles
 from convc.target import info
 
 from .common import (channels_last_map, extent, find, index_map, label, new_schedule,
                      parallel_outer, pick_tile, vector_registers)
+from .fold import schedule_fold
 
 
 def _vector(size: int, lanes: int) -> int:
@@ -208,11 +210,12 @@ def schedule_winograd(func, target, knobs=None):
     op = base_op(op)
     knobs = knobs or {}
     m = choose_tile(spec, op)
+    computed = ring_unpadded(spec) if op == "grad_input" else spec  # a ring: the padded domain
     forward = op == "forward"
     in_channels = spec.in_channels if forward else spec.out_channels
     out_channels = spec.out_channels if forward else spec.in_channels
     lanes = info(target).lanes("float64" if spec.dtype == "float64" else "float32")
-    vo, tp = gemm_tile(out_channels // spec.groups, tiles(spec, op, m), lanes, target)
+    vo, tp = gemm_tile(out_channels // spec.groups, tiles(computed, op, m), lanes, target)
     vo, tp = knobs.get("vo", vo), knobs.get("tp", tp)
     sch = new_schedule(func)
     if find(sch, "w_flipped") is not None:
@@ -229,6 +232,7 @@ def schedule_winograd(func, target, knobs=None):
     _input_transform(sch, target, lanes, in_channels)
     _gemm(sch, target, vo, tp, fuse_filter)
     _output_transform(sch, target, spec, m, lanes, out_channels, "conv" if forward else "dx")
+    schedule_fold(sch, target)  # grad_input of a ring padding: the ring added back
     return sch
 
 
