@@ -89,14 +89,19 @@ def _choice(spec, op, target) -> dict:
             return {"vectors": min(2, vectors), "width": 1}
         if rows > 1:
             # a strided gather: its row phases inside the register tile (each covering window's
-            # dy and saved position loaded once for the rows sharing it), one position, at most
-            # MAX_ACCUMULATORS vectors. ResNet's 3x3/2 max pool backward from indices,
-            # 8x112x112x64 NHWC, 2 threads, Zen 4 (2026-12-02, paired, median of 7, two runs):
-            # 2 vectors x 1 position x 2 rows 1931 / 1995 us, 64-66 % of a 2-thread copy of the
-            # same bytes (1240 / 1311 us); 2 x 2 x 2 2123 / 2018; the rule before (4 x 2, rows
-            # unsplit) 2528 / 2721 us, 48-49 %; 4 x 2 x 2 (16 accumulators) 2788
+            # dy and saved position loaded once for the rows sharing it), at most
+            # MAX_ACCUMULATORS vectors; one position where the channels fill two whole vectors,
+            # else two. ResNet's 3x3/2 max pool backward from indices, 8x112x112x64 NHWC, 2
+            # threads, Zen 4 (2026-12-02, paired, median of 7, two runs): 2 vectors x 1 position
+            # x 2 rows 1931 / 1995 us, 64-66 % of a 2-thread copy of the same bytes (1240 / 1311
+            # us); 2 x 2 x 2 2123 / 2018; the rule before (4 x 2, rows unsplit) 2528 / 2721 us,
+            # 48-49 %; 4 x 2 x 2 (16 accumulators) 2788. Channels in one vector and a tail (the
+            # same pool at 2x56x56x17, median of 7): 14 us with 2 positions, 27 with 1, 30 before
+            # (from x: 55 / 73 / 60); avg 3x3/2 at 4x28x28x33: 9 / 15 / 13
             vectors = max(1, min(2, vectors, MAX_ACCUMULATORS // rows))
-            return {"vectors": vectors, "width": 1, "rows": "tile"}
+            whole = vector_tile(spec.channels, lanes, vectors)[1]
+            width = 1 if whole > 1 else max(1, min(2, MAX_ACCUMULATORS // (vectors * rows)))
+            return {"vectors": vectors, "width": width, "rows": "tile"}
         return {"vectors": vectors, "width": max(1, min(2, MAX_ACCUMULATORS // vectors))}
     if rows > 1:
         # as channels-last; the tile is vectors x the width's phases x the row phases. The same
