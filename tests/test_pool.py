@@ -24,7 +24,10 @@ from convc.spec import LAYOUTS
 
 # name -> (pool, channels-first input shape, PoolSpec arguments)
 RESNET = {"resnet_maxpool_3x3s2": ("max", (2, 16, 13, 12), dict(kernel_size=3, stride=2,
-                                                                 padding=1))}
+                                                                 padding=1)),
+          # even rows: the gathers split them by the stride (schedules/cpu/pool._row_phases)
+          "resnet_maxpool_3x3s2_even": ("max", (2, 17, 14, 12), dict(kernel_size=3, stride=2,
+                                                                     padding=1))}
 VGG = {"vgg_maxpool_2x2s2_odd": ("max", (1, 20, 10, 9), dict(kernel_size=2, stride=2))}
 INCEPTION = {"inception_avg_3x3s1": ("avg", (1, 24, 9, 9), dict(kernel_size=3, stride=1,
                                                                 padding=1))}
@@ -58,6 +61,7 @@ THREE_D = {
     "3d_avg": ("avg", (1, 18, 5, 6, 7), dict(kernel_size=3, stride=2, padding=1,
                                              divisor_override=7)),
     "3d_adaptive": ("adaptive_avg", (1, 3, 5, 6, 7), dict(output_size=(2, 3, 4))),
+    "3d_max_overlap_even": ("max", (1, 33, 6, 8, 5), dict(kernel_size=3, stride=2, padding=1)),
 }
 FAMILIES = {"resnet": RESNET, "vgg": VGG, "inception": INCEPTION, "global": GLOBAL, "odd": ODD,
             "1d": ONE_D, "3d": THREE_D}
@@ -209,9 +213,10 @@ def test_tuner_grid_schedules_are_correct():
     from convc.ops import declare
     from convc.tuning.space import hand_grid
 
-    spec = pool_spec("max", (1, 20, 9, 11), dict(kernel_size=3, stride=2, padding=1), True)
-    data = operands(spec)
-    for op in ("forward", "grad_input_indices"):
+    odd = pool_spec("max", (1, 20, 9, 11), dict(kernel_size=3, stride=2, padding=1), True)
+    even = pool_spec("max", (1, 20, 10, 11), dict(kernel_size=3, stride=2, padding=1), True)
+    for spec, op in ((odd, "forward"), (odd, "grad_input_indices"), (even, "grad_input_indices")):
+        data = operands(spec)
         grid = hand_grid(declare(spec, op).with_attr("global_symbol", op), convc.target.resolve(None))
         assert len(grid) > 3 and all(knobs is not None for knobs, _ in grid)
         expected = reference(spec, op, **data)

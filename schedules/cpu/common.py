@@ -80,6 +80,20 @@ def channel_tail(span: int, vo: int, operands_fixed: bool):
     return "pad" if operands_fixed else "partition"
 
 
+def split_phases(sch: s_tir.Schedule, loops, factors):
+    """Each loop whose factor is above 1 split into (quotient, phase: the position mod factor)
+    -> (the loops with their quotients in place, the phase loops)."""
+    quotients, phases = [], []
+    for loop, factor in zip(loops, factors):
+        if factor > 1:
+            quotient, phase = sch.split(loop, [None, factor])
+            quotients.append(quotient)
+            phases.append(phase)
+        else:
+            quotients.append(loop)
+    return quotients, phases
+
+
 def partition_hint(sch: s_tir.Schedule, loop) -> None:
     """Ask TVM's LoopPartition pass to split `loop` where its body's conditions change (the full
     tiles of a channel axis and its last tile)."""

@@ -61,7 +61,8 @@ from convc.target import info
 
 from .common import (box_split, box_tile, channel_tail, channel_vectors, channels_last_map, extent,
                      find, finish_output, index_map, label, new_schedule, parallel_block,
-                     parallel_outer, partition_hint, pick_tile, to_hwio, vector_registers)
+                     parallel_outer, partition_hint, pick_tile, split_phases, to_hwio,
+                     vector_registers)
 from .fold import schedule_fold
 
 
@@ -721,14 +722,7 @@ def _width_vector_phased(sch, block, geo: Geometry, target):
     regs = vector_registers(target)
     n, o, sp, rc, rk = _split_loops(sch, block, geo)
     strides = geo.zero_stride
-    mid, phases = [], []
-    for axis, stride in zip(sp[:-1], strides[:-1]):
-        if stride > 1:
-            axis_o, axis_p = sch.split(axis, [None, stride])
-            mid.append(axis_o)
-            phases.append(axis_p)
-        else:
-            mid.append(axis)
+    mid, phases = split_phases(sch, sp[:-1], strides[:-1])
     sw = strides[-1]
     w_q, w_p = sch.split(sp[-1], [None, sw])
     # Vectors that divide the phase's row where one does (row_vector), else the last one split
