@@ -56,7 +56,7 @@ from .ops import SAVED, arguments, check_kernel_op, dtypes, kernel_ops, outputs,
 from .pool_spec import PoolSpec, spec_from_dict
 from .spec import OPS, TRANSPOSE_OPS, ConvSpec
 from .transpose import TRANSPOSE_WEIGHT_LAYOUTS, transposed_of
-from .target import info, resolve, resolved
+from .target import resolve, resolved
 from .version import __version__
 
 FORMAT = "convc-library/1"

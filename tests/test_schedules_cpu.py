@@ -100,7 +100,6 @@ def test_batch_larger_than_one_and_bias():
 
 def test_rules_decline_foreign_functions():
     """A PrimFunc convc did not declare is not the rules' business."""
-    import tvm
     from tvm import te
 
     a = te.placeholder((8,), "float32", name="a")
