@@ -19,7 +19,8 @@ SHAPES = [((64, 32, 3, 3), CL), ((5, 3, 3, 3), CL), ((7, 1, 3, 3), CL), ((17, 6,
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 @pytest.mark.parametrize("shape,memory_format", SHAPES)
-def test_pack_and_unpack_equal_the_permute_copy(shape, memory_format, dtype):
+def test_pack_and_unpack_equal_the_permute_copy(shape, memory_format, dtype, monkeypatch):
+    monkeypatch.setattr(layout, "TRANSPOSE_MIN_ELEMENTS", 0)   # the kernel on every size
     w = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
     if memory_format is not None:
         w = w.to(memory_format=memory_format)
@@ -32,14 +33,20 @@ def test_pack_and_unpack_equal_the_permute_copy(shape, memory_format, dtype):
     assert back.stride() == layout.empty_weight(w, w.shape, True).stride()
 
 
-def test_the_transpose_runs_for_channels_last_weights_only():
+def test_the_transpose_runs_for_large_channels_last_weights_only():
     layout._TRANSPOSES.clear()
-    layout.pack_weight(torch.randn(4, 4, 3, 3), True)        # contiguous OIHW: aten's copy
+    big = (64, 128, 3, 3)
+    assert torch.Size(big).numel() >= layout.TRANSPOSE_MIN_ELEMENTS
+    layout.pack_weight(torch.randn(big), True)               # contiguous OIHW: aten's copy
+    layout.pack_weight(torch.randn(4, 4, 3, 3).to(memory_format=CL), True)   # small: aten's
     assert not layout._TRANSPOSES
-    layout.pack_weight(torch.randn(4, 4, 3, 3).to(memory_format=CL), True)
-    assert (4, 36, torch.float32) in layout._TRANSPOSES
+    w = torch.randn(big).to(memory_format=CL)
+    packed = layout.pack_weight(w, True)
+    assert (64, 1152, torch.float32) in layout._TRANSPOSES
+    assert torch.equal(layout.unpack_weight(packed, True), w)
+    assert (1152, 64, torch.float32) in layout._TRANSPOSES
 
 
 def test_a_weight_that_requires_grad_is_packed():
-    w = torch.randn(8, 4, 3, 3).to(memory_format=CL).requires_grad_()
+    w = torch.randn(64, 128, 3, 3).to(memory_format=CL).requires_grad_()
     assert torch.equal(layout.pack_weight(w, True), w.detach().permute(2, 3, 1, 0).contiguous())

@@ -19,6 +19,12 @@ from ..spec import LAYOUTS
 
 _TRANSPOSES: dict = {}   # (rows, cols, dtype) -> compiled 2-D transpose (convc.build.transpose)
 _TRANSPOSE_DTYPES = (torch.float16, torch.float32, torch.float64)
+# Weights smaller than this keep aten's copy: below it, aten copies serially in microseconds and
+# waking TVM's pool after PyTorch's ops costs more than the transpose saves (MobileNetV2's 52
+# weights, most of them 1x1 or depthwise under 64K values, each packed and unpacked per step:
+# paired in one process, 5 rounds, its channels_last step 91-113 ms with the kernel on every
+# weight against 85-104 ms with aten's copies, 2026-12-02, Zen 4).
+TRANSPOSE_MIN_ELEMENTS = 1 << 16
 
 # Per spatial rank: (N, C, *s) -> (N, *s, C) and back; weight (O, I, *k) -> (*k, I, O) and back.
 TO_LAST = {n: (0, *range(2, n + 2), 1) for n in LAYOUTS}
@@ -83,9 +89,10 @@ def _transpose_2d(source: torch.Tensor, destination: torch.Tensor) -> torch.Tens
 
 def _transposable(weight: torch.Tensor) -> bool:
     """Whether a weight (O, I/groups, *k) can go to or from the channels-last kernels' (*k,
-    I/groups, O) by one 2-D transpose: a CPU float tensor stored (O, *k, I/groups)."""
+    I/groups, O) by one 2-D transpose: a CPU float tensor of at least TRANSPOSE_MIN_ELEMENTS values
+stored (O, *k, I/groups)."""
     return (weight.device.type == "cpu" and weight.dtype in _TRANSPOSE_DTYPES
-            and weight.numel() > 0 and weight.permute(0, *range(2, weight.dim()), 1).is_contiguous())
+            and weight.numel() >= max(TRANSPOSE_MIN_ELEMENTS, 1) and weight.permute(0, *range(2, weight.dim()), 1).is_contiguous())
 
 
 def pack_weight(weight: torch.Tensor, last: bool) -> torch.Tensor:
