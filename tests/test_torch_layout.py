@@ -1,0 +1,52 @@
+"""convc.torch.layout's weight repacks: channels_last weights go to and from the channels-last
+kernels' (*k, I/groups, O) through convc's compiled 2-D transpose (convc.build.transpose); the
+result must equal PyTorch's own permute copy bit for bit, in every dtype, on sizes the transpose's
+tiles do not divide, and a weight gradient must come back in the weight's channels_last strides.
+Skipped without torch."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from convc.torch import layout  # noqa: E402
+
+CL, CL3 = torch.channels_last, torch.channels_last_3d
+SHAPES = [((64, 32, 3, 3), CL), ((5, 3, 3, 3), CL), ((7, 1, 3, 3), CL), ((17, 6, 1, 1), CL),
+          ((6, 4, 2, 3, 3), CL3), ((8, 3, 3), None), ((4, 4, 3, 3), None)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("shape,memory_format", SHAPES)
+def test_pack_and_unpack_equal_the_permute_copy(shape, memory_format, dtype, monkeypatch):
+    monkeypatch.setattr(layout, "TRANSPOSE_MIN_ELEMENTS", 0)   # the kernel on every size
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    if memory_format is not None:
+        w = w.to(memory_format=memory_format)
+    ndim = w.dim() - 2
+    packed = layout.pack_weight(w, True)
+    assert packed.is_contiguous()
+    assert torch.equal(packed, w.permute(layout.WEIGHT_TO_LAST[ndim]).contiguous())
+    back = layout.unpack_weight(packed, True)
+    assert torch.equal(back, w)
+    assert back.stride() == layout.empty_weight(w, w.shape, True).stride()
+
+
+def test_the_transpose_runs_for_large_channels_last_weights_only():
+    layout._TRANSPOSES.clear()
+    big = (64, 128, 3, 3)
+    assert torch.Size(big).numel() >= layout.TRANSPOSE_MIN_ELEMENTS
+    layout.pack_weight(torch.randn(big), True)               # contiguous OIHW: aten's copy
+    layout.pack_weight(torch.randn(4, 4, 3, 3).to(memory_format=CL), True)   # small: aten's
+    assert not layout._TRANSPOSES
+    w = torch.randn(big).to(memory_format=CL)
+    packed = layout.pack_weight(w, True)
+    assert (64, 1152, torch.float32) in layout._TRANSPOSES
+    assert torch.equal(layout.unpack_weight(packed, True), w)
+    assert (1152, 64, torch.float32) in layout._TRANSPOSES
+
+
+def test_a_weight_that_requires_grad_is_packed():
+    w = torch.randn(64, 128, 3, 3).to(memory_format=CL).requires_grad_()
+    assert torch.equal(layout.pack_weight(w, True), w.detach().permute(2, 3, 1, 0).contiguous())
