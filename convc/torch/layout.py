@@ -81,8 +81,8 @@ def _transpose_2d(source: torch.Tensor, destination: torch.Tensor) -> torch.Tens
         from ..build.transpose import transpose_function
         from ..target import resolve
 
-        function = _TRANSPOSES[key] = transpose_function(rows, cols, str(source.dtype).split(".")[-1],
-                                                         resolve(None))
+        dtype = str(source.dtype).split(".")[-1]
+        function = _TRANSPOSES[key] = transpose_function(rows, cols, dtype, resolve(None))
     function(source.detach(), destination)
     return destination
 
@@ -90,9 +90,10 @@ def _transpose_2d(source: torch.Tensor, destination: torch.Tensor) -> torch.Tens
 def _transposable(weight: torch.Tensor) -> bool:
     """Whether a weight (O, I/groups, *k) can go to or from the channels-last kernels' (*k,
     I/groups, O) by one 2-D transpose: a CPU float tensor of at least TRANSPOSE_MIN_ELEMENTS values
-stored (O, *k, I/groups)."""
+    stored (O, *k, I/groups)."""
+    stored_last = weight.permute(0, *range(2, weight.dim()), 1).is_contiguous()
     return (weight.device.type == "cpu" and weight.dtype in _TRANSPOSE_DTYPES
-            and weight.numel() >= max(TRANSPOSE_MIN_ELEMENTS, 1) and weight.permute(0, *range(2, weight.dim()), 1).is_contiguous())
+            and weight.numel() >= max(TRANSPOSE_MIN_ELEMENTS, 1) and stored_last)
 
 
 def pack_weight(weight: torch.Tensor, last: bool) -> torch.Tensor:
