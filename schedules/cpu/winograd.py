@@ -36,7 +36,7 @@ F4 232 / 233 (1.1x PyTorch: the weakest, many tiles of few channels).
 from __future__ import annotations
 
 from convc.ops import EPILOGUE, base_op, is_winograd, spec_of
-from convc.ops.winograd import choose_tile, tiles
+from convc.ops.winograd import choose_tile, tiles, transformed_input_bytes
 from convc.target import info
 
 from .common import (channels_last_map, extent, find, index_map, label, new_schedule,
@@ -58,9 +58,9 @@ def _split_vector(sch, loop, width: int):
     return outer, inner
 
 
-def _input_transform(sch, target, lanes: int, channels: int):
+def _input_transform(sch, target, lanes: int, channels: int, at_root: bool = True):
     v, t = sch.get_sblock("wino_v"), sch.get_sblock("wino_t")
-    e1, e2, p, c = sch.get_loops(v)
+    e1, e2, p, c = sch.get_loops(v)[-4:]
     co, ci = sch.split(c, [None, _vector(channels, lanes)])
     sch.reorder(p, co, e1, e2, ci)
     sch.compute_at(t, co)
@@ -71,7 +71,8 @@ def _input_transform(sch, target, lanes: int, channels: int):
         sch.vectorize(ci)
     sch.unroll(e1)
     sch.unroll(e2)
-    parallel_outer(sch, [p, co], target)
+    if at_root:
+        parallel_outer(sch, [p, co], target)
 
 
 def _filter_transform(sch, target, lanes: int, out_channels: int, vo: int):
@@ -124,9 +125,9 @@ def _fused_filter(sch, ko, vo: int):
     sch.unroll(e2)
 
 
-def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False):
+def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False, at_root: bool = True):
     block = sch.get_sblock("wino_gemm")
-    e1, e2, p, k, rc = sch.get_loops(block)
+    e1, e2, p, k, rc = sch.get_loops(block)[-5:]
     e = sch.fuse(e1, e2)
     ko, ki = sch.split(k, [None, vo])
     po, pi = sch.split(p, [None, tp])
@@ -139,7 +140,7 @@ def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False):
     if fuse_filter:
         sch.parallel(ko)
         _fused_filter(sch, ko, vo)
-    else:
+    elif at_root:
         parallel_outer(sch, [e, ko], target)
     sch.unroll(pi)
     if vo > 1:
@@ -149,7 +150,11 @@ def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False):
     label(sch, block, f"winograd gemm v{vo} t{tp}")
 
 
-def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, name: str):
+def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, name: str,
+                      block: tuple | None = None):
+    """The output transform in the final stage's loops split into whole m x m tiles, parallel over
+    tiles; `block` = (rows, columns) of tiles: parallel over those blocks instead, and the fused
+    loop over them returned (the GEMM and the input transform go inside it)."""
     final = find(sch, EPILOGUE)
     if final is not None:
         sch.compute_inline(sch.get_sblock(name))
@@ -164,7 +169,15 @@ def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, 
     tw, i2 = sch.split(w, [None, m])
     width = _vector(out_channels, lanes)
     ko, ki = sch.split(k, [None, width])
-    sch.reorder(n, th, tw, ko, i1, i2, ki)
+    if block is None:
+        outer, tile_loops = [n, th, tw], []
+    elif block[1] < extent(sch, tw):  # part of a row of tiles
+        twb, twi = sch.split(tw, [None, block[1]])
+        outer, tile_loops = [n, th, twb], [twi]
+    else:  # whole rows
+        thb, thi = sch.split(th, [None, block[0]])
+        outer, tile_loops = [n, thb], [thi, tw]
+    sch.reorder(*outer, *tile_loops, ko, i1, i2, ki)
     o = sch.get_sblock("wino_o")
     sch.compute_at(o, ko)
     for loop in sch.get_loops(o)[-3:-1]:
@@ -175,7 +188,12 @@ def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, 
             sch.vectorize(ki)
     sch.unroll(i1)
     sch.unroll(i2)
-    parallel_outer(sch, [n, th, tw], target)
+    if block is None:
+        parallel_outer(sch, outer, target)
+        return None
+    fused = sch.fuse(*outer)
+    sch.parallel(fused)
+    return fused
 
 
 def _padded_input(sch, target, spec, lanes: int):
@@ -199,6 +217,28 @@ def _padded_input(sch, target, spec, lanes: int):
     parallel_outer(sch, [n, h, w], target)
 
 
+# Bytes of one block's transformed input and GEMM product (alpha^2 x tiles x (C + K) values) that
+# a core keeps in its L2 (1 MiB on Zen 4) beside its share of the transformed filter.
+BLOCK_BYTES = 512 << 10
+# Layers whose whole transformed input is smaller than this keep the root stages (it stays in L2/L3).
+BLOCKED_FROM = 4 << 20
+
+
+def tile_block(spec, op: str, m: int, channels: int, bytes_=BLOCK_BYTES, least=BLOCKED_FROM):
+    """(rows, columns) of output tiles per block for the blocked schedule, or None (root stages):
+    columns a divisor of the tiles per row (so that a block is a contiguous run of tile indices),
+    whole rows where a row fits; None where the transformed input is under `least` bytes."""
+    if transformed_input_bytes(spec, op, m) < least:
+        return None
+    size = spec.out_size if op == "forward" else spec.in_size
+    rows, cols = (-(-s // m) for s in size)
+    per_tile = (m + 2) ** 2 * channels * 4
+    fit = max(1, bytes_ // per_tile)
+    if cols <= fit:
+        return max(d for d in range(1, rows + 1) if rows % d == 0 and d * cols <= fit), cols
+    return 1, max(d for d in range(1, cols + 1) if cols % d == 0 and d <= fit)
+
+
 def schedule_winograd(func, target, knobs=None):
     """The rule: Winograd declarations only (forward, grad_input and their _prepack / _packed
     functions); `knobs` may give {"vo": .., "tp": .., "fuse_filter": ..}."""
@@ -212,23 +252,36 @@ def schedule_winograd(func, target, knobs=None):
     in_channels = spec.in_channels if forward else spec.out_channels
     out_channels = spec.out_channels if forward else spec.in_channels
     lanes = info(target).lanes("float64" if spec.dtype == "float64" else "float32")
-    vo, tp = gemm_tile(out_channels // spec.groups, tiles(spec, op, m), lanes, target)
+    block = knobs.get("block", tile_block(spec, op, m, in_channels + out_channels))
+    count = tiles(spec, op, m) if block is None else block[0] * block[1]
+    vo, tp = gemm_tile(out_channels // spec.groups, count, lanes, target)
     vo, tp = knobs.get("vo", vo), knobs.get("tp", tp)
     sch = new_schedule(func)
     if find(sch, "w_flipped") is not None:
         sch.compute_inline(sch.get_sblock("w_flipped"))
     # The filter transform inside the GEMM's loop over output-channel blocks wherever those blocks
     # give every core work (see the module docstring for the measurements).
-    fuse_filter = (knobs.get("fuse_filter", out_channels // vo >= info(target).num_cores)
+    fuse_filter = (block is None
+                   and knobs.get("fuse_filter", out_channels // vo >= info(target).num_cores)
                    and find(sch, "wino_gemm") is not None and find(sch, "wino_u") is not None)
     if find(sch, "wino_u") is not None and not fuse_filter:  # absent where the filter comes prepacked
         _filter_transform(sch, target, lanes, out_channels, vo)
     if find(sch, "wino_gemm") is None:   # "<op>_prepack": the filter transform alone
         return sch
     _padded_input(sch, target, spec, lanes)
-    _input_transform(sch, target, lanes, in_channels)
-    _gemm(sch, target, vo, tp, fuse_filter)
-    _output_transform(sch, target, spec, m, lanes, out_channels, "conv" if forward else "dx")
+    name = "conv" if forward else "dx"
+    if block is None:
+        _input_transform(sch, target, lanes, in_channels)
+        _gemm(sch, target, vo, tp, fuse_filter)
+        _output_transform(sch, target, spec, m, lanes, out_channels, name)
+        return sch
+    # One block of tiles at a time per core: its transformed input, its GEMM and its output
+    # transform, so that the intermediates stay in L2 (see the module docstring).
+    loop = _output_transform(sch, target, spec, m, lanes, out_channels, name, block)
+    sch.compute_at(sch.get_sblock("wino_gemm"), loop)
+    sch.compute_at(sch.get_sblock("wino_v"), loop)
+    _input_transform(sch, target, lanes, in_channels, at_root=False)
+    _gemm(sch, target, vo, tp, at_root=False)
     return sch
 
 
