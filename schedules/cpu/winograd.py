@@ -151,10 +151,11 @@ def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False, at_root: boo
 
 
 def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, name: str,
-                      block: tuple | None = None):
+                      block: tuple | None = None, chunk: int = 0):
     """The output transform in the final stage's loops split into whole m x m tiles, parallel over
-    tiles; `block` = (rows, columns) of tiles: parallel over those blocks instead, and the fused
-    loop over them returned (the GEMM and the input transform go inside it)."""
+    tiles; `block` = (rows, columns) of tiles: parallel over those blocks instead, and (the fused
+    loop over them, the loop over chunks of `chunk` output channels inside it, or None) returned
+    (the input transform goes into the first, the GEMM into the second where there is one)."""
     final = find(sch, EPILOGUE)
     if final is not None:
         sch.compute_inline(sch.get_sblock(name))
@@ -168,6 +169,9 @@ def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, 
     th, i1 = sch.split(h, [None, m])
     tw, i2 = sch.split(w, [None, m])
     width = _vector(out_channels, lanes)
+    kc = None
+    if chunk:
+        kc, k = sch.split(k, [None, chunk])
     ko, ki = sch.split(k, [None, width])
     if block is None:
         outer, tile_loops = [n, th, tw], []
@@ -177,7 +181,7 @@ def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, 
     else:  # whole rows
         thb, thi = sch.split(th, [None, block[0]])
         outer, tile_loops = [n, thb], [thi, tw]
-    sch.reorder(*outer, *tile_loops, ko, i1, i2, ki)
+    sch.reorder(*outer, *([kc] if kc is not None else []), *tile_loops, ko, i1, i2, ki)
     o = sch.get_sblock("wino_o")
     sch.compute_at(o, ko)
     for loop in sch.get_loops(o)[-3:-1]:
@@ -193,7 +197,7 @@ def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, 
         return None
     fused = sch.fuse(*outer)
     sch.parallel(fused)
-    return fused
+    return fused, kc
 
 
 def _padded_input(sch, target, spec, lanes: int):
@@ -219,7 +223,7 @@ def _padded_input(sch, target, spec, lanes: int):
 
 # Bytes of one block's transformed input and GEMM product (alpha^2 x tiles x (C + K) values) that
 # a core keeps in its L2 (1 MiB on Zen 4) beside its share of the transformed filter.
-BLOCK_BYTES = 512 << 10
+BLOCK_BYTES = 768 << 10
 # Layers whose whole transformed input is smaller than this keep the root stages (it stays in L2/L3).
 BLOCKED_FROM = 4 << 20
 
@@ -235,8 +239,11 @@ def tile_block(spec, op: str, m: int, channels: int, bytes_=BLOCK_BYTES, least=B
     per_tile = (m + 2) ** 2 * channels * 4
     fit = max(1, bytes_ // per_tile)
     if cols <= fit:
-        return max(d for d in range(1, rows + 1) if rows % d == 0 and d * cols <= fit), cols
-    return 1, max(d for d in range(1, cols + 1) if cols % d == 0 and d <= fit)
+        block = max(d for d in range(1, rows + 1) if rows % d == 0 and d * cols <= fit), cols
+    else:  # a divisor of the row, or the whole row where none comes near the fit
+        part = max(d for d in range(1, cols + 1) if cols % d == 0 and d <= fit)
+        block = 1, part if 2 * part >= fit else cols
+    return block if block[0] * block[1] >= 2 else None
 
 
 def schedule_winograd(func, target, knobs=None):
@@ -252,9 +259,12 @@ def schedule_winograd(func, target, knobs=None):
     in_channels = spec.in_channels if forward else spec.out_channels
     out_channels = spec.out_channels if forward else spec.in_channels
     lanes = info(target).lanes("float64" if spec.dtype == "float64" else "float32")
-    block = knobs.get("block", tile_block(spec, op, m, in_channels + out_channels))
-    count = tiles(spec, op, m) if block is None else block[0] * block[1]
-    vo, tp = gemm_tile(out_channels // spec.groups, count, lanes, target)
+    vo, tp = gemm_tile(out_channels // spec.groups, tiles(spec, op, m), lanes, target)
+    chunked = knobs.get("chunk", True) and out_channels % vo == 0 and vo < out_channels
+    block = knobs.get("block", tile_block(spec, op, m, in_channels
+                                          + (vo if chunked else out_channels)))
+    if block is not None:
+        vo, tp = gemm_tile(out_channels // spec.groups, block[0] * block[1], lanes, target)
     vo, tp = knobs.get("vo", vo), knobs.get("tp", tp)
     sch = new_schedule(func)
     if find(sch, "w_flipped") is not None:
@@ -277,8 +287,9 @@ def schedule_winograd(func, target, knobs=None):
         return sch
     # One block of tiles at a time per core: its transformed input, its GEMM and its output
     # transform, so that the intermediates stay in L2 (see the module docstring).
-    loop = _output_transform(sch, target, spec, m, lanes, out_channels, name, block)
-    sch.compute_at(sch.get_sblock("wino_gemm"), loop)
+    loop, kc = _output_transform(sch, target, spec, m, lanes, out_channels, name, block,
+                                 vo if chunked else 0)
+    sch.compute_at(sch.get_sblock("wino_gemm"), kc if kc is not None else loop)
     sch.compute_at(sch.get_sblock("wino_v"), loop)
     _input_transform(sch, target, lanes, in_channels, at_root=False)
     _gemm(sch, target, vo, tp, at_root=False)
