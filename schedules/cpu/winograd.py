@@ -125,7 +125,8 @@ def _fused_filter(sch, ko, vo: int):
     sch.unroll(e2)
 
 
-def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False, at_root: bool = True):
+def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False, at_root: bool = True,
+          note: str = ""):
     block = sch.get_sblock("wino_gemm")
     e1, e2, p, k, rc = sch.get_loops(block)[-5:]
     e = sch.fuse(e1, e2)
@@ -147,7 +148,7 @@ def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False, at_root: boo
         sch.vectorize(ki)
         sch.vectorize(sch.get_loops(accumulator)[-1])
     sch.decompose_reduction(block, rc)
-    label(sch, block, f"winograd gemm v{vo} t{tp}")
+    label(sch, block, f"winograd gemm v{vo} t{tp}{note}")
 
 
 def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, name: str,
@@ -225,24 +226,25 @@ def _padded_input(sch, target, spec, lanes: int):
 # a core keeps in its L2 (1 MiB on Zen 4) beside its share of the transformed filter.
 BLOCK_BYTES = 768 << 10
 # Layers whose whole transformed input is smaller than this keep the root stages (it stays in L2/L3).
-BLOCKED_FROM = 4 << 20
+BLOCKED_FROM = 832 << 10
 
 
-def tile_block(spec, op: str, m: int, channels: int, bytes_=BLOCK_BYTES, least=BLOCKED_FROM):
+def tile_block(spec, op: str, m: int, channels: int):
     """(rows, columns) of output tiles per block for the blocked schedule, or None (root stages):
-    columns a divisor of the tiles per row (so that a block is a contiguous run of tile indices),
-    whole rows where a row fits; None where the transformed input is under `least` bytes."""
-    if transformed_input_bytes(spec, op, m) < least:
+    about BLOCK_BYTES of alpha^2 x `channels` values per tile; columns a divisor of the tiles per
+    row (a block is then a contiguous run of tile indices), whole rows where a row fits; None
+    where the transformed input is under BLOCKED_FROM bytes or a block would be one tile."""
+    if transformed_input_bytes(spec, op, m) < BLOCKED_FROM:
         return None
     size = spec.out_size if op == "forward" else spec.in_size
     rows, cols = (-(-s // m) for s in size)
-    per_tile = (m + 2) ** 2 * channels * 4
-    fit = max(1, bytes_ // per_tile)
+    per_tile = (m + 2) ** 2 * channels * (8 if spec.dtype == "float64" else 4)
+    fit = max(1, BLOCK_BYTES // per_tile)
     if cols <= fit:
         block = max(d for d in range(1, rows + 1) if rows % d == 0 and d * cols <= fit), cols
     else:  # a divisor of the row, or the whole row where none comes near the fit
         part = max(d for d in range(1, cols + 1) if cols % d == 0 and d <= fit)
-        block = 1, part if 2 * part >= fit else cols
+        block = 1, part if part > 1 and 2 * part >= fit else cols
     return block if block[0] * block[1] >= 2 else None
 
 
@@ -292,7 +294,8 @@ def schedule_winograd(func, target, knobs=None):
     sch.compute_at(sch.get_sblock("wino_gemm"), kc if kc is not None else loop)
     sch.compute_at(sch.get_sblock("wino_v"), loop)
     _input_transform(sch, target, lanes, in_channels, at_root=False)
-    _gemm(sch, target, vo, tp, at_root=False)
+    _gemm(sch, target, vo, tp, at_root=False,
+          note=f" block {block[0]}x{block[1]}" + (f" chunk {vo}" if chunked else ""))
     return sch
 
 
