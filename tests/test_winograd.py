@@ -317,6 +317,8 @@ def test_blocked_schedule_against_reference(monkeypatch, case, layout, block_byt
     first = kernel(*inputs)
     for _ in range(3):
         np.testing.assert_array_equal(kernel(*inputs), first)
+    packed = kernel.prepack(inputs[1])  # the filter transform out of the call: same result
+    np.testing.assert_allclose(kernel(inputs[0], packed, *inputs[2:]), first, rtol=1e-5, atol=1e-5)
 
 
 def test_tile_block_is_a_run_of_whole_tiles():
@@ -330,3 +332,4 @@ def test_tile_block_is_a_run_of_whole_tiles():
     assert block(224, 224, 64) == (1, 28)   # 56 tiles per row: a divisor of it
     assert block(73, 73, 96) == (1, 19)     # 19 tiles per row, a prime: the whole row
     assert block(8, 8, 64) is None          # a small transformed input keeps the root stages
+    assert block(14, 14, 512, m=2) is None  # few tiles, a large filter: read once per block

@@ -227,6 +227,11 @@ def _padded_input(sch, target, spec, lanes: int):
 BLOCK_BYTES = 768 << 10
 # Layers whose whole transformed input is smaller than this keep the root stages (it stays in L2/L3).
 BLOCKED_FROM = 832 << 10
+# Every block reads the whole transformed filter (alpha^2 x C x K) once: layers with fewer than
+# K / FILTER_REUSE tiles keep the root stages and the filter transform fused into the GEMM (blocked,
+# 512ch 14x14 F(2,3) forward fell from 1.81x to 1.38x PyTorch, 384->256 13x13 F(4,3) 1.72 -> 1.12,
+# 1024ch 7x7 grad_input 1.04 -> 0.44; c3's 49 tiles of 128 channels gained, 1.98 -> 2.25).
+FILTER_REUSE = 4
 
 
 def tile_block(spec, op: str, m: int, channels: int):
@@ -234,7 +239,9 @@ def tile_block(spec, op: str, m: int, channels: int):
     about BLOCK_BYTES of alpha^2 x `channels` values per tile; columns a divisor of the tiles per
     row (a block is then a contiguous run of tile indices), whole rows where a row fits; None
     where the transformed input is under BLOCKED_FROM bytes or a block would be one tile."""
-    if transformed_input_bytes(spec, op, m) < BLOCKED_FROM:
+    out_channels = spec.out_channels if op == "forward" else spec.in_channels
+    if (transformed_input_bytes(spec, op, m) < BLOCKED_FROM
+            or FILTER_REUSE * tiles(spec, op, m) < out_channels):
         return None
     size = spec.out_size if op == "forward" else spec.in_size
     rows, cols = (-(-s // m) for s in size)
@@ -300,7 +307,8 @@ def schedule_winograd(func, target, knobs=None):
 
 
 def winograd_knobs(func, target) -> list:
-    """Alternatives to the rule's own GEMM tile (its own first)."""
+    """Alternatives to the rule's own choices (its own first): the filter transform at the root,
+    the stages at the root where the rule blocks them (and blocked where it does not)."""
     if not is_winograd(func):
         return []
-    return [{}, {"fuse_filter": False}]
+    return [{}, {"fuse_filter": False}, {"block": None}]
