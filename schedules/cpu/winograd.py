@@ -24,6 +24,22 @@ Five root stages, each computed in parallel:
   tiles: the column pass "wino_o" computed per (tile, channel vector), the row pass and the
   epilogue (bias, scale/shift, residual, activation, cast) unrolled into the store.
 
+Blocked (tile_block; layers with >= 0.8 MiB of transformed input and at least K / 4 tiles): the
+tiles go in blocks of whole tiles (a divisor of a tile row, or whole rows) of about 768 KiB of
+transformed input plus one chunk of GEMM product, parallel over blocks; per block the input
+transform, then per chunk of `vo` output channels the GEMM and the output transform, so that
+"wino_v" and "wino_gemm" never leave the core's L2 (the filter transform stays at the root,
+computed once). Why: profiled on Zen 4 (2026-12-02, VGG 64ch 224x224 forward NHWC F(4,3), 3136
+tiles, 27.6 MiB each of transformed input and product), the root stages took input transform
+2.7 ms (15 GB/s: x read, V written), GEMM 8.1 ms (114 GFLOP/s of multiplications done, 49 % of
+peak, operands streamed from memory), output transform 2.1 ms (20 GB/s): memory-bound. Blocked,
+the whole call took 7.8 ms against their 12.9 ms. Paired with PyTorch (median of 5, PyTorch's
+best format / convc NHWC, root -> blocked): VGG 64ch 224x224 forward 0.94-1.16 -> 1.77-1.92,
+grad_input 1.25 -> 1.85; Inception 80->192 73x73 pad 0 forward 1.63-1.75 -> 2.01 (2 rows of
+18 tiles), grad_input 1.28 -> 1.79; batch-8 c3 forward 1.22 -> 2.03, grad_input 1.38 -> 2.28;
+c2 forward 2.25 -> 2.59; c3 grad_input 1.98 -> 2.25; 128ch 56x56 forward 2.25 -> 2.43; 72ch
+40x40 (forced) 1.33 -> 2.49. Where the filter outweighs the tiles it lost (FILTER_REUSE).
+
 Evidence: see the comment at prefers_winograd (convc/dispatch.py) and README "Winograd". On
 Zen 4 (znver4, 2 cores, fp32 peak ~234 GFLOP/s; 2026-12-02, shared VM, paired with PyTorch,
 median of 5, per call), effective GFLOP/s NCHW / NHWC: c2 F4 forward 150 / 312 (effective 64 /
@@ -308,7 +324,7 @@ def schedule_winograd(func, target, knobs=None):
 
 def winograd_knobs(func, target) -> list:
     """Alternatives to the rule's own choices (its own first): the filter transform at the root,
-    the stages at the root where the rule blocks them (and blocked where it does not)."""
+    and the stages at the root where the rule blocks them."""
     if not is_winograd(func):
         return []
     return [{}, {"fuse_filter": False}, {"block": None}]
