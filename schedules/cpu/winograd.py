@@ -271,6 +271,23 @@ def tile_block(spec, op: str, m: int, channels: int):
     return block if block[0] * block[1] >= 2 else None
 
 
+def _plan(spec, op: str, m: int, lanes: int, target, chunk: bool = True):
+    """-> (vo, tp, block or None, chunked): the GEMM tile over all tiles and the rule's block."""
+    forward = op == "forward"
+    in_channels = spec.in_channels if forward else spec.out_channels
+    out_channels = spec.out_channels if forward else spec.in_channels
+    vo, tp = gemm_tile(out_channels // spec.groups, tiles(spec, op, m), lanes, target)
+    chunked = chunk and out_channels % vo == 0 and vo < out_channels
+    block = tile_block(spec, op, m, in_channels + (vo if chunked else out_channels))
+    return vo, tp, block, chunked
+
+
+def blocked(spec, op: str, target) -> bool:
+    """Whether the rule schedules `op` of `spec` in blocks of tiles (tile_block)."""
+    lanes = info(target).lanes("float64" if spec.dtype == "float64" else "float32")
+    return _plan(spec, op, choose_tile(spec, op), lanes, target)[2] is not None
+
+
 def schedule_winograd(func, target, knobs=None):
     """The rule: Winograd declarations only (forward, grad_input and their _prepack / _packed
     functions); `knobs` may give {"vo": .., "tp": .., "fuse_filter": ..}."""
@@ -284,10 +301,8 @@ def schedule_winograd(func, target, knobs=None):
     in_channels = spec.in_channels if forward else spec.out_channels
     out_channels = spec.out_channels if forward else spec.in_channels
     lanes = info(target).lanes("float64" if spec.dtype == "float64" else "float32")
-    vo, tp = gemm_tile(out_channels // spec.groups, tiles(spec, op, m), lanes, target)
-    chunked = knobs.get("chunk", True) and out_channels % vo == 0 and vo < out_channels
-    block = knobs.get("block", tile_block(spec, op, m, in_channels
-                                          + (vo if chunked else out_channels)))
+    vo, tp, block, chunked = _plan(spec, op, m, lanes, target, knobs.get("chunk", True))
+    block = knobs.get("block", block)
     if block is not None:
         vo, tp = gemm_tile(out_channels // spec.groups, block[0] * block[1], lanes, target)
     vo, tp = knobs.get("vo", vo), knobs.get("tp", tp)
