@@ -342,4 +342,6 @@ def winograd_knobs(func, target) -> list:
     and the stages at the root where the rule blocks them."""
     if not is_winograd(func):
         return []
-    return [{}, {"fuse_filter": False}, {"block": None}]
+    spec, op = spec_of(func)
+    return [{}, {"fuse_filter": False}] + ([{"block": None}] if blocked(spec, base_op(op), target)
+                                           else [])
