@@ -309,3 +309,73 @@ def test_auto_keeps_grad_input_through_an_activation_direct():
                                   algorithm="winograd")
     with pytest.raises(ValueError, match="derivative_from"):
         convc.ops.declare(forced, "grad_input")
+
+
+# (channels-first input, weight, padding, groups, op, m): no m divides the sizes; batch 2; groups
+# of 16 channels; a tile row that no block size divides (13 tiles of 2 with m=2 on 25 columns).
+BLOCKED = [
+    ((2, 16, 9, 13), (32, 16, 3, 3), 1, 1, "forward", 4),
+    ((2, 32, 11, 25), (32, 16, 3, 3), ((0, 2), (2, 1)), 2, "grad_input", 2),
+    ((1, 16, 26, 27), (48, 16, 3, 3), 0, 1, "forward", 6),
+    ((2, 48, 9, 13), (16, 48, 3, 3), 1, 1, "grad_input", 4),
+]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("case", BLOCKED, ids=lambda c: f"{c[4]}-m{c[5]}-{c[1][0]}x{c[1][1]}")
+@pytest.mark.parametrize("block_bytes", [20 << 10, 200 << 10])
+def test_blocked_schedule_against_reference(monkeypatch, case, layout, block_bytes):
+    """The blocked schedule (tiles in blocks of part of a row or of whole rows, the GEMM in chunks
+    of output channels inside each) against the reference, with 2 threads, repeated: the layers it
+    is chosen for are large, so the thresholds are lowered here to reach it on small ones."""
+    from convc.schedules.cpu import winograd as schedule
+
+    monkeypatch.setattr(schedule, "BLOCKED_FROM", 0)
+    monkeypatch.setattr(schedule, "BLOCK_BYTES", block_bytes)
+    x, w, padding, groups, op, m = case
+    spec = spec_of(x, w, layout, padding=padding, groups=groups, algorithm="winograd",
+                   winograd_m=m, bias=op == "forward", activation="relu" if op == "forward" else None)
+    kernel = check(spec, op, bound=ERROR_BOUND[m])
+    assert is_winograd_kernel(kernel) and " block " in kernel.tir, kernel.tir[:2000]
+    data = operands(spec, 3)
+    inputs = kernel_inputs(spec, op, data)
+    first = kernel(*inputs)
+    for _ in range(3):
+        np.testing.assert_array_equal(kernel(*inputs), first)
+    packed = kernel.prepack(inputs[1])  # the filter transform out of the call: same result
+    np.testing.assert_allclose(kernel(inputs[0], packed, *inputs[2:]), first, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("mode", ["reflect", "circular"])
+def test_blocked_schedule_with_a_ring_padding(monkeypatch, mode, layout):
+    """A ring padding under the blocked rule: its forward is blocked (the ring is the padded
+    input's index map), its grad_input computes the padded domain and folds it back, never
+    blocked; both against the reference, 2 threads, repeated."""
+    from convc.schedules.cpu import winograd as schedule
+
+    monkeypatch.setattr(schedule, "BLOCKED_FROM", 0)
+    monkeypatch.setattr(schedule, "BLOCK_BYTES", 20 << 10)
+    spec = spec_of((2, 16, 9, 13), (32, 16, 3, 3), layout, padding=1, padding_mode=mode,
+                   algorithm="winograd", winograd_m=2)
+    for op, is_blocked in (("forward", True), ("grad_input", False)):
+        kernel = check(spec, op, bound=ERROR_BOUND[2])
+        assert is_winograd_kernel(kernel) and (" block " in kernel.tir) == is_blocked, op
+        inputs = kernel_inputs(spec, op, operands(spec, 3))
+        first = kernel(*inputs)
+        for _ in range(3):
+            np.testing.assert_array_equal(kernel(*inputs), first)
+
+
+def test_tile_block_is_a_run_of_whole_tiles():
+    """Blocks are divisors of a tile row, or whole rows (several where they fit), >= 2 tiles."""
+    from convc.schedules.cpu import winograd as schedule
+
+    def block(h, w, c, m=4):
+        spec = ConvSpec.from_shapes((1, h, w, c), (3, 3, c, c), padding=1, layout="NHWC")
+        return schedule.tile_block(spec, "forward", m, 2 * c)
+
+    assert block(224, 224, 64) == (1, 28)   # 56 tiles per row: a divisor of it
+    assert block(73, 73, 96) == (1, 19)     # 19 tiles per row, a prime: the whole row
+    assert block(8, 8, 64) is None          # a small transformed input keeps the root stages
+    assert block(14, 14, 512, m=2) is None  # few tiles, a large filter: read once per block

@@ -24,6 +24,22 @@ Five root stages, each computed in parallel:
   tiles: the column pass "wino_o" computed per (tile, channel vector), the row pass and the
   epilogue (bias, scale/shift, residual, activation, cast) unrolled into the store.
 
+Blocked (tile_block; layers with >= 0.8 MiB of transformed input and at least K / 4 tiles): the
+tiles go in blocks of whole tiles (a divisor of a tile row, or whole rows) of about 768 KiB of
+transformed input plus one chunk of GEMM product, parallel over blocks; per block the input
+transform, then per chunk of `vo` output channels the GEMM and the output transform, so that
+"wino_v" and "wino_gemm" never leave the core's L2 (the filter transform stays at the root,
+computed once). Why: profiled on Zen 4 (2026-12-02, VGG 64ch 224x224 forward NHWC F(4,3), 3136
+tiles, 27.6 MiB each of transformed input and product), the root stages took input transform
+2.7 ms (15 GB/s: x read, V written), GEMM 8.1 ms (114 GFLOP/s of multiplications done, 49 % of
+peak, operands streamed from memory), output transform 2.1 ms (20 GB/s): memory-bound. Blocked,
+the whole call took 7.8 ms against their 12.9 ms. Paired with PyTorch (median of 5, PyTorch's
+best format / convc NHWC, root -> blocked): VGG 64ch 224x224 forward 0.94-1.16 -> 1.77-1.92,
+grad_input 1.25 -> 1.85; Inception 80->192 73x73 pad 0 forward 1.63-1.75 -> 2.01 (2 rows of
+18 tiles), grad_input 1.28 -> 1.79; batch-8 c3 forward 1.22 -> 2.03, grad_input 1.38 -> 2.28;
+c2 forward 2.25 -> 2.59; c3 grad_input 1.98 -> 2.25; 128ch 56x56 forward 2.25 -> 2.43; 72ch
+40x40 (forced) 1.33 -> 2.49. Where the filter outweighs the tiles it lost (FILTER_REUSE).
+
 Evidence: see the comment at prefers_winograd (convc/dispatch.py) and README "Winograd". On
 Zen 4 (znver4, 2 cores, fp32 peak ~234 GFLOP/s; 2026-12-02, shared VM, paired with PyTorch,
 median of 5, per call), effective GFLOP/s NCHW / NHWC: c2 F4 forward 150 / 312 (effective 64 /
@@ -37,7 +53,7 @@ from __future__ import annotations
 
 from convc.ops import EPILOGUE, base_op, is_winograd, spec_of
 from convc.ops.grad_input import ring_unpadded
-from convc.ops.winograd import choose_tile, tiles
+from convc.ops.winograd import choose_tile, tiles, transformed_input_bytes
 from convc.target import info
 
 from .common import (channels_last_map, extent, find, index_map, label, new_schedule,
@@ -60,9 +76,9 @@ def _split_vector(sch, loop, width: int):
     return outer, inner
 
 
-def _input_transform(sch, target, lanes: int, channels: int):
+def _input_transform(sch, target, lanes: int, channels: int, at_root: bool = True):
     v, t = sch.get_sblock("wino_v"), sch.get_sblock("wino_t")
-    e1, e2, p, c = sch.get_loops(v)
+    e1, e2, p, c = sch.get_loops(v)[-4:]
     co, ci = sch.split(c, [None, _vector(channels, lanes)])
     sch.reorder(p, co, e1, e2, ci)
     sch.compute_at(t, co)
@@ -73,7 +89,8 @@ def _input_transform(sch, target, lanes: int, channels: int):
         sch.vectorize(ci)
     sch.unroll(e1)
     sch.unroll(e2)
-    parallel_outer(sch, [p, co], target)
+    if at_root:
+        parallel_outer(sch, [p, co], target)
 
 
 def _filter_transform(sch, target, lanes: int, out_channels: int, vo: int):
@@ -126,9 +143,10 @@ def _fused_filter(sch, ko, vo: int):
     sch.unroll(e2)
 
 
-def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False):
+def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False, at_root: bool = True,
+          note: str = ""):
     block = sch.get_sblock("wino_gemm")
-    e1, e2, p, k, rc = sch.get_loops(block)
+    e1, e2, p, k, rc = sch.get_loops(block)[-5:]
     e = sch.fuse(e1, e2)
     ko, ki = sch.split(k, [None, vo])
     po, pi = sch.split(p, [None, tp])
@@ -141,17 +159,22 @@ def _gemm(sch, target, vo: int, tp: int, fuse_filter: bool = False):
     if fuse_filter:
         sch.parallel(ko)
         _fused_filter(sch, ko, vo)
-    else:
+    elif at_root:
         parallel_outer(sch, [e, ko], target)
     sch.unroll(pi)
     if vo > 1:
         sch.vectorize(ki)
         sch.vectorize(sch.get_loops(accumulator)[-1])
     sch.decompose_reduction(block, rc)
-    label(sch, block, f"winograd gemm v{vo} t{tp}")
+    label(sch, block, f"winograd gemm v{vo} t{tp}{note}")
 
 
-def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, name: str):
+def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, name: str,
+                      block: tuple | None = None, chunk: int = 0):
+    """The output transform in the final stage's loops split into whole m x m tiles, parallel over
+    tiles; `block` = (rows, columns) of tiles: parallel over those blocks instead, and (the fused
+    loop over them, the loop over chunks of `chunk` output channels inside it, or None) returned
+    (the input transform goes into the first, the GEMM into the second where there is one)."""
     final = find(sch, EPILOGUE)
     if final is not None:
         sch.compute_inline(sch.get_sblock(name))
@@ -165,8 +188,19 @@ def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, 
     th, i1 = sch.split(h, [None, m])
     tw, i2 = sch.split(w, [None, m])
     width = _vector(out_channels, lanes)
+    kc = None
+    if chunk:
+        kc, k = sch.split(k, [None, chunk])
     ko, ki = sch.split(k, [None, width])
-    sch.reorder(n, th, tw, ko, i1, i2, ki)
+    if block is None:
+        outer, tile_loops = [n, th, tw], []
+    elif block[1] < extent(sch, tw):  # part of a row of tiles
+        twb, twi = sch.split(tw, [None, block[1]])
+        outer, tile_loops = [n, th, twb], [twi]
+    else:  # whole rows
+        thb, thi = sch.split(th, [None, block[0]])
+        outer, tile_loops = [n, thb], [thi, tw]
+    sch.reorder(*outer, *([kc] if kc is not None else []), *tile_loops, ko, i1, i2, ki)
     o = sch.get_sblock("wino_o")
     sch.compute_at(o, ko)
     for loop in sch.get_loops(o)[-3:-1]:
@@ -177,7 +211,12 @@ def _output_transform(sch, target, spec, m: int, lanes: int, out_channels: int, 
             sch.vectorize(ki)
     sch.unroll(i1)
     sch.unroll(i2)
-    parallel_outer(sch, [n, th, tw], target)
+    if block is None:
+        parallel_outer(sch, outer, target)
+        return None
+    fused = sch.fuse(*outer)
+    sch.parallel(fused)
+    return fused, kc
 
 
 def _padded_input(sch, target, spec, lanes: int):
@@ -201,6 +240,60 @@ def _padded_input(sch, target, spec, lanes: int):
     parallel_outer(sch, [n, h, w], target)
 
 
+# Bytes of one block's transformed input and GEMM product (alpha^2 x tiles x (C + K) values) that
+# a core keeps in its L2 (1 MiB on Zen 4) beside its share of the transformed filter.
+BLOCK_BYTES = 768 << 10
+# Layers whose whole transformed input is smaller than this keep the root stages (it stays in L2/L3).
+BLOCKED_FROM = 832 << 10
+# Every block reads the whole transformed filter (alpha^2 x C x K) once: layers with fewer than
+# K / FILTER_REUSE tiles keep the root stages and the filter transform fused into the GEMM (blocked,
+# 512ch 14x14 F(2,3) forward fell from 1.81x to 1.38x PyTorch, 384->256 13x13 F(4,3) 1.72 -> 1.12,
+# 1024ch 7x7 grad_input 1.04 -> 0.44; c3's 49 tiles of 128 channels gained, 1.98 -> 2.25).
+FILTER_REUSE = 4
+
+
+def tile_block(spec, op: str, m: int, channels: int):
+    """(rows, columns) of output tiles per block for the blocked schedule, or None (root stages):
+    about BLOCK_BYTES of alpha^2 x `channels` values per tile; columns a divisor of the tiles per
+    row (a block is then a contiguous run of tile indices), whole rows where a row fits; None
+    where the transformed input is under BLOCKED_FROM bytes or a block would be one tile."""
+    out_channels = spec.out_channels if op == "forward" else spec.in_channels
+    if (transformed_input_bytes(spec, op, m) < BLOCKED_FROM
+            or FILTER_REUSE * tiles(spec, op, m) < out_channels):
+        return None
+    size = spec.out_size if op == "forward" else spec.in_size
+    rows, cols = (-(-s // m) for s in size)
+    per_tile = (m + 2) ** 2 * channels * (8 if spec.dtype == "float64" else 4)
+    fit = max(1, BLOCK_BYTES // per_tile)
+    if cols <= fit:
+        block = max(d for d in range(1, rows + 1) if rows % d == 0 and d * cols <= fit), cols
+    else:  # a divisor of the row, or the whole row where none comes near the fit
+        part = max(d for d in range(1, cols + 1) if cols % d == 0 and d <= fit)
+        block = 1, part if part > 1 and 2 * part >= fit else cols
+    return block if block[0] * block[1] >= 2 else None
+
+
+def _plan(spec, op: str, m: int, lanes: int, target, chunk: bool = True):
+    """-> (vo, tp, block or None, chunked): the GEMM tile over all tiles and the rule's block. A
+    ring padding's grad_input computes the padded domain's tiles, then folds the ring back (a root
+    stage reading the whole padded gradient): it is never blocked (not measured blocked)."""
+    forward = op == "forward"
+    in_channels = spec.in_channels if forward else spec.out_channels
+    out_channels = spec.out_channels if forward else spec.in_channels
+    computed = ring_unpadded(spec) if op == "grad_input" else spec
+    vo, tp = gemm_tile(out_channels // spec.groups, tiles(computed, op, m), lanes, target)
+    chunked = chunk and out_channels % vo == 0 and vo < out_channels
+    block = (tile_block(spec, op, m, in_channels + (vo if chunked else out_channels))
+             if computed is spec else None)
+    return vo, tp, block, chunked
+
+
+def blocked(spec, op: str, target) -> bool:
+    """Whether the rule schedules `op` of `spec` in blocks of tiles (tile_block)."""
+    lanes = info(target).lanes("float64" if spec.dtype == "float64" else "float32")
+    return _plan(spec, op, choose_tile(spec, op), lanes, target)[2] is not None
+
+
 def schedule_winograd(func, target, knobs=None):
     """The rule: Winograd declarations only (forward, grad_input and their _prepack / _packed
     functions); `knobs` may give {"vo": .., "tp": .., "fuse_filter": ..}."""
@@ -210,34 +303,52 @@ def schedule_winograd(func, target, knobs=None):
     op = base_op(op)
     knobs = knobs or {}
     m = choose_tile(spec, op)
-    computed = ring_unpadded(spec) if op == "grad_input" else spec  # a ring: the padded domain
     forward = op == "forward"
     in_channels = spec.in_channels if forward else spec.out_channels
     out_channels = spec.out_channels if forward else spec.in_channels
     lanes = info(target).lanes("float64" if spec.dtype == "float64" else "float32")
-    vo, tp = gemm_tile(out_channels // spec.groups, tiles(computed, op, m), lanes, target)
+    vo, tp, block, chunked = _plan(spec, op, m, lanes, target, knobs.get("chunk", True))
+    block = knobs.get("block", block)
+    if block is not None:
+        vo, tp = gemm_tile(out_channels // spec.groups, block[0] * block[1], lanes, target)
     vo, tp = knobs.get("vo", vo), knobs.get("tp", tp)
     sch = new_schedule(func)
     if find(sch, "w_flipped") is not None:
         sch.compute_inline(sch.get_sblock("w_flipped"))
     # The filter transform inside the GEMM's loop over output-channel blocks wherever those blocks
     # give every core work (see the module docstring for the measurements).
-    fuse_filter = (knobs.get("fuse_filter", out_channels // vo >= info(target).num_cores)
+    fuse_filter = (block is None
+                   and knobs.get("fuse_filter", out_channels // vo >= info(target).num_cores)
                    and find(sch, "wino_gemm") is not None and find(sch, "wino_u") is not None)
     if find(sch, "wino_u") is not None and not fuse_filter:  # absent where the filter comes prepacked
         _filter_transform(sch, target, lanes, out_channels, vo)
     if find(sch, "wino_gemm") is None:   # "<op>_prepack": the filter transform alone
         return sch
     _padded_input(sch, target, spec, lanes)
-    _input_transform(sch, target, lanes, in_channels)
-    _gemm(sch, target, vo, tp, fuse_filter)
-    _output_transform(sch, target, spec, m, lanes, out_channels, "conv" if forward else "dx")
-    schedule_fold(sch, target)  # grad_input of a ring padding: the ring added back
+    name = "conv" if forward else "dx"
+    if block is None:
+        _input_transform(sch, target, lanes, in_channels)
+        _gemm(sch, target, vo, tp, fuse_filter)
+        _output_transform(sch, target, spec, m, lanes, out_channels, name)
+        schedule_fold(sch, target)  # grad_input of a ring padding: the ring added back
+        return sch
+    # One block of tiles at a time per core: its transformed input, its GEMM and its output
+    # transform, so that the intermediates stay in L2 (see the module docstring).
+    loop, kc = _output_transform(sch, target, spec, m, lanes, out_channels, name, block,
+                                 vo if chunked else 0)
+    sch.compute_at(sch.get_sblock("wino_gemm"), kc if kc is not None else loop)
+    sch.compute_at(sch.get_sblock("wino_v"), loop)
+    _input_transform(sch, target, lanes, in_channels, at_root=False)
+    _gemm(sch, target, vo, tp, at_root=False,
+          note=f" block {block[0]}x{block[1]}" + (f" chunk {vo}" if chunked else ""))
     return sch
 
 
 def winograd_knobs(func, target) -> list:
-    """Alternatives to the rule's own GEMM tile (its own first)."""
+    """Alternatives to the rule's own choices (its own first): the filter transform at the root,
+    and the stages at the root where the rule blocks them."""
     if not is_winograd(func):
         return []
-    return [{}, {"fuse_filter": False}]
+    spec, op = spec_of(func)
+    return [{}, {"fuse_filter": False}] + ([{"block": None}] if blocked(spec, base_op(op), target)
+                                           else [])
