@@ -98,17 +98,21 @@ def prefers_winograd(spec, op: str, target) -> int:
     written and read again), so Winograd pays from about MIN_TILES tiles: m=4 from 40 tiles of
     4x4, else m=2 from 40 tiles of 2x2, else direct. Only where measured: float32, ungrouped, 64
     or more channels each side in whole vectors (channel counts no vector divides leave the
-    transforms scalar), 512-bit vectors (other CPUs and dtypes keep direct;
+    transforms scalar; channels-last from 16 with F(4, 3) only, FEW_CHANNELS_LAST), 512-bit vectors (other CPUs and dtypes keep direct;
     algorithm="winograd" forces it anywhere it is supported). A ring padding (reflect, replicate,
     circular) gets the verdict the zeros mode of the layer gets (decided on the same tiles), so
     the two are compared like with like; its grad_input computes the padded domain's tiles and
     folds the ring back (convc.ops.winograd.grad_input)."""
     cpu = info(target)
     lanes = cpu.lanes("float32")
-    if (spec.dtype != "float32" or spec.groups != 1 or min(spec.in_channels, spec.out_channels) < 64
+    channels = min(spec.in_channels, spec.out_channels)
+    if (spec.dtype != "float32" or spec.groups != 1
+            or channels < (FEW_CHANNELS_LAST if spec.channels_last else 64)
             or spec.in_channels % lanes or spec.out_channels % lanes or cpu.vector_bits < 512):
         return 0
     m = winograd.choose_tile(spec, op)
+    if channels < 64 and m != 4:   # few channels: F(4, 3) on large planes only (FEW_CHANNELS_LAST)
+        return 0
     if (not spec.channels_last and winograd.transformed_input_bytes(spec, op, m) > LARGE_TRANSFORM
             and not winograd_blocked(spec, op, target)):
         return 0
@@ -116,6 +120,18 @@ def prefers_winograd(spec, op: str, target) -> int:
     return m if winograd.tiles(spec, op, m) >= least else 0
 
 
+# Channels-last layers with fewer than 64 channels on a side (whole vectors, from 16) take F(4, 3)
+# where the plane has MIN_TILES tiles of 4x4 (28x28 and up), never F(2, 3). Measured on the zoo
+# corpus's 3x3 stride-1 layers (AMD EPYC Zen 4, 2 threads, 2026-12-02, NHWC, paired rounds, median
+# of 5, PyTorch best format / convc, direct -> Winograd): forward / grad_input 16->64 55x55
+# 0.94 -> 1.52 / 1.27 -> 2.07, 32->64 147x147 0.99 -> 1.45 / 1.02 -> 1.71, 32->32 149x149
+# 1.05 -> 1.61 / 1.04 -> 1.62, 32->128 27x27 0.62 -> 1.89 / 1.14 -> 2.13, 128->32 56x56
+# 1.05 -> 2.47 / 0.98 -> 2.55, 128->32 28x28 0.90 -> 2.14 / 1.12 -> 2.33, 32->96 28x28
+# 1.29 -> 2.02 / 1.13 -> 0.99 and, a second run, 1.11 -> 2.01 / 1.43 -> 2.62. On 14x14 (F(2, 3))
+# direct held: 16->48 1.57 -> 1.30 / 2.07 -> 1.36, 32->128 1.33 -> 1.33 / 1.27 -> 1.07, 32->64
+# 1.26 -> 1.33 / 1.48 -> 1.68; on 7x7 direct won each (32->128, 48->128, 160->320). Channels-first
+# with few channels was not measured: it keeps the 64-channel floor.
+FEW_CHANNELS_LAST = 16
 # Channels-first direct schedules are slower on small layers (c5 NCHW 140-200 GFLOP/s against
 # 370-430 NHWC), so Winograd with its fused filter transform pays there from fewer tiles: c5's 16
 # tiles of 2x2, forward 202 -> 252, grad_input 219 -> 330 (NHWC: 432 -> 376, 170 -> 118).

@@ -189,6 +189,28 @@ def test_auto_chooses_by_measured_rule():
     assert forced.key == c5.key  # direct and auto share kernels and tuning records
 
 
+def test_auto_takes_f4_for_few_channels_last_on_large_planes_only():
+    """Channels-last layers with 16-63 channels a side: F(4, 3) where the plane has MIN_TILES
+    tiles of 4x4, direct on smaller planes (no F(2, 3)), on channel counts no vector divides and
+    channels-first (FEW_CHANNELS_LAST: what was measured)."""
+    cpu = resolve(None)
+
+    def spec(hw, c, k, layout="NHWC"):
+        if layout == "NHWC":
+            return ConvSpec.from_shapes((1, hw, hw, c), (3, 3, c, k), padding=1, layout=layout)
+        return ConvSpec.from_shapes((1, c, hw, hw), (k, c, 3, 3), padding=1)
+
+    direct = [spec(14, 32, 128), spec(7, 32, 128), spec(28, 24, 64), spec(55, 8, 64),
+              spec(55, 16, 64, "NCHW")]
+    for op in ("forward", "grad_input"):
+        for layer in direct:
+            assert resolve_algorithm(layer, op, cpu) is layer, (layer.key, op)
+        if convc.target.info(cpu).vector_bits >= 512:
+            for layer in (spec(55, 16, 64), spec(28, 32, 96), spec(56, 128, 32)):
+                chosen = resolve_algorithm(layer, op, cpu)
+                assert (chosen.algorithm, chosen.winograd_m) == ("winograd", 4), (layer.key, op)
+
+
 @pytest.mark.parametrize("kwargs, words", [
     (dict(input_shape=(1, 16, 9, 9), weight_shape=(16, 16, 3, 3), stride=2), "stride"),
     (dict(input_shape=(1, 16, 9, 9), weight_shape=(16, 16, 5, 5)), "kernel size"),
