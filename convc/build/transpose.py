@@ -15,8 +15,6 @@ from __future__ import annotations
 import tvm
 from tvm import te
 
-_FUNCTIONS: dict = {}   # (rows, cols, dtype, target string) -> compiled function
-
 
 def _width(size: int, tile: int = 16) -> int:
     return next(w for w in (tile, tile // 2, tile // 4, 2, 1) if size % w == 0)
@@ -50,10 +48,7 @@ def schedule(func, rows: int, cols: int, target):
 
 def transpose_function(rows: int, cols: int, dtype: str, target):
     """The compiled transpose of a C-contiguous (rows, cols) `dtype` array into a C-contiguous
-    (cols, rows) one, called as f(a, t); compiled once per shape, dtype and target."""
-    key = (rows, cols, dtype, str(target))
-    found = _FUNCTIONS.get(key)
-    if found is None:
-        mod = schedule(declare(rows, cols, dtype), rows, cols, target)
-        found = _FUNCTIONS[key] = tvm.compile(mod, target=target)["transpose"]
-    return found
+    (cols, rows) one, called as f(a, t). Compiles on every call: the caller keeps it
+    (convc.torch.layout caches one per shape and dtype)."""
+    mod = schedule(declare(rows, cols, dtype), rows, cols, target)
+    return tvm.compile(mod, target=target)["transpose"]
