@@ -32,6 +32,15 @@ CUDA_WARP_SIZE = 32
 CUDA_MULTIPROCESSORS = {"sm_70": 80, "sm_75": 40, "sm_80": 108, "sm_86": 84, "sm_89": 128,
                         "sm_90": 132, "sm_100": 148}
 KINDS = ("llvm", "cuda")
+# L2 per core of CPUs by LLVM CPU name (the vendors' data sheets), for a target that is not this
+# machine (whose own L2 is read from sysfs, host_l2_bytes): blocked schedules size their working
+# sets from it. Other CPUs get DEFAULT_L2_BYTES.
+L2_BYTES = {"znver2": 512 << 10, "znver3": 512 << 10, "znver4": 1 << 20, "znver5": 1 << 20,
+            "skylake-avx512": 1 << 20, "cascadelake": 1 << 20, "cooperlake": 1 << 20,
+            "icelake-server": 1280 << 10, "sapphirerapids": 2 << 20, "emeraldrapids": 2 << 20,
+            "graniterapids": 2 << 20}
+DEFAULT_L2_BYTES = 1 << 20
+SYSFS_CACHE = "/sys/devices/system/cpu/cpu0/cache"
 # Memo sizes: targets are few in any real process; the bound only stops a caller who builds a
 # new tvm.target.Target for every call from growing the memos without end.
 MEMO_LIMIT = 256
@@ -48,6 +57,7 @@ class TargetInfo:
     max_shared_memory_per_block: int = 0
     warp_size: int = 1
     multiprocessors: int = 0        # GPU only: streaming multiprocessors
+    l2_bytes: int = DEFAULT_L2_BYTES  # CPU only: L2 cache per core (not part of the key)
 
     @property
     def is_gpu(self) -> bool:
@@ -95,6 +105,48 @@ def host_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def parse_cache_size(text: str) -> int | None:
+    """sysfs's cache size ("2048K", "1M", "512", with or without a trailing newline) -> bytes, or
+    None where the text is not a size."""
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    digits = text[:-1] if scale > 1 else text
+    return int(digits) * scale if digits.isdigit() and int(digits) > 0 else None
+
+
+@functools.lru_cache(maxsize=None)
+def host_l2_bytes(root: str = SYSFS_CACHE) -> int | None:
+    """This CPU's L2 per core as Linux's sysfs describes cpu0's caches (the level-2 data or
+    unified one), or None where it does not (not Linux, a container hiding sysfs, no L2 listed).
+    A virtual machine's LLVM CPU name can be wrong (here a Xeon with 2 MiB L2 reports
+    "rocketlake", whose L2 is 512 KiB), so the host's own description comes first."""
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.startswith("index"):
+            continue
+        try:
+            fields = {name: open(os.path.join(root, entry, name)).read().strip()
+                      for name in ("level", "type", "size")}
+        except (OSError, UnicodeDecodeError):
+            continue
+        if fields["level"] == "2" and fields["type"] in ("Unified", "Data"):
+            return parse_cache_size(fields["size"])
+    return None
+
+
+def l2_bytes(triple: str, mcpu: str | None) -> int:
+    """L2 per core of an llvm target: this machine's own (sysfs) when the target is this CPU (its
+    triple, and its LLVM CPU name or none), else L2_BYTES by name, else DEFAULT_L2_BYTES."""
+    if triple == host_triple() and mcpu in (None, "", tvm.target.codegen.llvm_get_system_cpu()):
+        found = host_l2_bytes()
+        if found:
+            return found
+    return L2_BYTES.get(mcpu or "", DEFAULT_L2_BYTES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -246,7 +298,9 @@ def _describe(target: tvm.target.Target) -> TargetInfo:
             warp_size=int(attrs.get("thread_warp_size", CUDA_WARP_SIZE)),
             multiprocessors=int(attrs.get("multiprocessor_count",
                                           CUDA_MULTIPROCESSORS.get(str(attrs.get("arch")), 108))))
-    return TargetInfo(kind="llvm", arch=str(attrs.get("mcpu", "generic")),
-                      triple=str(attrs.get("mtriple", host_triple())),
+    mcpu = attrs.get("mcpu")
+    triple = str(attrs.get("mtriple", host_triple()))
+    return TargetInfo(kind="llvm", arch=str(mcpu or "generic"), triple=triple,
                       num_cores=int(attrs.get("num-cores", host_cores())),
-                      vector_bits=int(tvm.target.codegen.llvm_get_vector_width(target)))
+                      vector_bits=int(tvm.target.codegen.llvm_get_vector_width(target)),
+                      l2_bytes=l2_bytes(triple, str(mcpu) if mcpu else None))

@@ -354,6 +354,7 @@ def test_blocked_schedule_against_reference(monkeypatch, case, layout, block_byt
 
     monkeypatch.setattr(schedule, "BLOCKED_FROM", 0)
     monkeypatch.setattr(schedule, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(schedule, "MEASURED_L2", resolve(None).info.l2_bytes)  # unscaled here
     x, w, padding, groups, op, m = case
     spec = spec_of(x, w, layout, padding=padding, groups=groups, algorithm="winograd",
                    winograd_m=m, bias=op == "forward", activation="relu" if op == "forward" else None)
@@ -378,6 +379,7 @@ def test_blocked_schedule_with_a_ring_padding(monkeypatch, mode, layout):
 
     monkeypatch.setattr(schedule, "BLOCKED_FROM", 0)
     monkeypatch.setattr(schedule, "BLOCK_BYTES", 20 << 10)
+    monkeypatch.setattr(schedule, "MEASURED_L2", resolve(None).info.l2_bytes)  # unscaled here
     spec = spec_of((2, 16, 9, 13), (32, 16, 3, 3), layout, padding=1, padding_mode=mode,
                    algorithm="winograd", winograd_m=2)
     for op, is_blocked in (("forward", True), ("grad_input", False)):
@@ -401,3 +403,51 @@ def test_tile_block_is_a_run_of_whole_tiles():
     assert block(73, 73, 96) == (1, 19)     # 19 tiles per row, a prime: the whole row
     assert block(8, 8, 64) is None          # a small transformed input keeps the root stages
     assert block(14, 14, 512, m=2) is None  # few tiles, a large filter: read once per block
+
+
+def test_tile_block_scales_with_the_l2():
+    """The block and the size from which layers are blocked follow the L2 per core: c3 (128ch
+    28x28, 0.9 MiB of transformed input) is blocked on a 1 MiB L2, kept whole on 2 MiB; on 512
+    KiB its blocks are half as large."""
+    from convc.schedules.cpu import winograd as schedule
+
+    c3 = ConvSpec.from_shapes((1, 28, 28, 128), (3, 3, 128, 128), padding=1, layout="NHWC")
+    vgg = ConvSpec.from_shapes((1, 224, 224, 64), (3, 3, 64, 64), padding=1, layout="NHWC")
+    assert schedule.tile_block(c3, "forward", 4, 160, 1 << 20) == (1, 7)
+    assert schedule.tile_block(c3, "forward", 4, 160, 2 << 20) is None
+    assert schedule.tile_block(vgg, "forward", 4, 128, 1 << 20) == (1, 28)
+    assert schedule.tile_block(vgg, "forward", 4, 128, 2 << 20) == (1, 56)
+    assert schedule.tile_block(vgg, "forward", 4, 128, 512 << 10) == (1, 14)
+    big, small = (resolve({"kind": "llvm", "mcpu": cpu}) for cpu in ("emeraldrapids", "znver3"))
+    assert not schedule.blocked(c3, "forward", big) and schedule.blocked(c3, "forward", small)
+
+
+def test_l2_size_of_a_target(tmp_path):
+    """This CPU's L2 comes from sysfs (level 2, data or unified); another CPU's from the table by
+    LLVM name, else 1 MiB; a sysfs that says nothing usable gives None, never an error; the L2 is
+    not part of the target's key (records stay keyed as they were)."""
+    from convc import target as targets
+
+    assert [targets.parse_cache_size(t) for t in ("2048K\n", "1M", "512", "0K", "big", "", "K")] \
+        == [2 << 20, 1 << 20, 512, None, None, None, None]
+    cache = tmp_path / "cache"
+    for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction", "32K"),
+                                                 ("2", "Unified", "1280K"), ("3", "Unified", "96M")]):
+        folder = cache / f"index{index}"
+        folder.mkdir(parents=True)
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(value + "\n")
+    read = targets.host_l2_bytes.__wrapped__   # not the memo: this sysfs changes below
+    assert read(str(cache)) == 1280 << 10
+    (cache / "index2" / "size").write_text("garbage\n")
+    assert read(str(cache)) is None
+    (cache / "index2" / "size").unlink()       # an entry that cannot be read is skipped
+    assert read(str(cache)) is None
+    assert read(str(tmp_path / "nothing")) is None
+    assert resolve({"kind": "llvm", "mcpu": "znver4"}).info.l2_bytes == 1 << 20
+    assert resolve({"kind": "llvm", "mcpu": "sapphirerapids"}).info.l2_bytes == 2 << 20
+    assert resolve({"kind": "llvm", "mcpu": "haswell"}).info.l2_bytes == targets.DEFAULT_L2_BYTES
+    host = resolve(None).info
+    assert host.l2_bytes == (targets.host_l2_bytes() or targets.L2_BYTES.get(
+        host.arch, targets.DEFAULT_L2_BYTES))
+    assert "l2" not in host.key and str(host.l2_bytes) not in host.key

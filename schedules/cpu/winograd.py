@@ -241,10 +241,13 @@ def _padded_input(sch, target, spec, lanes: int):
 
 
 # Bytes of one block's transformed input and GEMM product (alpha^2 x tiles x (C + K) values) that
-# a core keeps in its L2 (1 MiB on Zen 4) beside its share of the transformed filter.
+# a core keeps in its L2 beside its share of the transformed filter, set on Zen 4's 1 MiB
+# (MEASURED_L2) and scaled by the target's L2 per core (TargetInfo.l2_bytes).
 BLOCK_BYTES = 768 << 10
-# Layers whose whole transformed input is smaller than this keep the root stages (it stays in L2/L3).
+# Layers whose whole transformed input is smaller than this (scaled alike) keep the root stages
+# (it stays in L2/L3).
 BLOCKED_FROM = 832 << 10
+MEASURED_L2 = 1 << 20
 # Every block reads the whole transformed filter (alpha^2 x C x K) once: layers with fewer than
 # K / FILTER_REUSE tiles keep the root stages and the filter transform fused into the GEMM (blocked,
 # 512ch 14x14 F(2,3) forward fell from 1.81x to 1.38x PyTorch, 384->256 13x13 F(4,3) 1.72 -> 1.12,
@@ -252,19 +255,21 @@ BLOCKED_FROM = 832 << 10
 FILTER_REUSE = 4
 
 
-def tile_block(spec, op: str, m: int, channels: int):
+def tile_block(spec, op: str, m: int, channels: int, l2_bytes: int = MEASURED_L2):
     """(rows, columns) of output tiles per block for the blocked schedule, or None (root stages):
-    about BLOCK_BYTES of alpha^2 x `channels` values per tile; columns a divisor of the tiles per
-    row (a block is then a contiguous run of tile indices), whole rows where a row fits; None
-    where the transformed input is under BLOCKED_FROM bytes or a block would be one tile."""
+    about BLOCK_BYTES (scaled to `l2_bytes`, the L2 per core) of alpha^2 x `channels` values per
+    tile; columns a divisor of the tiles per row (a block is then a contiguous run of tile
+    indices), whole rows where a row fits; None where the transformed input is under
+    BLOCKED_FROM bytes (scaled alike) or a block would be one tile."""
     out_channels = spec.out_channels if op == "forward" else spec.in_channels
-    if (transformed_input_bytes(spec, op, m) < BLOCKED_FROM
+    scale = l2_bytes / MEASURED_L2
+    if (transformed_input_bytes(spec, op, m) < BLOCKED_FROM * scale
             or FILTER_REUSE * tiles(spec, op, m) < out_channels):
         return None
     size = spec.out_size if op == "forward" else spec.in_size
     rows, cols = (-(-s // m) for s in size)
     per_tile = (m + 2) ** 2 * channels * (8 if spec.dtype == "float64" else 4)
-    fit = max(1, BLOCK_BYTES // per_tile)
+    fit = max(1, int(BLOCK_BYTES * scale) // per_tile)
     if cols <= fit:
         block = max(d for d in range(1, rows + 1) if rows % d == 0 and d * cols <= fit), cols
     else:  # a divisor of the row, or the whole row where none comes near the fit
@@ -283,8 +288,8 @@ def _plan(spec, op: str, m: int, lanes: int, target, chunk: bool = True):
     computed = ring_unpadded(spec) if op == "grad_input" else spec
     vo, tp = gemm_tile(out_channels // spec.groups, tiles(computed, op, m), lanes, target)
     chunked = chunk and out_channels % vo == 0 and vo < out_channels
-    block = (tile_block(spec, op, m, in_channels + (vo if chunked else out_channels))
-             if computed is spec else None)
+    block = (tile_block(spec, op, m, in_channels + (vo if chunked else out_channels),
+                        info(target).l2_bytes) if computed is spec else None)
     return vo, tp, block, chunked
 
 
