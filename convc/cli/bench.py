@@ -90,6 +90,23 @@ def _list(text, allowed, name):
     return values
 
 
+def _peak(args, target, threads: int) -> tuple[float, str]:
+    """(the peak shares of peak are taken of, how it was found): --peak, or one core measured x
+    `threads`; beside it what `threads` threads measured at once give (lower where the cores
+    share FMA units: bench.measure_parallel_peak)."""
+    from convc import bench
+    from convc.target import info
+
+    if args.peak:
+        return args.peak, "given"
+    peak = bench.measure_peak(target) * threads / info(target).num_cores
+    if threads == 1:
+        return peak, "one core measured"
+    median, best = bench.measure_parallel_peak(target, threads=threads)
+    return peak, (f"one core measured x {threads}; {threads} threads at once: median "
+                  f"{median:.0f}, best {best:.0f}")
+
+
 def run(args) -> int:
     import os
 
@@ -129,7 +146,7 @@ def run(args) -> int:
         return _variants(args, layers, ops, layouts, target)
     if args.prepacked:
         return _prepacked(args, layers, ops, layouts, target, threads)
-    peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
+    peak, how = _peak(args, target, threads)
     try:
         import torch
         torch_version = torch.__version__
@@ -140,7 +157,7 @@ def run(args) -> int:
     print(f"machine: {platform.processor() or platform.machine()} ({_cpu_name()}), LLVM mcpu "
           f"{tinfo.arch}, {tinfo.num_cores} cores, {tinfo.vector_bits}-bit vectors")
     print(f"fp32 FMA peak of {threads} core(s): {peak:.1f} GFLOP/s "
-          f"({'given' if args.peak else 'one core measured x cores'}); PyTorch {torch_version}; "
+          f"({how}); PyTorch {torch_version}; "
           f"{threads} thread(s) each; {args.stat} of {args.repeat} batches")
     rows = bench.run(layers, ops, layouts, args.repeat, target, not args.no_numpy,
                      progress=lambda r: print(f"  {r.layer:11s} {r.op:11s} done", flush=True),
@@ -199,7 +216,7 @@ def run_transpose(args, target) -> int:
     layouts = _list(args.layouts, transpose.LAYOUTS, "layouts")
     if args.repeat < 1:
         raise ValueError(f"--repeat={args.repeat} must be at least 1")
-    peak = args.peak or bench.measure_peak(target) * threads / info(target).num_cores
+    peak, how = _peak(args, target, threads)
     try:
         import torch
         torch_version = torch.__version__
@@ -207,7 +224,7 @@ def run_transpose(args, target) -> int:
         torch_version = "not installed"
     print(f"convc bench --transpose  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"machine: {_cpu_name()}, LLVM mcpu {info(target).arch}, {info(target).num_cores} "
-          f"cores; fp32 peak {peak:.1f} GFLOP/s; PyTorch {torch_version}; {threads} thread(s) "
+          f"cores; fp32 peak {peak:.1f} GFLOP/s ({how}); PyTorch {torch_version}; {threads} thread(s) "
           f"each; {args.stat} of {args.repeat} paired rounds")
     rows = transpose.run(layers, ops, layouts, args.repeat, target, threads, args.stat,
                          progress=lambda r: print(f"  {r.layer:14s} {r.op:26s} ratio "
