@@ -24,9 +24,10 @@ Five root stages, each computed in parallel:
   tiles: the column pass "wino_o" computed per (tile, channel vector), the row pass and the
   epilogue (bias, scale/shift, residual, activation, cast) unrolled into the store.
 
-Blocked (tile_block; layers with >= 0.8 MiB of transformed input and at least K / 4 tiles): the
-tiles go in blocks of whole tiles (a divisor of a tile row, or whole rows) of about 768 KiB of
-transformed input plus one chunk of GEMM product, parallel over blocks; per block the input
+Blocked (tile_block; layers with >= 0.8 MiB of transformed input and at least K / 4 tiles, both
+sizes for a 1 MiB L2 per core and scaled by the target's, TargetInfo.l2_bytes): the tiles go in
+blocks of whole tiles (a divisor of a tile row, or whole rows) of about 768 KiB (per MiB of L2)
+of transformed input plus one chunk of GEMM product, parallel over blocks; per block the input
 transform, then per chunk of `vo` output channels the GEMM and the output transform, so that
 "wino_v" and "wino_gemm" never leave the core's L2 (the filter transform stays at the root,
 computed once). Why: profiled on Zen 4 (2026-12-02, VGG 64ch 224x224 forward NHWC F(4,3), 3136
@@ -38,7 +39,15 @@ best format / convc NHWC, root -> blocked): VGG 64ch 224x224 forward 0.94-1.16 -
 grad_input 1.25 -> 1.85; Inception 80->192 73x73 pad 0 forward 1.63-1.75 -> 2.01 (2 rows of
 18 tiles), grad_input 1.28 -> 1.79; batch-8 c3 forward 1.22 -> 2.03, grad_input 1.38 -> 2.28;
 c2 forward 2.25 -> 2.59; c3 grad_input 1.98 -> 2.25; 128ch 56x56 forward 2.25 -> 2.43; 72ch
-40x40 (forced) 1.33 -> 2.49. Where the filter outweighs the tiles it lost (FILTER_REUSE).
+40x40 (forced) 1.33 -> 2.49. Where the filter outweighs the tiles it lost (FILTER_REUSE). The
+scaling by L2, on an Intel Xeon VM with 2 MiB L2 (rocketlake, 2026-12-03, paired with PyTorch,
+median of 7, PyTorch best / convc best layout, 1 MiB sizes -> 2 MiB sizes): neutral within this
+machine's noise (steal time 7-25 % under load) on 11 layers, forward / grad_input: c3 1.14 ->
+1.23 / 1.18 -> 1.16 (now root), c2 1.67 -> 1.84 / 2.14 -> 1.93, batch-8 c3 1.88 -> 1.85 / 1.99 ->
+1.75, VGG 64ch 224x224 1.92 -> 1.97 / 2.22 -> 2.07, Inception 80->192 73x73 1.70 -> 1.81 / 1.49
+-> 1.49, 96->96 35x35 1.46 -> 1.43 / 1.56 -> 1.41 (now root), VGG 128ch 112x112 2.22 -> 2.31 /
+2.69 -> 2.39, 256ch 56x56 1.77 -> 1.78 / 1.65 -> 1.61; it is there so that a smaller L2 (512 KiB
+on Zen 2/3) gets blocks that fit.
 
 Evidence: see the comment at prefers_winograd (convc/dispatch.py) and README "Winograd". On
 Zen 4 (znver4, 2 cores, fp32 peak ~234 GFLOP/s; 2026-12-02, shared VM, paired with PyTorch,
