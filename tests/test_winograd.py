@@ -392,34 +392,43 @@ def test_blocked_schedule_with_a_ring_padding(monkeypatch, mode, layout):
 
 
 def test_tile_block_is_a_run_of_whole_tiles():
-    """Blocks are divisors of a tile row, or whole rows (several where they fit), >= 2 tiles."""
+    """Blocks are divisors of a tile row, or whole rows (several where they fit), >= 2 tiles, at
+    least one per core, the one nearest the budget; none for small transformed inputs or few
+    tiles beside a large filter."""
     from convc.schedules.cpu import winograd as schedule
 
-    def block(h, w, c, m=4):
-        spec = ConvSpec.from_shapes((1, h, w, c), (3, 3, c, c), padding=1, layout="NHWC")
-        return schedule.tile_block(spec, "forward", m, 2 * c)
+    def block(h, w, c, m=4, l2=1 << 20, cores=2, batch=1):
+        spec = ConvSpec.from_shapes((batch, h, w, c), (3, 3, c, c), padding=1, layout="NHWC")
+        return schedule.tile_block(spec, "forward", m, 2 * c, l2, cores)
 
-    assert block(224, 224, 64) == (1, 28)   # 56 tiles per row: a divisor of it
+    assert block(224, 224, 64) == (1, 56)   # 56 tiles per row: the row is nearest the budget
+    assert block(224, 224, 64, l2=512 << 10) == (1, 28)  # a divisor of it on a smaller L2
     assert block(73, 73, 96) == (1, 19)     # 19 tiles per row, a prime: the whole row
     assert block(8, 8, 64) is None          # a small transformed input keeps the root stages
     assert block(14, 14, 512, m=2) is None  # few tiles, a large filter: read once per block
+    # c3 (7x7 tiles of 4x4): a row of 7 tiles would read a filter 9x its own values, and the whole
+    # image as one block would leave the second core idle, unless the batch gives each core one
+    assert block(28, 28, 128) is None
+    assert block(28, 28, 128, cores=1) == block(28, 28, 128, batch=8) == (7, 7)
+    assert block(28, 28, 128, batch=8, cores=64) is None  # no block shape gives 64 cores work
+    assert block(40, 40, 64) == (5, 10)     # 10x10 tiles: 50 is nearest the budget of ~43
 
 
 def test_tile_block_scales_with_the_l2():
-    """The block and the size from which layers are blocked follow the L2 per core: c3 (128ch
-    28x28, 0.9 MiB of transformed input) is blocked on a 1 MiB L2, kept whole on 2 MiB; on 512
-    KiB its blocks are half as large."""
+    """Both sizes follow the L2 per core downwards only: a 64ch 32x32 layer (590 KiB of
+    transformed input) is blocked on a 512 KiB L2, not on 1 or 2 MiB; VGG's 64ch 224x224 keeps
+    its blocks on 2 MiB and halves them on 512 KiB."""
     from convc.schedules.cpu import winograd as schedule
 
-    c3 = ConvSpec.from_shapes((1, 28, 28, 128), (3, 3, 128, 128), padding=1, layout="NHWC")
+    small = ConvSpec.from_shapes((1, 32, 32, 64), (3, 3, 64, 64), padding=1, layout="NHWC")
     vgg = ConvSpec.from_shapes((1, 224, 224, 64), (3, 3, 64, 64), padding=1, layout="NHWC")
-    assert schedule.tile_block(c3, "forward", 4, 160, 1 << 20) == (1, 7)
-    assert schedule.tile_block(c3, "forward", 4, 160, 2 << 20) is None
-    assert schedule.tile_block(vgg, "forward", 4, 128, 1 << 20) == (1, 28)
-    assert schedule.tile_block(vgg, "forward", 4, 128, 2 << 20) == (1, 56)
-    assert schedule.tile_block(vgg, "forward", 4, 128, 512 << 10) == (1, 14)
-    big, small = (resolve({"kind": "llvm", "mcpu": cpu}) for cpu in ("emeraldrapids", "znver3"))
-    assert not schedule.blocked(c3, "forward", big) and schedule.blocked(c3, "forward", small)
+    assert [schedule.tile_block(small, "forward", 4, 96, l2, 2)
+            for l2 in (512 << 10, 1 << 20, 2 << 20)] == [(4, 8), None, None]
+    assert [schedule.tile_block(vgg, "forward", 4, 96, l2, 2)
+            for l2 in (512 << 10, 1 << 20, 2 << 20)] == [(1, 28), (1, 56), (1, 56)]
+    big, zen3 = (resolve({"kind": "llvm", "mcpu": cpu, "num-cores": 2})
+                 for cpu in ("emeraldrapids", "znver3"))
+    assert not schedule.blocked(small, "forward", big) and schedule.blocked(small, "forward", zen3)
 
 
 def test_l2_size_of_a_target(tmp_path):

@@ -25,9 +25,10 @@ Five root stages, each computed in parallel:
   epilogue (bias, scale/shift, residual, activation, cast) unrolled into the store.
 
 Blocked (tile_block; layers with >= 0.8 MiB of transformed input and at least K / 4 tiles, both
-sizes for a 1 MiB L2 per core and scaled by the target's, TargetInfo.l2_bytes): the tiles go in
-blocks of whole tiles (a divisor of a tile row, or whole rows) of about 768 KiB (per MiB of L2)
-of transformed input plus one chunk of GEMM product, parallel over blocks; per block the input
+sizes set for a 1 MiB L2 per core and scaled down on a smaller one, TargetInfo.l2_bytes): the
+tiles go in blocks of whole tiles (a divisor of a tile row, or whole rows; at least one block per
+core; a block qualifies where the filter it reads is at most 4x its own values) of about 768 KiB
+of transformed input plus one chunk of GEMM product, the nearest such size, parallel over blocks; per block the input
 transform, then per chunk of `vo` output channels the GEMM and the output transform, so that
 "wino_v" and "wino_gemm" never leave the core's L2 (the filter transform stays at the root,
 computed once). Why: profiled on Zen 4 (2026-12-02, VGG 64ch 224x224 forward NHWC F(4,3), 3136
@@ -39,15 +40,16 @@ best format / convc NHWC, root -> blocked): VGG 64ch 224x224 forward 0.94-1.16 -
 grad_input 1.25 -> 1.85; Inception 80->192 73x73 pad 0 forward 1.63-1.75 -> 2.01 (2 rows of
 18 tiles), grad_input 1.28 -> 1.79; batch-8 c3 forward 1.22 -> 2.03, grad_input 1.38 -> 2.28;
 c2 forward 2.25 -> 2.59; c3 grad_input 1.98 -> 2.25; 128ch 56x56 forward 2.25 -> 2.43; 72ch
-40x40 (forced) 1.33 -> 2.49. Where the filter outweighs the tiles it lost (FILTER_REUSE). The
-scaling by L2, on an Intel Xeon VM with 2 MiB L2 (rocketlake, 2026-12-03, paired with PyTorch,
-median of 7, PyTorch best / convc best layout, 1 MiB sizes -> 2 MiB sizes): neutral within this
-machine's noise (steal time 7-25 % under load) on 11 layers, forward / grad_input: c3 1.14 ->
-1.23 / 1.18 -> 1.16 (now root), c2 1.67 -> 1.84 / 2.14 -> 1.93, batch-8 c3 1.88 -> 1.85 / 1.99 ->
-1.75, VGG 64ch 224x224 1.92 -> 1.97 / 2.22 -> 2.07, Inception 80->192 73x73 1.70 -> 1.81 / 1.49
--> 1.49, 96->96 35x35 1.46 -> 1.43 / 1.56 -> 1.41 (now root), VGG 128ch 112x112 2.22 -> 2.31 /
-2.69 -> 2.39, 256ch 56x56 1.77 -> 1.78 / 1.65 -> 1.61; it is there so that a smaller L2 (512 KiB
-on Zen 2/3) gets blocks that fit.
+40x40 (forced) 1.33 -> 2.49. Where the filter outweighs the tiles it lost (FILTER_REUSE).
+Re-measured on an Intel Xeon VM (2 MiB L2, rocketlake, 2 vCPUs that mostly share one core's FMA
+units; 2026-12-03, paired with PyTorch, median of 7, PyTorch best / convc best layout, the 1
+MiB rule -> tile_block's nearest-fit blocks with the per-block filter check): c3 forward 1.10 ->
+1.35 and 2.20 -> 2.61 (two runs), grad_input 1.22 -> 1.46 and 1.21 -> 1.36 (root stages now);
+144->288 14x14 grad_input 0.84 -> 1.15 (root); batch-8 c3 (7x7 tiles per block, was 1x7)
+forward 1.51 -> 1.75, grad_input 1.67 -> 1.76; c2 (7x14, was 2x14) 1.97 -> 1.89 / 2.93 -> 2.99;
+VGG 256ch 56x56 (7x14, was 1x14) 1.63 -> 1.56 / 1.71 -> 1.63 (within this machine's noise, which
+moved unchanged kernels by up to 0.15 between runs); Inception 80->192 73x73 forward (3x18, was
+2x18) 1.85 -> 1.82; Inception 96->96 35x35, VGG 64ch 224x224 and 128ch 112x112 keep their blocks.
 
 Evidence: see the comment at prefers_winograd (convc/dispatch.py) and README "Winograd". On
 Zen 4 (znver4, 2 cores, fp32 peak ~234 GFLOP/s; 2026-12-02, shared VM, paired with PyTorch,
@@ -251,40 +253,57 @@ def _padded_input(sch, target, spec, lanes: int):
 
 # Bytes of one block's transformed input and GEMM product (alpha^2 x tiles x (C + K) values) that
 # a core keeps in its L2 beside its share of the transformed filter, set on Zen 4's 1 MiB
-# (MEASURED_L2) and scaled by the target's L2 per core (TargetInfo.l2_bytes).
+# (MEASURED_L2); scaled down on a smaller L2 (TargetInfo.l2_bytes), not up on a larger one: on
+# the 2 MiB Xeon below, twice the size lost (VGG 64ch 224x224 NHWC forward 2.15 -> 1.94x
+# PyTorch, 128ch 112x112 2.37 -> 1.94), and so did twice the threshold (Inception 96->96 35x35,
+# root instead of 3x9 blocks: forward 1.46 -> 1.29, grad_input 1.38 -> 1.25).
 BLOCK_BYTES = 768 << 10
 # Layers whose whole transformed input is smaller than this (scaled alike) keep the root stages
 # (it stays in L2/L3).
 BLOCKED_FROM = 832 << 10
 MEASURED_L2 = 1 << 20
-# Every block reads the whole transformed filter (alpha^2 x C x K) once: layers with fewer than
+# Every block reads the whole transformed filter (alpha^2 x Cg x K) once: layers with fewer than
 # K / FILTER_REUSE tiles keep the root stages and the filter transform fused into the GEMM (blocked,
 # 512ch 14x14 F(2,3) forward fell from 1.81x to 1.38x PyTorch, 384->256 13x13 F(4,3) 1.72 -> 1.12,
-# 1024ch 7x7 grad_input 1.04 -> 0.44; c3's 49 tiles of 128 channels gained, 1.98 -> 2.25).
+# 1024ch 7x7 grad_input 1.04 -> 0.44), and a block qualifies only where the filter it reads is at
+# most FILTER_REUSE times its own transformed input and product (Cg x K <= 4 x tiles x channels):
+# on the Xeon, c3's 1x7-tile blocks (the filter 14.6x a block) lost to the root stages, forward
+# 1.10 -> 1.35, grad_input 1.22 -> 1.46, and 144->288 14x14 grad_input's (19.5x) 0.84 -> 1.15
+# (on Zen 4 c3's blocks had gained, 1.98 -> 2.25: its L3 serves the re-reads faster).
 FILTER_REUSE = 4
 
 
-def tile_block(spec, op: str, m: int, channels: int, l2_bytes: int = MEASURED_L2):
-    """(rows, columns) of output tiles per block for the blocked schedule, or None (root stages):
-    about BLOCK_BYTES (scaled to `l2_bytes`, the L2 per core) of alpha^2 x `channels` values per
-    tile; columns a divisor of the tiles per row (a block is then a contiguous run of tile
-    indices), whole rows where a row fits; None where the transformed input is under
-    BLOCKED_FROM bytes (scaled alike) or a block would be one tile."""
+def tile_block(spec, op: str, m: int, channels: int, l2_bytes: int = MEASURED_L2,
+               cores: int = 1):
+    """(rows, columns) of output tiles per block for the blocked schedule, or None (root stages).
+
+    A block is whole rows of tiles (a divisor of the rows) or part of one row (a divisor of its
+    tiles), so that it is a contiguous run of tile indices, with >= 2 tiles; the image has at
+    least `cores` blocks (counting the batch); the filter each block reads is at most
+    FILTER_REUSE times the block's own values. Of those, the one whose size is nearest (by ratio)
+    to about BLOCK_BYTES of alpha^2 x `channels` values per tile. Nearest, not the largest under
+    it: with few divisors (7 tiles per row) the largest under it can be a seventh of it (batch-8
+    c3 on the Xeon, 1x7 -> 7x7 tiles: forward 1.51 -> 1.75x PyTorch, grad_input 1.67 -> 1.76).
+    None where the transformed input is under BLOCKED_FROM bytes or no block qualifies (both sizes
+    follow `l2_bytes`, the L2 per core, downwards: see BLOCK_BYTES)."""
     out_channels = spec.out_channels if op == "forward" else spec.in_channels
-    scale = l2_bytes / MEASURED_L2
+    in_group = (spec.in_channels if op == "forward" else spec.out_channels) // spec.groups
+    scale = min(1.0, l2_bytes / MEASURED_L2)
     if (transformed_input_bytes(spec, op, m) < BLOCKED_FROM * scale
             or FILTER_REUSE * tiles(spec, op, m) < out_channels):
         return None
     size = spec.out_size if op == "forward" else spec.in_size
     rows, cols = (-(-s // m) for s in size)
     per_tile = (m + 2) ** 2 * channels * (8 if spec.dtype == "float64" else 4)
-    fit = max(1, int(BLOCK_BYTES * scale) // per_tile)
-    if cols <= fit:
-        block = max(d for d in range(1, rows + 1) if rows % d == 0 and d * cols <= fit), cols
-    else:  # a divisor of the row, or the whole row where none comes near the fit
-        part = max(d for d in range(1, cols + 1) if cols % d == 0 and d <= fit)
-        block = 1, part if part > 1 and 2 * part >= fit else cols
-    return block if block[0] * block[1] >= 2 else None
+    fit = max(1.0, BLOCK_BYTES * scale / per_tile)
+    blocks = [((d, cols), spec.batch * rows // d) for d in range(1, rows + 1) if rows % d == 0]
+    blocks += [((1, d), spec.batch * rows * cols // d) for d in range(1, cols) if cols % d == 0]
+    fitting = [block for block, count in blocks
+               if block[0] * block[1] >= 2 and count >= cores
+               and in_group * out_channels <= FILTER_REUSE * block[0] * block[1] * channels]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda b: (max(b[0] * b[1] / fit, fit / (b[0] * b[1])), b[0] * b[1]))
 
 
 def _plan(spec, op: str, m: int, lanes: int, target, chunk: bool = True):
@@ -298,7 +317,8 @@ def _plan(spec, op: str, m: int, lanes: int, target, chunk: bool = True):
     vo, tp = gemm_tile(out_channels // spec.groups, tiles(computed, op, m), lanes, target)
     chunked = chunk and out_channels % vo == 0 and vo < out_channels
     block = (tile_block(spec, op, m, in_channels + (vo if chunked else out_channels),
-                        info(target).l2_bytes) if computed is spec else None)
+                        info(target).l2_bytes, info(target).num_cores)
+             if computed is spec else None)
     return vo, tp, block, chunked
 
 
