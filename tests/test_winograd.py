@@ -440,8 +440,9 @@ def test_l2_size_of_a_target(tmp_path):
     assert [targets.parse_cache_size(t) for t in ("2048K\n", "1M", "512", "0K", "big", "", "K")] \
         == [2 << 20, 1 << 20, 512, None, None, None, None]
     cache = tmp_path / "cache"
-    for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction", "32K"),
-                                                 ("2", "Unified", "1280K"), ("3", "Unified", "96M")]):
+    caches = [("1", "Data", "48K"), ("1", "Instruction", "32K"), ("2", "Unified", "1280K"),
+              ("3", "Unified", "96M")]
+    for index, (level, kind, size) in enumerate(caches):
         folder = cache / f"index{index}"
         folder.mkdir(parents=True)
         for name, value in (("level", level), ("type", kind), ("size", size)):

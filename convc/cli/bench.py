@@ -224,8 +224,8 @@ def run_transpose(args, target) -> int:
         torch_version = "not installed"
     print(f"convc bench --transpose  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"machine: {_cpu_name()}, LLVM mcpu {info(target).arch}, {info(target).num_cores} "
-          f"cores; fp32 peak {peak:.1f} GFLOP/s ({how}); PyTorch {torch_version}; {threads} thread(s) "
-          f"each; {args.stat} of {args.repeat} paired rounds")
+          f"cores; fp32 peak {peak:.1f} GFLOP/s ({how}); PyTorch {torch_version}; {threads} "
+          f"thread(s) each; {args.stat} of {args.repeat} paired rounds")
     rows = transpose.run(layers, ops, layouts, args.repeat, target, threads, args.stat,
                          progress=lambda r: print(f"  {r.layer:14s} {r.op:26s} ratio "
                                                   f"{r.ratio or 0:5.2f}", flush=True))

@@ -27,16 +27,16 @@ Five root stages, each computed in parallel:
 Blocked (tile_block; layers with >= 0.8 MiB of transformed input and at least K / 4 tiles, both
 sizes set for a 1 MiB L2 per core and scaled down on a smaller one, TargetInfo.l2_bytes): the
 tiles go in blocks of whole tiles (a divisor of a tile row, or whole rows; at least one block per
-core; a block qualifies where the filter it reads is at most 4x its own values) of about 768 KiB
-of transformed input plus one chunk of GEMM product, the nearest such size, parallel over blocks; per block the input
-transform, then per chunk of `vo` output channels the GEMM and the output transform, so that
-"wino_v" and "wino_gemm" never leave the core's L2 (the filter transform stays at the root,
-computed once). Why: profiled on Zen 4 (2026-12-02, VGG 64ch 224x224 forward NHWC F(4,3), 3136
-tiles, 27.6 MiB each of transformed input and product), the root stages took input transform
-2.7 ms (15 GB/s: x read, V written), GEMM 8.1 ms (114 GFLOP/s of multiplications done, 49 % of
-peak, operands streamed from memory), output transform 2.1 ms (20 GB/s): memory-bound. Blocked,
-the whole call took 7.8 ms against their 12.9 ms. Paired with PyTorch (median of 5, PyTorch's
-best format / convc NHWC, root -> blocked): VGG 64ch 224x224 forward 0.94-1.16 -> 1.77-1.92,
+core; a block qualifies where the filter it reads is at most 4x its own values), the nearest
+such size to about 768 KiB of transformed input plus one chunk of GEMM product, parallel over
+blocks; per block the input transform, then per chunk of `vo` output channels the GEMM and the
+output transform, so that "wino_v" and "wino_gemm" never leave the core's L2 (the filter
+transform stays at the root, computed once). Why: profiled on Zen 4 (2026-12-02, VGG 64ch
+224x224 forward NHWC F(4,3), 3136 tiles, 27.6 MiB each of transformed input and product), the
+root stages took input transform 2.7 ms (15 GB/s: x read, V written), GEMM 8.1 ms (114 GFLOP/s
+of multiplications done, 49 % of peak, operands streamed from memory), output transform 2.1 ms
+(20 GB/s): memory-bound. Blocked, the whole call took 7.8 ms against their 12.9 ms. Paired
+with PyTorch (median of 5, PyTorch's best format / convc NHWC, root -> blocked): VGG 64ch 224x224 forward 0.94-1.16 -> 1.77-1.92,
 grad_input 1.25 -> 1.85; Inception 80->192 73x73 pad 0 forward 1.63-1.75 -> 2.01 (2 rows of
 18 tiles), grad_input 1.28 -> 1.79; batch-8 c3 forward 1.22 -> 2.03, grad_input 1.38 -> 2.28;
 c2 forward 2.25 -> 2.59; c3 grad_input 1.98 -> 2.25; 128ch 56x56 forward 2.25 -> 2.43; 72ch
@@ -261,7 +261,7 @@ BLOCK_BYTES = 768 << 10
 # Layers whose whole transformed input is smaller than this (scaled alike) keep the root stages
 # (it stays in L2/L3).
 BLOCKED_FROM = 832 << 10
-MEASURED_L2 = 1 << 20
+MEASURED_L2 = 1 << 20   # the L2 per core the two sizes were set on
 # Every block reads the whole transformed filter (alpha^2 x Cg x K) once: layers with fewer than
 # K / FILTER_REUSE tiles keep the root stages and the filter transform fused into the GEMM (blocked,
 # 512ch 14x14 F(2,3) forward fell from 1.81x to 1.38x PyTorch, 384->256 13x13 F(4,3) 1.72 -> 1.12,
