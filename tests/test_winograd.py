@@ -353,6 +353,7 @@ def test_blocked_schedule_against_reference(monkeypatch, case, layout, block_byt
     from convc.schedules.cpu import winograd as schedule
 
     monkeypatch.setattr(schedule, "BLOCKED_FROM", 0)
+    monkeypatch.setattr(schedule, "FILTER_CHECKED_BELOW", 0)
     monkeypatch.setattr(schedule, "BLOCK_BYTES", block_bytes)
     monkeypatch.setattr(schedule, "MEASURED_L2", resolve(None).info.l2_bytes)  # unscaled here
     x, w, padding, groups, op, m = case
@@ -378,6 +379,7 @@ def test_blocked_schedule_with_a_ring_padding(monkeypatch, mode, layout):
     from convc.schedules.cpu import winograd as schedule
 
     monkeypatch.setattr(schedule, "BLOCKED_FROM", 0)
+    monkeypatch.setattr(schedule, "FILTER_CHECKED_BELOW", 0)
     monkeypatch.setattr(schedule, "BLOCK_BYTES", 20 << 10)
     monkeypatch.setattr(schedule, "MEASURED_L2", resolve(None).info.l2_bytes)  # unscaled here
     spec = spec_of((2, 16, 9, 13), (32, 16, 3, 3), layout, padding=1, padding_mode=mode,
@@ -393,8 +395,9 @@ def test_blocked_schedule_with_a_ring_padding(monkeypatch, mode, layout):
 
 def test_tile_block_is_a_run_of_whole_tiles():
     """Blocks are divisors of a tile row, or whole rows (several where they fit), >= 2 tiles, at
-    least one per core, the one nearest the budget; none for small transformed inputs or few
-    tiles beside a large filter."""
+    least one per core, the one nearest the budget; none for small transformed inputs, few tiles
+    beside a large filter, or blocks that would re-read a filter > 4x their size where the root
+    stages' transformed input is under 2 MiB."""
     from convc.schedules.cpu import winograd as schedule
 
     def block(h, w, c, m=4, l2=1 << 20, cores=2, batch=1):
@@ -412,6 +415,9 @@ def test_tile_block_is_a_run_of_whole_tiles():
     assert block(28, 28, 128, cores=1) == block(28, 28, 128, batch=8) == (7, 7)
     assert block(28, 28, 128, batch=8, cores=64) is None  # no block shape gives 64 cores work
     assert block(40, 40, 64) == (5, 10)     # 10x10 tiles: 50 is nearest the budget of ~43
+    # 256ch 56x56, 7 MiB at the root: the row of 14 tiles, though its filter is 9x its values (the
+    # check does not enlarge the block to the 7x14 that would pass it)
+    assert block(56, 56, 256) == (1, 14)
 
 
 def test_tile_block_scales_with_the_l2():

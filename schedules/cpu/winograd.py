@@ -25,31 +25,38 @@ Five root stages, each computed in parallel:
   epilogue (bias, scale/shift, residual, activation, cast) unrolled into the store.
 
 Blocked (tile_block; layers with >= 0.8 MiB of transformed input and at least K / 4 tiles, both
-sizes set for a 1 MiB L2 per core and scaled down on a smaller one, TargetInfo.l2_bytes): the
-tiles go in blocks of whole tiles (a divisor of a tile row, or whole rows; at least one block per
-core; a block qualifies where the filter it reads is at most 4x its own values), the nearest
-such size to about 768 KiB of transformed input plus one chunk of GEMM product, parallel over
-blocks; per block the input transform, then per chunk of `vo` output channels the GEMM and the
-output transform, so that "wino_v" and "wino_gemm" never leave the core's L2 (the filter
-transform stays at the root, computed once). Why: profiled on Zen 4 (2026-12-02, VGG 64ch
-224x224 forward NHWC F(4,3), 3136 tiles, 27.6 MiB each of transformed input and product), the
-root stages took input transform 2.7 ms (15 GB/s: x read, V written), GEMM 8.1 ms (114 GFLOP/s
-of multiplications done, 49 % of peak, operands streamed from memory), output transform 2.1 ms
-(20 GB/s): memory-bound. Blocked, the whole call took 7.8 ms against their 12.9 ms. Paired
-with PyTorch (median of 5, PyTorch's best format / convc NHWC, root -> blocked): VGG 64ch 224x224 forward 0.94-1.16 -> 1.77-1.92,
-grad_input 1.25 -> 1.85; Inception 80->192 73x73 pad 0 forward 1.63-1.75 -> 2.01 (2 rows of
-18 tiles), grad_input 1.28 -> 1.79; batch-8 c3 forward 1.22 -> 2.03, grad_input 1.38 -> 2.28;
-c2 forward 2.25 -> 2.59; c3 grad_input 1.98 -> 2.25; 128ch 56x56 forward 2.25 -> 2.43; 72ch
-40x40 (forced) 1.33 -> 2.49. Where the filter outweighs the tiles it lost (FILTER_REUSE).
+sizes set for a 1 MiB L2 per core and scaled down on a smaller one, TargetInfo.l2_bytes): the tiles
+go in blocks of whole tiles (a divisor of a tile row, or whole rows; at least one block per core),
+the nearest such size to about 768 KiB of transformed input plus one chunk of GEMM product (under 2
+MiB at the root, none where it would re-read a filter over 4x its own values:
+FILTER_CHECKED_BELOW), parallel over blocks; per block the input transform, then per chunk of `vo`
+output channels the GEMM and the output transform, so that "wino_v" and "wino_gemm" never leave the
+core's L2 (the filter transform stays at the root, computed once). Why: profiled on Zen 4
+(2026-12-02, VGG 64ch 224x224 forward NHWC F(4,3), 3136 tiles, 27.6 MiB each of transformed input
+and product), the root stages took input transform 2.7 ms (15 GB/s: x read, V written), GEMM 8.1 ms
+(114 GFLOP/s of multiplications done, 49 % of peak, operands streamed from memory), output
+transform 2.1 ms (20 GB/s): memory-bound. Blocked, the whole call took 7.8 ms against their 12.9
+ms. Paired with PyTorch (median of 5, PyTorch's best format / convc NHWC, root -> blocked): VGG
+64ch 224x224 forward 0.94-1.16 -> 1.77-1.92, grad_input 1.25 -> 1.85; Inception 80->192 73x73 pad 0
+forward 1.63-1.75 -> 2.01 (2 rows of 18 tiles), grad_input 1.28 -> 1.79; batch-8 c3 forward 1.22 ->
+2.03, grad_input 1.38 -> 2.28; c2 forward 2.25 -> 2.59; c3 grad_input 1.98 -> 2.25; 128ch 56x56
+forward 2.25 -> 2.43; 72ch 40x40 (forced) 1.33 -> 2.49. Where the filter outweighs the tiles it
+lost (FILTER_REUSE).
+
 Re-measured on an Intel Xeon VM (2 MiB L2, rocketlake, 2 vCPUs that mostly share one core's FMA
-units; 2026-12-03, paired with PyTorch, median of 7, PyTorch best / convc best layout, the 1
-MiB rule -> tile_block's nearest-fit blocks with the per-block filter check): c3 forward 1.10 ->
-1.35 and 2.20 -> 2.61 (two runs), grad_input 1.22 -> 1.46 and 1.21 -> 1.36 (root stages now);
-144->288 14x14 grad_input 0.84 -> 1.15 (root); batch-8 c3 (7x7 tiles per block, was 1x7)
-forward 1.51 -> 1.75, grad_input 1.67 -> 1.76; c2 (7x14, was 2x14) 1.97 -> 1.89 / 2.93 -> 2.99;
-VGG 256ch 56x56 (7x14, was 1x14) 1.63 -> 1.56 / 1.71 -> 1.63 (within this machine's noise, which
-moved unchanged kernels by up to 0.15 between runs); Inception 80->192 73x73 forward (3x18, was
-2x18) 1.85 -> 1.82; Inception 96->96 35x35, VGG 64ch 224x224 and 128ch 112x112 keep their blocks.
+units; 2026-12-03, paired with PyTorch, median of 7, PyTorch best / convc best layout, the 1 MiB
+rule -> tile_block's nearest-fit blocks with the per-block filter check): c3 forward 1.10 -> 1.35
+and 2.20 -> 2.61 (two runs), grad_input 1.22 -> 1.46 and 1.21 -> 1.36 (root stages now); 144->288
+14x14 grad_input 0.84 -> 1.15 (root); batch-8 c3 (7x7 tiles per block, was 1x7) forward 1.51 ->
+1.75, grad_input 1.67 -> 1.76; c2 (7x14, was 2x14) 1.97 -> 1.89 / 2.93 -> 2.99; VGG 256ch 56x56 in
+7x14 blocks (the filter check then enlarged blocks; it no longer does: 1x14 again) 1.63 -> 1.56 /
+1.71 -> 1.63; Inception 80->192 73x73 forward (3x18, was 2x18) 1.85 -> 1.82; Inception 96->96
+35x35, VGG 64ch 224x224 and 128ch 112x112 keep their blocks. On Zen 5 (znver5, 1 MiB L2,
+2026-12-03, same pairing, NHWC, median of 7-9, a5a9165's rule -> this one): c3 forward 2.38 ->
+3.17, grad_input 1.80 -> 1.69 (root stages now); 144->288 14x14 grad_input 1.15 -> 1.43 (root); c2
+(7x14, was 2x14) forward 2.31 -> 2.06 and 2.24 -> 2.34, grad_input 1.90 -> 2.39 and 2.31 -> 2.55;
+batch-8 c3 (7x7, was 1x7) forward 2.61 -> 2.55, grad_input 2.38 -> 2.63; more at
+FILTER_CHECKED_BELOW.
 
 Evidence: see the comment at prefers_winograd (convc/dispatch.py) and README "Winograd". On
 Zen 4 (znver4, 2 cores, fp32 peak ~234 GFLOP/s; 2026-12-02, shared VM, paired with PyTorch,
@@ -265,12 +272,21 @@ MEASURED_L2 = 1 << 20   # the L2 per core the two sizes were set on
 # Every block reads the whole transformed filter (alpha^2 x Cg x K) once: layers with fewer than
 # K / FILTER_REUSE tiles keep the root stages and the filter transform fused into the GEMM (blocked,
 # 512ch 14x14 F(2,3) forward fell from 1.81x to 1.38x PyTorch, 384->256 13x13 F(4,3) 1.72 -> 1.12,
-# 1024ch 7x7 grad_input 1.04 -> 0.44), and a block qualifies only where the filter it reads is at
-# most FILTER_REUSE times its own transformed input and product (Cg x K <= 4 x tiles x channels):
-# on the Xeon, c3's 1x7-tile blocks (the filter 14.6x a block) lost to the root stages, forward
-# 1.10 -> 1.35, grad_input 1.22 -> 1.46, and 144->288 14x14 grad_input's (19.5x) 0.84 -> 1.15
-# (on Zen 4 c3's blocks had gained, 1.98 -> 2.25: its L3 serves the re-reads faster).
+# 1024ch 7x7 grad_input 1.04 -> 0.44). And where the whole transformed input is under
+# FILTER_CHECKED_BELOW (scaled alike: it stays in L2/L3 at the root), the root stages are kept
+# too when the block would read a filter more than FILTER_REUSE times its own transformed input
+# and product (Cg x K > 4 x tiles x channels). Measured, paired with PyTorch, NHWC, median of
+# 7-9, root -> blocks: on the Xeon (2 MiB L2) c3 (1x7, the filter 14.6x a block, 0.9 MiB) forward
+# 1.35 -> 1.10, grad_input 1.46 -> 1.22, 144->288 14x14 grad_input (19.5x) 1.15 -> 0.84; on
+# Zen 5 (1 MiB L2, 2026-12-03) c3 forward 3.17 -> 2.38, grad_input 1.69 -> 1.80, 144->288 14x14
+# grad_input 1.43 -> 1.15, 160->320 14x14 grad_input (1.0 MiB) 1.17 -> 0.93, 128->192 28x28
+# grad_input (1.3 MiB) 3.89 -> 3.78; but with 4-7 MiB at the root the blocks win though they
+# re-read the filter 7-16x: Inception 80->192 73x73 padding 1 (1x19) 1.54 -> 1.94, VGG 256ch
+# 56x56 (1x14) forward 2.23 -> 2.35, grad_input 2.03 -> 2.38. The check never enlarges a block
+# past the nearest fit: VGG 256ch 56x56 in 7x14 blocks (the smallest that passes it, 4 MiB) ran
+# 2.29 / 2.15 on Zen 5 and 1.56 / 1.63 against 1.63 / 1.71 on the Xeon.
 FILTER_REUSE = 4
+FILTER_CHECKED_BELOW = 2 << 20
 
 
 def tile_block(spec, op: str, m: int, channels: int, l2_bytes: int = MEASURED_L2,
@@ -279,18 +295,19 @@ def tile_block(spec, op: str, m: int, channels: int, l2_bytes: int = MEASURED_L2
 
     A block is whole rows of tiles (a divisor of the rows) or part of one row (a divisor of its
     tiles), so that it is a contiguous run of tile indices, with >= 2 tiles; the image has at
-    least `cores` blocks (counting the batch); the filter each block reads is at most
-    FILTER_REUSE times the block's own values. Of those, the one whose size is nearest (by ratio)
+    least `cores` blocks (counting the batch). Of those, the one whose size is nearest (by ratio)
     to about BLOCK_BYTES of alpha^2 x `channels` values per tile. Nearest, not the largest under
     it: with few divisors (7 tiles per row) the largest under it can be a seventh of it (batch-8
     c3 on the Xeon, 1x7 -> 7x7 tiles: forward 1.51 -> 1.75x PyTorch, grad_input 1.67 -> 1.76).
-    None where the transformed input is under BLOCKED_FROM bytes or no block qualifies (both sizes
-    follow `l2_bytes`, the L2 per core, downwards: see BLOCK_BYTES)."""
+    None where the transformed input is under BLOCKED_FROM bytes, where no block qualifies, and
+    where it is under FILTER_CHECKED_BELOW and the block would read a filter more than
+    FILTER_REUSE times its own values (all sizes follow `l2_bytes`, the L2 per core, downwards:
+    see BLOCK_BYTES)."""
     out_channels = spec.out_channels if op == "forward" else spec.in_channels
     in_group = (spec.in_channels if op == "forward" else spec.out_channels) // spec.groups
     scale = min(1.0, l2_bytes / MEASURED_L2)
-    if (transformed_input_bytes(spec, op, m) < BLOCKED_FROM * scale
-            or FILTER_REUSE * tiles(spec, op, m) < out_channels):
+    transformed = transformed_input_bytes(spec, op, m)
+    if transformed < BLOCKED_FROM * scale or FILTER_REUSE * tiles(spec, op, m) < out_channels:
         return None
     size = spec.out_size if op == "forward" else spec.in_size
     rows, cols = (-(-s // m) for s in size)
@@ -298,12 +315,14 @@ def tile_block(spec, op: str, m: int, channels: int, l2_bytes: int = MEASURED_L2
     fit = max(1.0, BLOCK_BYTES * scale / per_tile)
     blocks = [((d, cols), spec.batch * rows // d) for d in range(1, rows + 1) if rows % d == 0]
     blocks += [((1, d), spec.batch * rows * cols // d) for d in range(1, cols) if cols % d == 0]
-    fitting = [block for block, count in blocks
-               if block[0] * block[1] >= 2 and count >= cores
-               and in_group * out_channels <= FILTER_REUSE * block[0] * block[1] * channels]
+    fitting = [block for block, count in blocks if block[0] * block[1] >= 2 and count >= cores]
     if not fitting:
         return None
-    return min(fitting, key=lambda b: (max(b[0] * b[1] / fit, fit / (b[0] * b[1])), b[0] * b[1]))
+    block = min(fitting, key=lambda b: (max(b[0] * b[1] / fit, fit / (b[0] * b[1])), b[0] * b[1]))
+    if (transformed < FILTER_CHECKED_BELOW * scale
+            and in_group * out_channels > FILTER_REUSE * block[0] * block[1] * channels):
+        return None
+    return block
 
 
 def _plan(spec, op: str, m: int, lanes: int, target, chunk: bool = True):
