@@ -35,6 +35,8 @@ CASES = [
     # ... with an even width: grad_input's phased width-vector variant (zeros folded away)
     ("2d_stem_even", (2, 3, 20, 22), (5, 3, 7, 7), 2, 3, 1, 1),
     ("2d_thin_strides_3x2", (1, 3, 9, 10), (4, 3, 3, 3), (3, 2), ((0, 1), (1, 0)), (1, 2), 1),
+    # few input channels, many output channels (a stem of stride 1; width vectors on large planes)
+    ("2d_thin_input", (2, 3, 9, 13), (37, 3, 3, 3), 1, ((1, 2), (0, 1)), 1, 1),
     # grouped with whole vectors per group, and with fewer channels per group than a vector
     ("2d_groups_wide", (1, 34, 8, 11), (36, 17, 3, 3), 1, 1, 1, 2),
     ("2d_groups_narrow", (2, 12, 9, 10), (18, 4, 3, 3), 2, 1, 1, 3),
@@ -190,6 +192,46 @@ def test_strided_grad_input_skips_the_zeros():
         assert check_kernel(kernel, operands(spec)) <= 2e-5
 
 
+def test_thin_input_channels_first_forward_takes_width_vectors(monkeypatch):
+    """Channels-first forward with <= 8 input channels and a large output (stems at 224x224)
+    vectorizes along the width (family B); small outputs, strides, 9+ input channels and
+    channels-last keep the channel vectors. Both families are in the tuner's grid and compute
+    the right thing on odd shapes (37 output channels, 13 wide, a remainder row tile), the rule's
+    family first; 2 threads, repeated."""
+    from convc.check import check_kernel, operands
+    from convc.schedules.cpu import direct
+
+    target = resolve("llvm")
+
+    def family(xs, ws, stride=1, layout="NCHW"):
+        spec = make_spec(xs, ws, stride, 1, layout=layout)
+        return "A" if direct.plan(spec, "forward", target).family_a else "B"
+
+    assert family((1, 3, 224, 224), (64, 3, 3, 3)) == "B"
+    assert family((1, 8, 224, 224), (64, 8, 3, 3)) == "B"
+    assert family((1, 3, 56, 56), (64, 3, 3, 3)) == "A"      # 200K output values
+    assert family((1, 9, 224, 224), (64, 9, 3, 3)) == "A"
+    assert family((1, 3, 224, 224), (32, 3, 3, 3), stride=2) == "A"
+    assert family((1, 224, 224, 3), (3, 3, 3, 64), layout="NHWC") == "A"
+    monkeypatch.setattr(direct, "WIDE_OUTPUT", 0)             # small shapes take the rule here
+    for xs, ws in (((2, 3, 9, 13), (37, 3, 3, 3)), ((1, 5, 10, 7), (20, 5, 5, 5))):
+        spec = make_spec(xs, ws, 1, ((1, 2), (0, 1)), bias=True)
+        assert not direct.plan(spec, "forward", target).family_a
+        kernel, data = convc.compile(spec, "forward"), operands(spec)
+        assert kernel.how == "hand-written" and "width-vector" in kernel.tir
+        for _ in range(4):
+            assert check_kernel(kernel, data) <= 2e-5, spec.key
+        grid = direct.direct_knobs(declare(spec, "forward"), target)
+        assert grid[0] == {} and len(grid) > 1
+        assert all(knobs["width_vector"] is False for knobs in grid[1:])
+    monkeypatch.setattr(direct, "WIDE_OUTPUT", 1 << 30)
+    grid = direct.direct_knobs(declare(spec, "forward"), target)
+    assert grid[-1] == {"width_vector": True} and "width_vector" not in grid[0]
+    for wide in (0, 1 << 30):           # every alternative of both grids, against the reference
+        monkeypatch.setattr(direct, "WIDE_OUTPUT", wide)
+        _check_grid("2d_thin_input", "first", 1, monkeypatch, ops=("forward",))
+
+
 def test_group_tiles_do_not_race():
     """Groups whose channel count is not a multiple of the vector tile (24 per group, tiles of 16):
     a tile running past its group wrote over the next group's channels from another thread
@@ -221,7 +263,7 @@ GRID_CASES = ["2d_wide_odd", "2d_gemm_1x1", "2d_groups_wide", "2d_groups_narrow"
               "1d_odd", "3d_odd"]
 
 
-def _check_grid(case_id, layout, every, monkeypatch):
+def _check_grid(case_id, layout, every, monkeypatch, ops=OPS):
     import numpy as np
     import tvm
 
@@ -233,7 +275,7 @@ def _check_grid(case_id, layout, every, monkeypatch):
     monkeypatch.setattr(direct, "WEIGHT_SLICE_BYTES", 4096)
     spec = _spec(next(c for c in CASES if c[0] == case_id), layout, bias=True)
     data, target = operands(spec), resolve("llvm")
-    for op in OPS:
+    for op in ops:
         want = reference(spec, op, **data)
         grid = hand_grid(declare(spec, op).with_attr("global_symbol", "main"), target)
         assert grid[0][0] is not None, f"{op}: no hand-written rule took it"

@@ -160,10 +160,38 @@ class Plan:
     phased: bool
 
 
-def plan(spec, op, target) -> Plan:
+# Channels-first forward with few input channels (stems: 3 colour planes) writing a large output:
+# family A's tile stores `tw` positions of each of its `vo` channels, one strided run per channel
+# plane, and on large planes those stores, not the short reduction, set the speed; family B
+# stores whole vectors along a row. Zen 5, 2 threads, paired rounds, 2026-12-03, stride 1, NCHW,
+# A -> B: 3->64 3x3 224x224 3223 -> 605 us (PyTorch NCHW 1150), 4->64 3455 -> 676, 8->64 3791 ->
+# 1237, 3->64 5x5 3738 -> 1213, batch-8 3->64 27511 -> 8965, 3->32 3x3 299x299 pad 0 1010 ->
+# 524, 3->64 112x112 280 -> 201, 3->16 224x224 231 -> 193; A kept: 3->64 56x56 57 vs 72, 8->32
+# 112x112 221 vs 281, 16->32 112x112 426 vs 686 (16->32 224x224 1354 vs 1292: at par; 32 channels
+# and up A wins, 32->64 147x147 2109 vs 3676), stride 2 (3->32 3x3/2 224x224 142 vs 420; the 7x7/2
+# stem at par), 1->32 5x5 28x28 13 vs 17. So: groups 1, stride 1, <= THIN_INPUT input channels
+# and an output of >= WIDE_OUTPUT values per image (3 MiB of fp32).
+THIN_INPUT = 8
+WIDE_OUTPUT = 768 * 1024
+
+
+def thin_input(op, geo: Geometry, lanes: int) -> bool:
+    """A channels-first 2-D forward of stride 1 and groups 1 with few input channels, which either
+    family can run (the tuner's grid has both)."""
+    return (op == "forward" and not geo.channels_last and geo.ndim == 2 and geo.groups == 1
+            and all(s == 1 for s in geo.stride) and geo.in_per_group <= THIN_INPUT
+            and channel_vector_ok(geo, lanes))
+
+
+def plan(spec, op, target, width_vector=None) -> Plan:
+    """`width_vector` (a tuner knob) overrides the rule's family for thin_input layers: family B
+    where the output of one image has >= WIDE_OUTPUT values."""
     geo = geometry(spec, op)
     lanes = info(target).lanes(geo.acc)
     family_a = geo.channels_last or channel_vector_ok(geo, lanes)
+    if thin_input(op, geo, lanes):
+        wide = geo.out_channels * math.prod(geo.out_size) >= WIDE_OUTPUT
+        family_a = not (wide if width_vector is None else width_vector)
     strided_grad = op == "grad_input" and any(s > 1 for s in spec.stride)
     phased = strided_grad and (
         math.prod(spec.kernel) <= MAX_PHASED_TAPS if family_a
@@ -177,7 +205,7 @@ def schedule_direct(func, target, knobs=None):
     if spec is None or op not in ("forward", "grad_input") or is_winograd(func):
         return None
     knobs = knobs or {}
-    p = plan(spec, op, target)
+    p = plan(spec, op, target, knobs.get("width_vector"))
     geo, family_a, strided_grad, phased = p.geo, p.family_a, p.strided_grad, p.phased
     sch = new_schedule(func)
     reduction = sch.get_sblock("conv" if op == "forward" else "dx")
@@ -377,8 +405,18 @@ def direct_knobs(func, target) -> list[dict]:
         # accumulator budget gives (the rule's) or at two and one strides
         s = spec.stride[-1]
         return [{}, {"vectors": 2}, {"vectors": 1, "tw": 2 * s}, {"vectors": 2, "tw": s}]
-    if not p.family_a or op == "grad_input" and is_gather_grad_input(spec):
+    both = thin_input(op, p.geo, info(target).lanes(p.geo.acc))   # the rule's family first
+    if not p.family_a:
+        family_a = plan(spec, op, target, width_vector=False)
+        return [{}] + ([dict(knobs, width_vector=False)
+                        for knobs in _channel_vector_grid(op, family_a, target)] if both else [])
+    if op == "grad_input" and is_gather_grad_input(spec):
         return [{}]
+    return _channel_vector_grid(op, p, target) + ([{"width_vector": True}] if both else [])
+
+
+def _channel_vector_grid(op, p: Plan, target) -> list[dict]:
+    """direct_knobs' alternatives for family A (not phased), the rule's own choice first."""
     geo, grid, seen = p.geo, [], set()
     # How the weights are read: the rule's way, and the other one where there is a choice (the
     # per-call copy of channels-last forward weights; grad_input's flipped copy of 1x1 weights).
