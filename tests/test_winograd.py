@@ -371,6 +371,33 @@ def test_blocked_schedule_against_reference(monkeypatch, case, layout, block_byt
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("op", ["forward", "grad_input"])
+def test_gemm_tile_that_divides_no_run_of_tiles(op, layout):
+    """A register tile of tiles that leaves a remainder (5 of 24 tiles at the root; 5 of 12 per
+    block of whole rows), whose last tile the schedule partitions off: against the reference,
+    2 threads, repeated."""
+    import tvm
+
+    from convc.ops import declare
+    from convc.schedules.cpu.winograd import schedule_winograd
+
+    spec = spec_of((2, 16, 9, 13), (32, 16, 3, 3), layout, padding=1, algorithm="winograd",
+                   winograd_m=4)
+    data, target = operands(spec, 5), resolve(None)
+    inputs = kernel_inputs(spec, op, data)
+    expected = reference(spec, op, **data)
+    func = declare(spec, op).with_attr("global_symbol", "main")
+    for knobs in ({"tp": 5}, {"tp": 5, "block": (3, 4)}, {"tp": 7, "block": (1, 4)}):
+        sch = schedule_winograd(func, target, knobs)
+        assert f" t{knobs['tp']}" in sch.mod.script()
+        run = tvm.compile(sch.mod, target=target)["main"]
+        for _ in range(3):
+            out = np.zeros(expected.shape, spec.dtype)
+            run(*inputs, out)
+            assert_close(out, expected, spec.dtype, f"{op} {spec.key} {knobs}")
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("mode", ["reflect", "circular"])
 def test_blocked_schedule_with_a_ring_padding(monkeypatch, mode, layout):
     """A ring padding under the blocked rule: its forward is blocked (the ring is the padded
