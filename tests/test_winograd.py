@@ -437,12 +437,14 @@ def test_tile_block_is_a_run_of_whole_tiles():
     assert block(73, 73, 96) == (1, 19)     # 19 tiles per row, a prime: the whole row
     assert block(8, 8, 64) is None          # a small transformed input keeps the root stages
     assert block(14, 14, 512, m=2) is None  # few tiles, a large filter: read once per block
-    # c3 (7x7 tiles of 4x4): a row of 7 tiles would read a filter 9x its own values, and the whole
-    # image as one block would leave the second core idle, unless the batch gives each core one
-    assert block(28, 28, 128) is None
-    assert block(28, 28, 128, cores=1) == block(28, 28, 128, batch=8) == (7, 7)
+    assert block(28, 28, 128) is None       # c3: 0.86 MiB, under BLOCKED_FROM
+    assert block(28, 28, 128, batch=8) == (7, 7)
     assert block(28, 28, 128, batch=8, cores=64) is None  # no block shape gives 64 cores work
-    assert block(40, 40, 64) == (5, 10)     # 10x10 tiles: 50 is nearest the budget of ~43
+    # 160ch 28x28 (1.1 MiB): a row of 7 tiles, nearest the budget, would read a filter 11x its
+    # own values; the whole image as one block would leave the second core idle
+    assert block(28, 28, 160) is None
+    assert block(28, 28, 160, cores=1) is None  # the check does not enlarge the nearest block
+    assert block(40, 40, 80) == (5, 10)     # 10x10 tiles: 50 is nearest the budget of ~33
     # 256ch 56x56, 7 MiB at the root: the row of 14 tiles, though its filter is 9x its values (the
     # check does not enlarge the block to the 7x14 that would pass it)
     assert block(56, 56, 256) == (1, 14)

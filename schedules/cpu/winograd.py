@@ -24,7 +24,7 @@ Five root stages, each computed in parallel:
   tiles: the column pass "wino_o" computed per (tile, channel vector), the row pass and the
   epilogue (bias, scale/shift, residual, activation, cast) unrolled into the store.
 
-Blocked (tile_block; layers with >= 0.8 MiB of transformed input and at least K / 4 tiles, both
+Blocked (tile_block; layers with >= 1 MiB of transformed input and at least K / 4 tiles, both
 sizes set for a 1 MiB L2 per core and scaled down on a smaller one, TargetInfo.l2_bytes): the tiles
 go in blocks of whole tiles (a divisor of a tile row, or whole rows; at least one block per core),
 the nearest such size to about 768 KiB of transformed input plus one chunk of GEMM product (under 2
@@ -272,8 +272,11 @@ def _padded_input(sch, target, spec, lanes: int):
 # root instead of 3x9 blocks: forward 1.46 -> 1.29, grad_input 1.38 -> 1.25).
 BLOCK_BYTES = 768 << 10
 # Layers whose whole transformed input is smaller than this (scaled alike) keep the root stages
-# (it stays in L2/L3).
-BLOCKED_FROM = 832 << 10
+# (it stays in L2/L3). 832 KiB until 2026-12-03; at 0.86 MiB (49 tiles x 36 x 128 channels) the
+# root stages were as fast or faster on Zen 5 (paired, NHWC, blocked -> root): 32->128 27x27
+# grad_input 1.50 -> 1.96 and 1.43 -> 1.75x PyTorch, 128->32 28x28 forward 1.81 -> 1.98,
+# 128->32 56x56 grad_input 2.20 -> 2.13.
+BLOCKED_FROM = 1 << 20
 MEASURED_L2 = 1 << 20   # the L2 per core the two sizes were set on
 # Every block reads the whole transformed filter (alpha^2 x Cg x K) once: layers with fewer than
 # K / FILTER_REUSE tiles keep the root stages and the filter transform fused into the GEMM (blocked,
