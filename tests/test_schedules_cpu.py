@@ -232,6 +232,30 @@ def test_thin_input_channels_first_forward_takes_width_vectors(monkeypatch):
         _check_grid("2d_thin_input", "first", 1, monkeypatch, ops=("forward",))
 
 
+def test_short_reduction_channels_last_takes_one_vector_by_eight():
+    """Channels-last stride-1 forward with <= 27 products per output (3 channels x 3x3) takes one
+    channel vector x 8 positions; 8 channels, strides, depthwise and 1x1 keep the rule's tiles;
+    the short tile is right on a ragged width and a partial channel vector (37 = 2 x 16 + 5)."""
+    from convc.check import check_kernel, operands
+    from convc.schedules.cpu import direct
+
+    def short(xs, ws, stride=1, groups=1):
+        spec = make_spec(xs, ws, stride, 1, 1, groups, layout="NHWC")
+        return direct.short_reduction(direct.geometry(spec, "forward"))
+
+    assert short((1, 224, 224, 3), (3, 3, 3, 64))
+    assert not short((1, 224, 224, 8), (3, 3, 8, 64))
+    assert not short((1, 224, 224, 3), (3, 3, 3, 64), stride=2)
+    assert not short((1, 56, 56, 16), (3, 3, 1, 16), groups=16)
+    assert not short((1, 56, 56, 24), (1, 1, 24, 144))
+    spec = make_spec((2, 11, 21, 3), (3, 3, 3, 37), 1, 1, layout="NHWC", bias=True)
+    kernel, data = convc.compile(spec, "forward"), operands(spec)
+    lanes = resolve("llvm").info.lanes("float32")
+    assert kernel.how == "hand-written" and f"channel-vector direct v{lanes}" in kernel.tir
+    for _ in range(4):
+        assert check_kernel(kernel, data) <= 2e-5
+
+
 def test_group_tiles_do_not_race():
     """Groups whose channel count is not a multiple of the vector tile (24 per group, tiles of 16):
     a tile running past its group wrote over the next group's channels from another thread

@@ -522,12 +522,33 @@ def channel_tile(geo: Geometry, target, vectors: int = 2):
 FOUR_VECTOR_SLICE_BYTES = 64 * 1024
 
 
+# ... except a channels-last stride-1 forward whose reduction per output is this short (stems of
+# stride 1: 3 channels x 3x3 taps): one channel vector x SHORT_TILE positions, for which each
+# step loads one weight vector and broadcasts 8 inputs. Zen 5, 2 threads, paired rounds,
+# 2026-12-03, NHWC, 4 x 4 (the rule before) -> 1 x 8: 3->64 3x3 224x224 569-698 -> 477-499 us
+# (three runs; PyTorch 502-542), batch 8 6855 -> 5674, 112x112 142 -> 119, 3->32 299x299 pad 0
+# 617 -> 455 (4 x 7: 513); 1 x 16 in between (462-605, 6606, 135, 529). Not for 8 channels
+# (8->64 224x224: 4 x 4 1324, 1 x 8 1537) nor strides (3x3/2 stems at par, 7x7/2 4 x 4 better).
+SHORT_REDUCTION = 27
+SHORT_TILE = 8
+
+
+def short_reduction(geo: Geometry) -> bool:
+    return (geo.channels_last and not geo.zero_stride and geo.ndim == 2 and geo.groups == 1
+            and not geo.is_gemm and all(s == 1 for s in geo.stride)
+            and geo.in_per_group * math.prod(geo.kernel) <= SHORT_REDUCTION)
+
+
 def default_vectors(geo: Geometry, target) -> int:
+    if short_reduction(geo):
+        return 1
     lanes = info(target).lanes(geo.acc)
     return 4 if weight_slice_bytes(geo, 4 * lanes) <= FOUR_VECTOR_SLICE_BYTES else 2
 
 
 def default_width(geo: Geometry, tw_max: int) -> int:
+    if short_reduction(geo) and tw_max >= SHORT_TILE:
+        return pick_tile(geo.out_size[-1], SHORT_TILE, minimum=SHORT_TILE)
     return pick_tile(geo.out_size[-1], tw_max, minimum=max(1, tw_max // 2))
 
 
