@@ -27,9 +27,9 @@ Five root stages, each computed in parallel:
 Blocked (tile_block; layers with >= 1 MiB of transformed input and at least K / 4 tiles, both
 sizes set for a 1 MiB L2 per core and scaled down on a smaller one, TargetInfo.l2_bytes): the tiles
 go in blocks of whole tiles (a divisor of a tile row, or whole rows; at least one block per core),
-the nearest such size to about 768 KiB of transformed input plus one chunk of GEMM product (under 2
-MiB at the root, none where it would re-read a filter over 4x its own values:
-FILTER_CHECKED_BELOW), parallel over blocks; per block the input transform, then per chunk of `vo`
+the nearest such size to about 768 KiB of transformed input plus one chunk of GEMM product (none,
+where the whole transformed input is under 2 MiB and that block would re-read a filter over 4x
+its own values: FILTER_CHECKED_BELOW), parallel over blocks; per block the input transform, then per chunk of `vo`
 output channels the GEMM and the output transform, so that "wino_v" and "wino_gemm" never leave the
 core's L2 (the filter transform stays at the root, computed once). Why: profiled on Zen 4
 (2026-12-02, VGG 64ch 224x224 forward NHWC F(4,3), 3136 tiles, 27.6 MiB each of transformed input
