@@ -8,11 +8,10 @@ the geo-mean, how many are below 1.3 and 1.0 and the lowest, per op; OUT.json ge
 (convc.bench.zoo.save). About 5 minutes on 2 cores with REPEAT 7.
 """
 
-import math
 import sys
 import time
 
-from convc.bench import zoo
+from convc.bench import geomean, zoo
 
 
 def main(out: str, repeat: int = 5) -> None:
@@ -26,8 +25,7 @@ def main(out: str, repeat: int = 5) -> None:
     zoo.save(rows, out)
     for op in ("forward", "grad_input"):
         ratios = [r.ratio for r in rows if r.op == op and r.ratio]
-        geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
-        print(f"{op}: geo-mean {geo:.2f} over {len(ratios)}, below 1.3: "
+        print(f"{op}: geo-mean {geomean(ratios):.2f} over {len(ratios)}, below 1.3: "
               f"{sum(r < 1.3 for r in ratios)}, below 1.0: {sum(r < 1.0 for r in ratios)}, "
               f"lowest {min(ratios):.2f}")
     print("end", time.strftime("%H:%M:%S"))

@@ -389,7 +389,8 @@ def test_gemm_tile_that_divides_no_run_of_tiles(op, layout):
     func = declare(spec, op).with_attr("global_symbol", "main")
     for knobs in ({"tp": 5}, {"tp": 5, "block": (3, 4)}, {"tp": 7, "block": (1, 4)}):
         sch = schedule_winograd(func, target, knobs)
-        assert f" t{knobs['tp']}" in sch.mod.script()
+        script = sch.mod.script()
+        assert f" t{knobs['tp']}" in script and "pragma_loop_partition_hint" in script
         run = tvm.compile(sch.mod, target=target)["main"]
         for _ in range(3):
             out = np.zeros(expected.shape, spec.dtype)
