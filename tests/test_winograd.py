@@ -498,3 +498,32 @@ def test_l2_size_of_a_target(tmp_path):
     assert host.l2_bytes == (targets.host_l2_bytes() or targets.L2_BYTES.get(
         host.arch, targets.DEFAULT_L2_BYTES))
     assert "l2" not in host.key and str(host.l2_bytes) not in host.key
+
+
+@pytest.mark.parametrize("layout, groups", [("NCHW", 1), ("NHWC", 1), ("NHWC", 2), ("NHWC", 6)])
+def test_grad_input_flipped_filter_is_transposed_at_the_root_channels_last(layout, groups):
+    """Channels-last grad_input computes the flipped, channel-swapped filter at the root in
+    transposed tiles (whole vectors where the channels allow: 48 channels per group in 2 groups,
+    16 in 6); channels-first reads it inline. Against the reference, prepacked too, 2 threads,
+    repeated."""
+    import tvm
+
+    from convc.ops import declare
+    from convc.schedules.cpu.winograd import schedule_winograd
+
+    spec = spec_of((2, 96, 6, 7), (96, 96 // groups, 3, 3), layout, padding=1, groups=groups,
+                   algorithm="winograd", winograd_m=2)
+    data, target = operands(spec, 6), resolve(None)
+    inputs = kernel_inputs(spec, "grad_input", data)
+    expected = reference(spec, "grad_input", **data)
+    sch = schedule_winograd(declare(spec, "grad_input").with_attr("global_symbol", "main"), target)
+    assert ('T.sblock("w_flipped")' in sch.mod.script()) == (layout == "NHWC")
+    run = tvm.compile(sch.mod, target=target)["main"]
+    for _ in range(3):
+        out = np.zeros(expected.shape, spec.dtype)
+        run(*inputs, out)
+        assert_close(out, expected, spec.dtype, f"grad_input {spec.key}")
+    kernel = convc.compile(spec, "grad_input")
+    packed = kernel.prepack(inputs[1])
+    for _ in range(3):
+        assert_close(kernel(inputs[0], packed), expected, spec.dtype, f"prepacked {spec.key}")
