@@ -95,8 +95,8 @@ def prefers_winograd(spec, op: str, target) -> int:
     GEMM 424 -> 671 / 390 -> 425), batch-8 c3 241 -> 524 / 389 -> 705. c5 with the fused filter
     transform: NCHW 202 -> 252 forward, 219 -> 330 grad_input, NHWC 432 -> 376, 170 -> 118
     (below MIN_TILES: direct). The filter transform runs per call (alpha^2 C K values
-    written and read again), so Winograd pays from about MIN_TILES tiles: m=4 from 40 tiles of
-    4x4, else m=2 from 40 tiles of 2x2, else direct. Only where measured: float32, ungrouped, 64
+    written and read again), so Winograd pays from about MIN_TILES tiles: m=4 from 32 tiles of
+    4x4, else m=2 from 32 tiles of 2x2, else direct. Only where measured: float32, ungrouped, 64
     or more channels each side in whole vectors (channel counts no vector divides leave the
     transforms scalar; channels-last from 16 with F(4, 3) only, FEW_CHANNELS_LAST), 512-bit vectors (other CPUs and dtypes keep direct;
     algorithm="winograd" forces it anywhere it is supported). A ring padding (reflect, replicate,

@@ -50,3 +50,32 @@ def test_the_transpose_runs_for_large_channels_last_weights_only():
 def test_a_weight_that_requires_grad_is_packed():
     w = torch.randn(64, 128, 3, 3).to(memory_format=CL).requires_grad_()
     assert torch.equal(layout.pack_weight(w, True), w.detach().permute(2, 3, 1, 0).contiguous())
+
+
+def test_channels_last_weight_gradients_share_a_scratch_but_never_each_other():
+    """Channels-last grad_weight kernels write into one per-thread scratch buffer that
+    unpack_weight copies out of: consecutive gradients of different shapes and dtypes (the
+    buffer grows, then is reused) each equal PyTorch's, and an earlier one is not overwritten by
+    a later call. Channels-first gradients are new tensors."""
+    import torch.nn.functional as F
+
+    from convc.torch import ops
+
+    g = torch.Generator().manual_seed(3)
+    grads, expected = [], []
+    for c, k, dtype in ((8, 16, torch.float64), (32, 64, torch.float32), (8, 16, torch.float32),
+                        (32, 64, torch.float32)):
+        x = torch.randn(2, c, 6, 5, generator=g, dtype=dtype).to(memory_format=CL)
+        dy = torch.randn(2, k, 6, 5, generator=g, dtype=dtype).to(memory_format=CL)
+        w = torch.zeros(k, c, 3, 3, dtype=dtype, requires_grad=True)
+        F.conv2d(x, w, padding=1).backward(dy)
+        grads.append(ops.grad_weight_impl(x, dy, [k, c, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1,
+                                          "zeros"))
+        expected.append(w.grad.clone())
+    for got, want in zip(grads, expected):
+        assert got.is_contiguous(memory_format=CL)
+        torch.testing.assert_close(got, want)
+    pointers = {t.untyped_storage().data_ptr() for t in grads}
+    assert len(pointers) == len(grads)
+    assert layout.weight_destination((4, 4), torch.float32, True)._base is not None  # scratch
+    assert layout.weight_destination((4, 4), torch.float32, False)._base is None     # new

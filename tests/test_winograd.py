@@ -183,6 +183,16 @@ def test_auto_chooses_by_measured_rule():
     if convc.target.info(cpu).vector_bits >= 512:  # the rule only covers what was measured
         chosen = resolve_algorithm(c3, "forward", cpu)
         assert (chosen.algorithm, chosen.winograd_m) == ("winograd", 4)
+        # ResNet-18's last stages at batch 8, 112x112: 32 tiles (winograd.MIN_TILES) of 4x4 on
+        # 7x7, of 2x2 on 4x4.
+        for layout in ("NCHW", "NHWC"):
+            s7 = spec_of((8, 256, 7, 7), (256, 256, 3, 3), layout, padding=1)
+            s4 = spec_of((8, 512, 4, 4), (512, 512, 3, 3), layout, padding=1)
+            for op in ("forward", "grad_input"):
+                chosen = resolve_algorithm(s7, op, cpu)
+                assert (chosen.algorithm, chosen.winograd_m) == ("winograd", 4), (layout, op)
+                chosen = resolve_algorithm(s4, op, cpu)
+                assert (chosen.algorithm, chosen.winograd_m) == ("winograd", 2), (layout, op)
     forced = ConvSpec.from_shapes((1, 512, 7, 7), (512, 512, 3, 3), padding=1,
                                   algorithm="direct")
     assert resolve_algorithm(forced, "forward", cpu) is forced

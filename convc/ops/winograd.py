@@ -67,8 +67,15 @@ def matrices(m: int, r: int = 3):
 
 # Tiles (batch x tile rows x tile columns) a layer needs before F(4, 3) pays over F(2, 3), and F(2, 3)
 # over the direct schedules: the filter transform is computed per call and costs as much as the
-# GEMM saves on about this many tiles (see convc.dispatch.prefers_winograd).
-MIN_TILES = 40
+# GEMM saves on about this many tiles (see convc.dispatch.prefers_winograd). 40 until 2026-12-04;
+# 32 since the channels-last grad_input filter transform was fixed (schedules/cpu/winograd.py,
+# _flipped_filter), on layers with 32-39 tiles (AMD EPYC Zen 4, 2 threads, least of 3 x 5 calls,
+# ms, NCHW / NHWC): 256ch 7x7 batch 8 (32 tiles of 4x4) F(2,3) -> F(4,3) forward 2.36 -> 1.44 /
+# 2.35 -> 1.30, grad_input 2.32 -> 1.45 / 2.58 -> 1.87; 128ch 14x14 batch 2 (32) level (0.29-0.34
+# either way); 512ch 4x4 batch 8 NHWC (32 tiles of 2x2) direct -> F(2,3) forward 2.87 -> 1.94,
+# grad_input 4.51 -> 3.00 (ResNet-18's last two stages at 112x112, batch 8). No layer of the zoo
+# corpus (batch 1) has 32-39 tiles either way, so none changed.
+MIN_TILES = 32
 
 
 def tiles(spec: ConvSpec, op: str, m: int) -> int:

@@ -13,6 +13,9 @@ run by a compiled kernel (convc.build.transpose: 4x faster than aten's permute c
 
 from __future__ import annotations
 
+import math
+import threading
+
 import torch
 
 from ..spec import LAYOUTS
@@ -125,6 +128,28 @@ def empty_weight(like: torch.Tensor, size, last: bool) -> torch.Tensor:
     """A new (O, I/groups, *k) weight-shaped tensor in weight_memory_format's layout."""
     return torch.empty(tuple(size), dtype=like.dtype, device=like.device,
                        memory_format=weight_memory_format(len(size) - 2, last))
+
+
+_SCRATCH = threading.local()   # .buffer: this thread's flat scratch for weight_destination
+
+
+def weight_destination(shape, dtype, last: bool) -> torch.Tensor:
+    """Where a grad_weight kernel writes its (kernel-layout) result. Channels-first: a new tensor,
+    which is returned as the gradient. Channels-last: the result is only read by unpack_weight,
+    which copies it into a new (O, I/groups, *k) tensor, so it goes to a per-thread scratch
+    buffer (flat, grown to the largest weight seen, viewed to `shape`) instead of fresh memory
+    every call: a fresh 9.4 MB buffer (ResNet-18's 512x512x3x3) took 2,300 page faults, 2.4-3.0
+    ms to fill against 0.2 ms for memory already mapped (AMD EPYC Zen 4 VM, 2026-12-04); in
+    ResNet-18's channels-last training step the grad_weight kernel calls took 2,500 faults a
+    step. The buffer is reused by the next call on the same thread only after unpack_weight has
+    copied this one out (the op implementations do both in one call)."""
+    if not last:
+        return torch.empty(shape, dtype=dtype)
+    count = math.prod(shape)
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or buffer.dtype != dtype or buffer.numel() < count:
+        buffer = _SCRATCH.buffer = torch.empty(max(count, 1), dtype=dtype)
+    return buffer[:count].view(shape)
 
 
 def unpack_weight(weight: torch.Tensor, last: bool) -> torch.Tensor:

@@ -63,7 +63,7 @@ from ..spec import LAYOUTS, ConvSpec, out_size
 from ..target import resolve
 from . import packs
 from .layout import (empty_output, empty_weight, from_layout, is_channels_last, pack_weight,
-                     to_layout, unpack_weight)
+                     to_layout, unpack_weight, weight_destination)
 
 NAMESPACE = "convc"
 CALLS: collections.Counter = collections.Counter()
@@ -219,7 +219,7 @@ def grad_weight_impl(input: Tensor, grad_output: Tensor, weight_size: List[int],
     w_shape = (*size[2:], size[1], size[0]) if last else size
     function, shape = _kernel("grad_weight", tuple(x.shape), w_shape, stride, padding, dilation,
                               groups, padding_mode, last, input.dtype)
-    dw = torch.empty(shape, dtype=input.dtype)
+    dw = weight_destination(shape, input.dtype, last)
     function(x, dy, dw)
     CALLS["conv_grad_weight"] += 1
     return unpack_weight(dw, last)
@@ -510,7 +510,7 @@ def conv_transpose_grad_weight_impl(input: Tensor, grad_output: Tensor, weight_s
     function, shape = _transpose_kernel("conv_transpose_grad_weight", tuple(x.shape), w_shape,
                                         stride, padding, output_padding, groups, dilation, last,
                                         input.dtype)
-    dw = torch.empty(shape, dtype=input.dtype)
+    dw = weight_destination(shape, input.dtype, last)
     function(dy, x, dw)            # dy first: the equivalent convolution's input (convc.ops)
     CALLS["conv_transpose_grad_weight"] += 1
     return unpack_weight(dw, last)
