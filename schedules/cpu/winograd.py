@@ -141,7 +141,12 @@ def _flipped_filter(sch, spec, target, lanes: int) -> None:
     every lane was a load of its own, alpha times per weight element (once per e1). Measured
     (AMD EPYC Zen 4, 2 threads, 2026-12-04, least of 5 x 20 calls), 512ch 3x3 4x4 batch 8
     grad_input NHWC (ResNet-18's last stage at 112x112): F(2,3) 4.05 ms against 1.50 ms with the
-    filter prepacked (the prepack alone 7.0 ms, NCHW's 0.57 ms)."""
+    filter prepacked (the prepack alone 7.0 ms, NCHW's 0.57 ms). Inline -> transposed at the root,
+    NHWC grad_input, paired, median of 7 x 10 calls, ms: 64ch 56x56 F(4,3) 0.387 -> 0.381,
+    128ch 28x28 F(4,3) 0.494 -> 0.376, 256ch 14x14 F(2,3) 0.873 -> 0.658, batch-8 128ch 28x28
+    2.74 -> 2.67, 96ch 35x35 0.440 -> 0.434, 192ch 17x17 F(2,3) 0.637 -> 0.578, batch-8 256ch
+    7x7 F(4,3) 2.00 -> 1.27, batch-8 512ch 4x4 F(2,3) 4.02 -> 2.84 (the larger the filter
+    against the tiles, the more it saved; nothing slower)."""
     flipped = sch.get_sblock("w_flipped")
     if not spec.channels_last:
         sch.compute_inline(flipped)
