@@ -254,6 +254,34 @@ def test_double_backward_through_a_module_gradient_penalty():
     _close(grads[1], grads[0])
 
 
+def test_eager_backward_calls_the_kernels_and_create_graph_the_adjoint_ops():
+    """A module's plain backward runs the adjoint kernels directly (no custom-op dispatch:
+    no convc::conv_grad_* event in the profile), a backward with create_graph=True goes through
+    the adjoint ops (whose own autograd the second backward needs), and both give PyTorch's
+    gradients."""
+    reference, ours = _pair(nn.Conv2d, 3, 4, 3, padding=1, bias=True)
+    x = torch.randn(2, 3, 6, 6)
+
+    def adjoint_ops(create_graph):
+        xx = x.clone().requires_grad_()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            grads = torch.autograd.grad(ours(xx).square().sum(), (xx, ours.weight, ours.bias),
+                                        create_graph=create_graph)
+        names = {e.key for e in prof.key_averages()}
+        return {n for n in names if n.startswith("convc::conv_grad")}, grads
+
+    xx = x.clone().requires_grad_()
+    want = torch.autograd.grad(reference(xx).square().sum(),
+                               (xx, reference.weight, reference.bias))
+    for create_graph, expected in ((False, set()), (True, {"convc::conv_grad_input",
+                                                           "convc::conv_grad_weight",
+                                                           "convc::conv_grad_bias"})):
+        seen, grads = adjoint_ops(create_graph)
+        assert seen == expected, create_graph
+        for got, ref in zip(grads, want):
+            _close(got.detach(), ref)
+
+
 def test_off_cpu_or_other_dtypes_fall_back_to_torch():
     reference, ours = _pair(nn.Conv2d, 2, 3, 3)
     x = torch.randn(1, 2, 5, 5, dtype=torch.bfloat16)
