@@ -79,3 +79,21 @@ def test_channels_last_weight_gradients_share_a_scratch_but_never_each_other():
     assert len(pointers) == len(grads)
     assert layout.weight_destination((4, 4), torch.float32, True)._base is not None  # scratch
     assert layout.weight_destination((4, 4), torch.float32, False)._base is None     # new
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 3, 1, 5), (2, 1, 4, 5), (2, 3, 1, 1),
+                                   (1, 1, 1, 1), (2, 3, 2, 4, 5), (1, 4, 1, 1, 3), (2, 3, 5)])
+def test_is_channels_last_is_the_permuted_views_contiguity(shape):
+    """is_channels_last (PyTorch's memory-format test for 4-D and 5-D) agrees with its
+    definition, the (N, *spatial, C) view being contiguous and (N, C, *spatial) not, on tensors
+    with size-1 axes (whose strides neither test reads), transposed and sliced ones."""
+    ndim = len(shape) - 2
+    base = torch.randn(shape)
+    candidates = [base, base.permute(layout.TO_LAST[ndim]).contiguous().permute(
+        layout.FROM_LAST[ndim]), base.transpose(-1, -2), base[..., ::2]]
+    if len(shape) in (4, 5):
+        candidates.append(base.to(memory_format=CL if len(shape) == 4 else CL3))
+    for t in candidates:
+        definition = (not t.is_contiguous()
+                      and t.permute(layout.TO_LAST[ndim]).is_contiguous())
+        assert layout.is_channels_last(t) == definition, (shape, t.stride())

@@ -36,12 +36,18 @@ WEIGHT_TO_LAST = {n: (*range(2, n + 2), 1, 0) for n in LAYOUTS}
 WEIGHT_FROM_LAST = {n: (n + 1, n, *range(n)) for n in LAYOUTS}
 
 
+_MEMORY_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 def is_channels_last(x: torch.Tensor) -> bool:
     """True when x (N, C, *spatial) is stored as a contiguous (N, *spatial, C) and not also as a
     contiguous (N, C, *spatial) (a tensor with one channel or one position is both: it runs the
     channels-first kernel)."""
     if x.is_contiguous():
         return False
+    memory_format = _MEMORY_FORMATS.get(x.dim())
+    if memory_format is not None:  # the same stride test as the permuted view's, without the view
+        return x.is_contiguous(memory_format=memory_format)
     return x.permute(TO_LAST[x.dim() - 2]).is_contiguous()
 
 
