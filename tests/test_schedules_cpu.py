@@ -256,6 +256,45 @@ def test_short_reduction_channels_last_takes_one_vector_by_eight():
         assert check_kernel(kernel, data) <= 2e-5
 
 
+def test_depthwise_channels_last_takes_one_vector_by_a_short_row_tile():
+    """Channels-last depthwise stride-1 forward and grad_input take one channel vector x a row
+    tile whose accumulators and shared input vectors fit the registers (7 of 28 for 7x7 on 32
+    registers); stride 2 (phased), grouped
+    layers with 2 channels per group and channels-first keep their rules. Against the reference
+    on 48 channels (3 vectors), a ragged channel count (37), 2 threads, repeated."""
+    from convc.check import check_kernel, operands
+    from convc.schedules.cpu import direct
+
+    def geo(xs, ws, groups, stride=1, layout="NHWC", op="forward"):
+        k = ws[0] if layout == "NHWC" else ws[-1]
+        return direct.geometry(make_spec(xs, ws, stride, k // 2, 1, groups, layout=layout), op)
+
+    lanes = resolve("llvm").info.lanes("float32")
+    target = resolve("llvm")
+    registers = direct.vector_registers(target)
+    for width, k in ((14, 3), (28, 7), (56, 3), (56, 7), (10, 5)):
+        g = geo((1, width, width, 48), (k, k, 1, 48), 48)
+        assert direct.depthwise_last(g) and direct.default_vectors(g, target) == 1
+        _, _, tw_max = direct.channel_tile(g, target, 1)
+        tw = direct.default_width(g, tw_max, target)
+        # accumulators + the input vectors the unrolled taps share + a weight and a spare
+        assert 2 * tw + k - 1 + 2 <= registers and width % tw == 0, (width, k, tw)
+    if registers == 32:
+        assert direct.default_width(geo((1, 28, 28, 48), (7, 7, 1, 48), 48), 16, target) == 7
+    assert direct.depthwise_last(geo((1, 14, 14, 48), (3, 3, 1, 48), 48, op="grad_input"))
+    assert not direct.depthwise_last(geo((1, 14, 14, 48), (3, 3, 1, 96), 48))   # 2 per group
+    assert not direct.depthwise_last(geo((1, 48, 14, 14), (48, 1, 3, 3), 48, layout="NCHW"))
+    for channels, size in ((48, (2, 14, 10)), (37, (1, 9, 11))):
+        spec = make_spec((size[0], size[1], size[2], channels), (3, 3, 1, channels), 1, 1, 1,
+                         channels, layout="NHWC")
+        data = operands(spec)
+        for op in ("forward", "grad_input"):
+            kernel = convc.compile(spec, op)
+            assert kernel.how == "hand-written" and f"channel-vector direct v{lanes}" in kernel.tir
+            for _ in range(4):
+                assert check_kernel(kernel, data) <= 2e-5, f"{op} {channels}"
+
+
 def test_group_tiles_do_not_race():
     """Groups whose channel count is not a multiple of the vector tile (24 per group, tiles of 16):
     a tile running past its group wrote over the next group's channels from another thread

@@ -428,7 +428,7 @@ def _channel_vector_grid(op, p: Plan, target) -> list[dict]:
         if vo in seen:
             continue
         seen.add(vo)
-        widths = dict.fromkeys([default_width(geo, tw_max), tw_max,
+        widths = dict.fromkeys([default_width(geo, tw_max, target), tw_max,
                                 pick_tile(geo.out_size[-1], tw_max), max(1, tw_max // 2)])
         blocked = weight_slice_bytes(geo, vo) > WEIGHT_SLICE_BYTES
         # Blocking is worth a trial from a quarter of the slice threshold up.
@@ -539,14 +539,40 @@ def short_reduction(geo: Geometry) -> bool:
             and geo.in_per_group * math.prod(geo.kernel) <= SHORT_REDUCTION)
 
 
+# ... and channels-last depthwise layers (one input and one output channel per group): one
+# channel vector. Their inputs are vectors, not broadcasts (each output channel reads its own
+# input channel), so a tile of 2-4 vectors x tw positions holds its inputs beside 2-4x the
+# accumulators and LLVM spilled. MobileNetV2's depthwise 3x3 at batch 8 (AMD EPYC Zen 4, 2
+# threads, 2026-12-04, NHWC, least of 5 x 20 calls, the rule's 2-4 vectors -> 1 vector x 8-16
+# positions): 32ch 56x56 forward 0.51 -> 0.08 ms (PyTorch 0.19), grad_input 0.40 -> 0.08;
+# 192ch 14x14 0.145 -> 0.031; 384ch 7x7 0.057 -> 0.015; 960ch 4x4 0.042 -> 0.014; 576ch 7x7
+# grad_input 0.082 -> 0.025; 144ch 28x28 (one vector already) 0.11. The row tile: as wide as
+# the registers hold its accumulators and the tw + kw - 1 input vectors its unrolled taps share
+# (depthwise_width: 14 for 3x3, 12 for 7x7 on 32 registers), divided as default_width divides.
+# Medians of 7 paired rounds, ms, by tile width: 7x7 192ch 28x28 batch 4 (ConvNeXt) 7: 0.281,
+# 14: 0.41; 5x5 816ch 10x10 (EfficientNet-B3) 5: 0.037, 10: 0.043; 3x3 192ch 14x14 7: 0.038, 14:
+# 0.039; 3x3 144ch 28x28 7: 0.125, 14: 0.118. On the zoo's 26 depthwise stride-1 layers, NHWC
+# forward and grad_input paired against the rule before (2-4 vectors): see README "Depthwise".
+def depthwise_width(geo: Geometry, tw_max: int, target) -> int:
+    budget = vector_registers(target) - 2 - (geo.kernel[-1] - 1)
+    return max(1, min(tw_max, budget // 2))
+
+
+def depthwise_last(geo: Geometry) -> bool:
+    return geo.channels_last and geo.groups > 1 and geo.in_per_group == 1 and geo.out_per_group == 1
+
+
 def default_vectors(geo: Geometry, target) -> int:
-    if short_reduction(geo):
+    if short_reduction(geo) or depthwise_last(geo):
         return 1
     lanes = info(target).lanes(geo.acc)
     return 4 if weight_slice_bytes(geo, 4 * lanes) <= FOUR_VECTOR_SLICE_BYTES else 2
 
 
-def default_width(geo: Geometry, tw_max: int) -> int:
+def default_width(geo: Geometry, tw_max: int, target) -> int:
+    if depthwise_last(geo):
+        most = depthwise_width(geo, tw_max, target)
+        return pick_tile(geo.out_size[-1], most, minimum=max(1, most // 2))
     if short_reduction(geo) and tw_max >= SHORT_TILE:
         return pick_tile(geo.out_size[-1], SHORT_TILE, minimum=SHORT_TILE)
     return pick_tile(geo.out_size[-1], tw_max, minimum=max(1, tw_max // 2))
@@ -585,7 +611,7 @@ def _channel_vector(sch, block, geo: Geometry, target, phased=False, weights=Non
                                 knobs, write_back)
         return
     tw_max = min(tw_max, knobs.get("tw", tw_max))
-    tw = knobs.get("tw", default_width(geo, tw_max))
+    tw = knobs.get("tw", default_width(geo, tw_max, target))
     if geo.is_gemm and len(sp) > 1 and box_tile(geo.out_size, tw_max) >= tw:
         # GEMM: the register tile is a box of positions that may span rows (7x7 -> 7, 56x56 -> 14)
         sp, w_i, tw = box_split(sch, sp, geo.out_size, tw_max)
