@@ -510,12 +510,13 @@ def test_l2_size_of_a_target(tmp_path):
     assert "l2" not in host.key and str(host.l2_bytes) not in host.key
 
 
-@pytest.mark.parametrize("layout, groups", [("NCHW", 1), ("NHWC", 1), ("NHWC", 2), ("NHWC", 6)])
+@pytest.mark.parametrize("layout, groups", [("NCHW", 1), ("NHWC", 1), ("NHWC", 2), ("NHWC", 6),
+                                           ("NHWC", 4)])
 def test_grad_input_flipped_filter_is_transposed_at_the_root_channels_last(layout, groups):
     """Channels-last grad_input computes the flipped, channel-swapped filter at the root in
-    transposed tiles (whole vectors where the channels allow: 48 channels per group in 2 groups,
-    16 in 6); channels-first reads it inline. Against the reference, prepacked too, 2 threads,
-    repeated."""
+    transposed tiles where both channel axes take whole vectors (96 channels; 48 per group in 2
+    groups, 16 in 6); 24 per group (4 groups) and channels-first read it inline. Against the
+    reference, prepacked too, 2 threads, repeated."""
     import tvm
 
     from convc.ops import declare
@@ -527,7 +528,9 @@ def test_grad_input_flipped_filter_is_transposed_at_the_root_channels_last(layou
     inputs = kernel_inputs(spec, "grad_input", data)
     expected = reference(spec, "grad_input", **data)
     sch = schedule_winograd(declare(spec, "grad_input").with_attr("global_symbol", "main"), target)
-    assert ('T.sblock("w_flipped")' in sch.mod.script()) == (layout == "NHWC")
+    lanes = resolve(None).info.lanes("float32")
+    whole = (96 // groups) % lanes == 0
+    assert ('T.sblock("w_flipped")' in sch.mod.script()) == (layout == "NHWC" and whole)
     run = tvm.compile(sch.mod, target=target)["main"]
     for _ in range(3):
         out = np.zeros(expected.shape, spec.dtype)

@@ -146,17 +146,23 @@ def _flipped_filter(sch, spec, target, lanes: int) -> None:
     128ch 28x28 F(4,3) 0.494 -> 0.376, 256ch 14x14 F(2,3) 0.873 -> 0.658, batch-8 128ch 28x28
     2.74 -> 2.67, 96ch 35x35 0.440 -> 0.434, 192ch 17x17 F(2,3) 0.637 -> 0.578, batch-8 256ch
     7x7 F(4,3) 2.00 -> 1.27, batch-8 512ch 4x4 F(2,3) 4.02 -> 2.84 (the larger the filter
-    against the tiles, the more it saved; nothing slower)."""
+    against the tiles, the more it saved; none of these slower).
+
+    Only where both channel axes take whole vectors of `lanes`: channel counts that leave
+    half or quarter vectors (forced Winograd only; the auto rule needs whole vectors) ran slower
+    transposed, paired old / new 0.86-0.89 (72->200 9x9, 40->24 13x11, 96ch in 4 groups 14x14),
+    where whole-vector layers of that size were 0.93-1.17 (80->208 9x9, 64ch 9x9, 48ch 13x11
+    batch 2, 96ch in 2 groups)."""
     flipped = sch.get_sblock("w_flipped")
-    if not spec.channels_last:
+    *taps, k, c = sch.get_loops(flipped)
+    k_width, c_width = _vector(extent(sch, k), lanes), _vector(extent(sch, c), lanes)
+    if not spec.channels_last or min(k_width, c_width) < lanes:
         sch.compute_inline(flipped)
         return
-    *taps, k, c = sch.get_loops(flipped)
-    k_o, k_i = sch.split(k, [None, _vector(extent(sch, k), lanes)])
-    c_o, c_i = sch.split(c, [None, _vector(extent(sch, c), lanes)])
+    k_o, k_i = sch.split(k, [None, k_width])
+    c_o, c_i = sch.split(c, [None, c_width])
     sch.reorder(*taps, k_o, c_o, k_i, c_i)
-    if extent(sch, c_i) > 1:
-        sch.vectorize(c_i)
+    sch.vectorize(c_i)
     parallel_outer(sch, [*taps, k_o], target)
 
 
