@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -57,9 +59,23 @@ def test_entries_record_the_size_and_hash_of_their_library():
     assert again is not kernel and again.library == library and not said   # served from disk
 
 
+def built_elsewhere(spec=SPEC, op="forward"):
+    """(library, metadata) paths of the cache entry of `op` of `spec`, written by another
+    process. Damage happens between processes: a library this process has loaded is mapped
+    code, and rewriting its file in place rewrites that code (the loader, which finds a loaded
+    library by name, would hand the mapping back)."""
+    script = ("import json, sys, convc; from convc.spec import ConvSpec; "
+              "k = convc.compile(ConvSpec.from_dict(json.loads(sys.argv[1])), sys.argv[2]); "
+              "print(k.library)")
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(spec.to_dict()), op],
+                          capture_output=True, text=True, check=True, env=os.environ.copy())
+    library = cache.location() / os.path.basename(done.stdout.strip())
+    assert library.exists(), done.stdout
+    return library, library.with_suffix(".json")
+
+
 def _damaged(damage, words):
-    kernel, _ = compiled()
-    library, meta = entry(kernel)
+    library, meta = built_elsewhere()
     damage(library, meta)
     again, said = compiled()
     assert len(said) == 1 and "damaged" in said[0] and words in said[0], said
@@ -198,3 +214,20 @@ def test_no_temporary_files_are_left_behind():
     files = list(cache.location().iterdir())
     assert sorted(p.suffix for p in files) == [".json", ".json", ".so", ".so"]
     assert all(os.path.getsize(p) for p in files)
+
+
+def test_an_entry_rebuilt_after_this_process_loaded_it_is_loaded_afresh():
+    """Loaded here, then its metadata damaged and the entry rebuilt (a new file at the same
+    path): the loader would hand back the old mapping by name, so the new file is loaded from a
+    private copy, which leaves nothing behind."""
+    from convc.build import llvm
+
+    kernel, _ = compiled()
+    library, meta = entry(kernel)
+    meta.write_text("{ not json")
+    again, said = compiled()
+    assert len(said) == 1 and "damaged" in said[0]
+    assert again.library == library and os.stat(library).st_ino != llvm._LOADED[library][1]
+    copies = [p for p in llvm._LOADED if p.name.startswith(f".{library.stem}.")]
+    assert copies and not any(p.exists() for p in copies)
+    assert not [p.name for p in cache.location().iterdir() if p.name.startswith(".")]

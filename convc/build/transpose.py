@@ -12,7 +12,6 @@ transposed view (~27 GB/s moved, read plus write); (256, 2304) 0.07 against 0.30
 
 from __future__ import annotations
 
-import tvm
 from tvm import te
 
 
@@ -48,7 +47,10 @@ def schedule(func, rows: int, cols: int, target):
 
 def transpose_function(rows: int, cols: int, dtype: str, target):
     """The compiled transpose of a C-contiguous (rows, cols) `dtype` array into a C-contiguous
-    (cols, rows) one, called as f(a, t). Compiles on every call: the caller keeps it
-    (convc.torch.layout caches one per shape and dtype)."""
+    (cols, rows) one, called as f(a, t), through the kernels' disk cache (convc.build.llvm);
+    the caller keeps it (convc.torch.layout caches one per shape and dtype)."""
+    from . import llvm
+
     mod = schedule(declare(rows, cols, dtype), rows, cols, target)
-    return tvm.compile(mod, target=target)["transpose"]
+    meta = {"rows": rows, "cols": cols, "dtype": dtype}
+    return llvm.helper("transpose", mod, target, meta)["transpose"]

@@ -21,6 +21,7 @@
                  FusedConv1d/2d/3d
     pool_modules.py  MaxPool1d/2d/3d, AvgPool1d/2d/3d, AdaptiveAvgPool1d/2d/3d (drop-in)
     convert.py   convert(model), fuse(model) and their Report
+    threads.py   convc's kernels on PyTorch's OpenMP team instead of TVM's pool (state())
 """
 
 from .convert import NOT_YET, REPLACEMENTS, Report, convert, fuse
@@ -30,9 +31,13 @@ from .ops import CALLS, OPS
 from .pool_modules import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, AvgPool1d,
                            AvgPool2d, AvgPool3d, MaxPool1d, MaxPool2d, MaxPool3d)
 from .pool_ops import POOL_OPS
+from .threads import install as _install_threads
+from .threads import state as thread_pool
+
+_install_threads()
 
 __all__ = ["CALLS", "NOT_YET", "OPS", "POOL_OPS", "REPLACEMENTS", "AdaptiveAvgPool1d",
            "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
            "MaxPool1d", "MaxPool2d", "MaxPool3d", "Conv1d", "Conv2d", "Conv3d",
            "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "FusedConv1d",
-           "FusedConv2d", "FusedConv3d", "Report", "convert", "fuse"]
+           "FusedConv2d", "FusedConv3d", "Report", "convert", "fuse", "thread_pool"]
