@@ -210,6 +210,88 @@ def test_channels_last_runs_on_the_inputs_memory():
     _close(y3, r3(x3))
 
 
+def _channels_last(x):
+    """x (N, C, *spatial) stored (N, *spatial, C) (1-D: a transposed NWC tensor)."""
+    if x.dim() == 3:
+        return x.transpose(1, 2).contiguous().transpose(1, 2)
+    return x.to(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+
+
+def _swapped_keys(before):
+    """(op, x shape, w shape) of the kernels compiled since `before` (a set of _KERNELS keys)."""
+    return {(k[0], k[1], k[2]) for k in set(ops._KERNELS) - before}
+
+
+@pytest.mark.parametrize("ndim,channels,bias,unbatched",
+                         [(2, (8, 16), False, False), (2, (37, 5), True, False),
+                          (1, (3, 11), False, True), (3, (6, 10), False, False)])
+def test_a_1x1_channels_last_layer_trains_on_the_channel_swapped_kernels(monkeypatch, ndim,
+                                                                         channels, bias,
+                                                                         unbatched):
+    """Training a 1x1 stride-1 channels-last layer: forward = the swapped conv's grad_input,
+    grad_input = its forward, grad_weight = its grad_weight, all on the weight's own memory (no
+    repack, no weight copy); the answers are PyTorch's, in float64. With a bias (which the
+    swapped grad_input kernel cannot add) forward and grad_input keep the repacked weight;
+    grad_weight, which needs none, still writes the gradient in place."""
+    ci, co = channels
+    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[ndim]
+    reference, ours = _pair(cls, ci, co, 1, bias=bias)
+    reference.double()
+    ours.double()
+    spatial = {1: (13,), 2: (5, 7), 3: (3, 4, 5)}[ndim]
+    x = _channels_last(torch.randn(2, ci, *spatial, dtype=torch.float64))
+    if unbatched:
+        x = x[0]
+    before = set(ops._KERNELS)
+
+    def no_repack(*args):
+        raise AssertionError("a 1x1 channels-last layer's weight was repacked")
+
+    monkeypatch.setattr(ops, "unpack_weight", no_repack)
+    if not bias:
+        monkeypatch.setattr(ops, "pack_weight", no_repack)
+        monkeypatch.setattr(ct.modules, "pack_weight", no_repack)
+    grads = []
+    for m in (reference, ours):
+        xx = x.clone().requires_grad_()
+        y = m(xx)
+        (y * torch.linspace(-1, 2, y.numel(), dtype=y.dtype).view(y.shape)).sum().backward()
+        grads.append((y, xx.grad, m.weight.grad) + ((m.bias.grad,) if bias else ()))
+    for a, b in zip(*grads):
+        _close(b, a, atol=1e-10, rtol=1e-10)
+    assert unbatched or layout.is_channels_last(grads[1][0])     # stored as its input
+    swapped_w = (*[1] * ndim, co, ci)
+    found = {(op, w) for op, _, w in _swapped_keys(before)}
+    assert (("grad_input", swapped_w) in found) == (not bias), found
+    assert (("forward", swapped_w) in found) == (not bias), found
+    assert ("grad_weight", swapped_w) in found, found
+
+
+def test_the_channel_swapped_ops_have_their_gradients_and_the_pack_path_stays_for_inference():
+    """The ops with no module pack (packed_weight None: torch.compile, functional calls) take
+    the swapped kernels too: gradcheck and gradgradcheck in float64 through them; a weight whose
+    (O, I) matrix is not row-major takes the repacked path; inference keeps the module's pack."""
+    g = torch.Generator().manual_seed(3)
+    x = _channels_last(torch.randn(2, 6, 4, 3, dtype=torch.float64, generator=g))
+    w = torch.randn(5, 6, 1, 1, dtype=torch.float64, generator=g)
+    args = _conv_args(padding=(0, 0, 0, 0))
+
+    def f(x_, w_):
+        return torch.ops.convc.conv(x_, w_, None, None, None, None, None, *args)
+
+    inputs = (x.clone().requires_grad_(), w.clone().requires_grad_())
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+    strided = torch.randn(6, 5, dtype=torch.float64, generator=g).t()[:, :, None, None]
+    assert not strided.is_contiguous() and ops._swapped(strided) is None
+    _close(f(x, strided), F.conv2d(x, strided), atol=1e-10, rtol=1e-10)
+    reference, ours = _pair(nn.Conv2d, 6, 5, 1, bias=False)
+    xf = x.float()
+    with torch.no_grad():
+        _close(ours(xf), reference(xf))
+    assert ours.__dict__.get("_convc_packed") is not None      # inference packs (and reuses)
+
+
 def test_repacked_weight_is_reused_until_the_weight_changes():
     reference, ours = _pair(nn.Conv2d, 4, 4, 3, padding=1)
     x = torch.randn(1, 4, 6, 6).to(memory_format=torch.channels_last)

@@ -32,7 +32,7 @@ from torch import nn
 from ..spec import resolve_padding
 from . import packs
 from .layout import is_channels_last, pack_weight
-from .ops import (conv, conv_eager, conv_impl, conv_transpose, conv_transpose_eager,
+from .ops import (conv, conv_eager, conv_impl, swaps_channels, conv_transpose, conv_transpose_eager,
                   conv_transpose_impl)
 
 DTYPES = (torch.float32, torch.float64, torch.float16)
@@ -106,10 +106,15 @@ class _ConvcConv(_PackedWeight):
             input = input.unsqueeze(0)
             residual = None if residual is None else residual.unsqueeze(0)
         last = is_channels_last(input)
-        packed = self._packed_weight(weight, last, kernel_packs=True)
+        args = self._convc_args()
+        if (bias is None and residual is None and not activation and _records_graph(input, weight)
+                and swaps_channels(weight.shape, args[0], args[1], args[3], last)):
+            packed = None   # training a 1x1 channels-last layer: no repack (ops.swaps_channels)
+        else:
+            packed = self._packed_weight(weight, last, kernel_packs=True)
         call = call_for(conv, conv_eager, conv_impl, input, weight, bias, residual)
-        y = call(input, weight, packed, bias, None, None, residual, *self._convc_args(),
-                 activation, negative_slope)
+        y = call(input, weight, packed, bias, None, None, residual, *args, activation,
+                 negative_slope)
         return y.squeeze(0) if unbatched else y
 
     def _conv_forward(self, input, weight, bias):
