@@ -223,17 +223,21 @@ def _swapped_keys(before):
 
 
 @pytest.mark.parametrize("ndim,channels,bias,unbatched",
-                         [(2, (8, 16), False, False), (2, (37, 5), True, False),
-                          (1, (3, 11), False, True), (3, (6, 10), False, False)])
+                         [(2, (16, 32), False, False), (2, (32, 16), True, False),
+                          (1, (48, 16), False, True), (3, (16, 16), False, False),
+                          (2, (37, 5), False, False), (2, (16, 21), False, False)])
 def test_a_1x1_channels_last_layer_trains_on_the_channel_swapped_kernels(monkeypatch, ndim,
                                                                          channels, bias,
                                                                          unbatched):
     """Training a 1x1 stride-1 channels-last layer: forward = the swapped conv's grad_input,
     grad_input = its forward, grad_weight = its grad_weight, all on the weight's own memory (no
-    repack, no weight copy); the answers are PyTorch's, in float64. With a bias (which the
-    swapped grad_input kernel cannot add) forward and grad_input keep the repacked weight;
-    grad_weight, which needs none, still writes the gradient in place."""
+    repack, no weight copy) where both channel counts take whole vectors; the answers are
+    PyTorch's, in float64. With a bias (which the swapped grad_input kernel cannot add) forward
+    and grad_input keep the repacked weight; grad_weight, which needs none, still writes the
+    gradient in place. Ragged counts (37 -> 5, 16 -> 21) keep every repack."""
     ci, co = channels
+    lanes = ops._lanes(torch.float64)
+    swaps = ci % lanes == 0 and co % lanes == 0
     cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[ndim]
     reference, ours = _pair(cls, ci, co, 1, bias=bias)
     reference.double()
@@ -247,8 +251,9 @@ def test_a_1x1_channels_last_layer_trains_on_the_channel_swapped_kernels(monkeyp
     def no_repack(*args):
         raise AssertionError("a 1x1 channels-last layer's weight was repacked")
 
-    monkeypatch.setattr(ops, "unpack_weight", no_repack)
-    if not bias:
+    if swaps:
+        monkeypatch.setattr(ops, "unpack_weight", no_repack)
+    if swaps and not bias:
         monkeypatch.setattr(ops, "pack_weight", no_repack)
         monkeypatch.setattr(ct.modules, "pack_weight", no_repack)
     grads = []
@@ -262,9 +267,9 @@ def test_a_1x1_channels_last_layer_trains_on_the_channel_swapped_kernels(monkeyp
     assert unbatched or layout.is_channels_last(grads[1][0])     # stored as its input
     swapped_w = (*[1] * ndim, co, ci)
     found = {(op, w) for op, _, w in _swapped_keys(before)}
-    assert (("grad_input", swapped_w) in found) == (not bias), found
-    assert (("forward", swapped_w) in found) == (not bias), found
-    assert ("grad_weight", swapped_w) in found, found
+    assert (("grad_input", swapped_w) in found) == (swaps and not bias), found
+    assert (("forward", swapped_w) in found) == (swaps and not bias), found
+    assert (("grad_weight", swapped_w) in found) == swaps, found
 
 
 def test_the_channel_swapped_ops_have_their_gradients_and_the_pack_path_stays_for_inference():
@@ -272,8 +277,9 @@ def test_the_channel_swapped_ops_have_their_gradients_and_the_pack_path_stays_fo
     the swapped kernels too: gradcheck and gradgradcheck in float64 through them; a weight whose
     (O, I) matrix is not row-major takes the repacked path; inference keeps the module's pack."""
     g = torch.Generator().manual_seed(3)
-    x = _channels_last(torch.randn(2, 6, 4, 3, dtype=torch.float64, generator=g))
-    w = torch.randn(5, 6, 1, 1, dtype=torch.float64, generator=g)
+    x = _channels_last(torch.randn(2, 16, 4, 3, dtype=torch.float64, generator=g))
+    w = torch.randn(32, 16, 1, 1, dtype=torch.float64, generator=g)
+    assert ops.swaps_channels(w.shape, [1, 1], [0] * 4, 1, True, w.dtype)
     args = _conv_args(padding=(0, 0, 0, 0))
 
     def f(x_, w_):
@@ -282,10 +288,10 @@ def test_the_channel_swapped_ops_have_their_gradients_and_the_pack_path_stays_fo
     inputs = (x.clone().requires_grad_(), w.clone().requires_grad_())
     assert torch.autograd.gradcheck(f, inputs)
     assert torch.autograd.gradgradcheck(f, inputs)
-    strided = torch.randn(6, 5, dtype=torch.float64, generator=g).t()[:, :, None, None]
+    strided = torch.randn(16, 32, dtype=torch.float64, generator=g).t()[:, :, None, None]
     assert not strided.is_contiguous() and ops._swapped(strided) is None
     _close(f(x, strided), F.conv2d(x, strided), atol=1e-10, rtol=1e-10)
-    reference, ours = _pair(nn.Conv2d, 6, 5, 1, bias=False)
+    reference, ours = _pair(nn.Conv2d, 16, 32, 1, bias=False)
     xf = x.float()
     with torch.no_grad():
         _close(ours(xf), reference(xf))

@@ -108,7 +108,8 @@ class _ConvcConv(_PackedWeight):
         last = is_channels_last(input)
         args = self._convc_args()
         if (bias is None and residual is None and not activation and _records_graph(input, weight)
-                and swaps_channels(weight.shape, args[0], args[1], args[3], last)):
+                and swaps_channels(weight.shape, args[0], args[1], args[3], last,
+                                   weight.dtype)):
             packed = None   # training a 1x1 channels-last layer: no repack (ops.swaps_channels)
         else:
             packed = self._packed_weight(weight, last, kernel_packs=True)

@@ -61,7 +61,7 @@ from torch import Tensor
 from .. import api, transpose
 from ..kernel import compile as compile_kernel
 from ..spec import LAYOUTS, ConvSpec, out_size
-from ..target import resolve
+from ..target import info, resolve
 from . import packs
 from .layout import (empty_output, empty_weight, from_layout, is_channels_last, pack_weight,
                      to_layout, unpack_weight, weight_destination)
@@ -146,23 +146,38 @@ def _output_size(in_size, kernel, stride, padding, dilation) -> tuple:
 
 # --- 1x1 channels-last layers: the same GEMM with the channels swapped ------------------------
 
-def swaps_channels(weight_shape, stride, padding, groups, last: bool) -> bool:
+def swaps_channels(weight_shape, stride, padding, groups, last: bool, dtype) -> bool:
     """Whether a channels-last layer is a plain GEMM over positions (every kernel extent 1,
-    stride 1, no padding, one group): then its three ops are one another's with input and output
-    channels swapped, on PyTorch's own weight memory, with no repacked weight either way.
+    stride 1, no padding, one group) whose channel counts both take whole vectors of `dtype`:
+    then its three ops run as one another's with input and output channels swapped, on
+    PyTorch's own weight memory, with no repacked weight either way.
 
     Such a conv's weight (O, I, 1, ...) holds an (O, I) matrix, which is the HWIO weight
     (1, ..., O, I) of the conv from O channels to I. With x (P, I), dy (P, O) over positions P:
     forward y = x W^T is that swapped conv's grad_input (from dy' = x); grad_input dx = dy W is
     its forward (of x' = dy); grad_weight dW = dy^T x is its grad_weight (of x' = dy, dy' = x),
     written straight into the gradient's memory (the unswapped kernel writes (I, O), which
-    unpack_weight copies out). MobileNetV2's 35 1x1 layers (19 distinct, batch 8, 112x112, Zen 4,
-    kernels alone, least of 5, one process, 2026-12-04): forward through the swapped grad_input
-    3996 us against 3819 over the 19, grad_input through the swapped forward 3399 against 3823,
-    grad_weight 3424 against 3450; and the repack before each forward (0.9 ms over the 19 alone,
-    warm) and the copy after each grad_weight are gone."""
-    return (last and groups == 1 and all(k == 1 for k in weight_shape[2:])
-            and all(s == 1 for s in stride) and not any(padding))
+    unpack_weight copies out).
+
+    Measured (AMD EPYC Zen 4, 2 cores, 2026-12-04, float32, batch 8, one process, each layer's
+    repack + forward + grad_input + grad_weight + copy-out against the swapped three, least of
+    5 paired rounds): 30 of the model zoo's 186 1x1 stride-1 layers drawn at random plus 7 chosen
+    (MobileNetV2's, odd counts): with both counts multiples of 16, 25 layers at 1.00-1.31x (one
+    0.96: 288 -> 48 on 35x35); with one that is not, 0.68-1.92x (96 -> 24 0.90, 144 -> 24 0.94,
+    5 -> 37 0.68: the swapped forward, a grad_input kernel, is 0.77-0.84x on such narrow or
+    ragged outputs), so those keep the repack. MobileNetV2's channels-last training step, paired
+    in one process, median of 7 rounds: 83.0 -> 76.4 and 79.1 -> 77.8 ms with every 1x1 layer
+    swapped (before this whole-vector condition)."""
+    if not (last and groups == 1 and all(k == 1 for k in weight_shape[2:])
+            and all(s == 1 for s in stride) and not any(padding)):
+        return False
+    lanes = _lanes(dtype)
+    return weight_shape[0] % lanes == 0 and weight_shape[1] % lanes == 0
+
+
+@functools.lru_cache(maxsize=None)
+def _lanes(dtype) -> int:
+    return info(resolve(None)).lanes(str(dtype).split(".")[-1])
 
 
 def _swapped(weight: Tensor) -> Optional[Tensor]:
@@ -191,7 +206,7 @@ def conv_impl(input: Tensor, weight: Tensor, packed_weight: Optional[Tensor], bi
     x = to_layout(input, last)
     plain = bias is None and scale is None and residual is None and not activation
     if plain and packed_weight is None and swaps_channels(weight.shape, stride, padding, groups,
-                                                          last):
+                                                          last, input.dtype):
         w = _swapped(weight)
         if w is not None:   # y = the channel-swapped conv's grad_input, from dy' = x
             function, shape = _kernel("grad_input", _swapped_shape(x.shape, weight.shape[0]),
@@ -235,7 +250,8 @@ def grad_input_impl(grad_output: Tensor, weight: Tensor, packed_weight: Optional
     last = is_channels_last(grad_output)
     dy = to_layout(grad_output, last)
     size = tuple(input_size)
-    if packed_weight is None and swaps_channels(weight.shape, stride, padding, groups, last):
+    if packed_weight is None and swaps_channels(weight.shape, stride, padding, groups, last,
+                                                grad_output.dtype):
         w = _swapped(weight)
         if w is not None:   # dx = the channel-swapped conv's forward, of x' = dy
             function, shape = _kernel("forward", tuple(dy.shape), tuple(w.shape), stride,
@@ -274,7 +290,7 @@ def grad_weight_impl(input: Tensor, grad_output: Tensor, weight_size: List[int],
     x = to_layout(input, last)
     dy = to_layout(grad_output.detach(), last)
     size = tuple(weight_size)
-    if swaps_channels(size, stride, padding, groups, last):
+    if swaps_channels(size, stride, padding, groups, last, input.dtype):
         # dW (O, I) = the channel-swapped conv's grad_weight (x' = dy, dy' = x), in place
         dw = empty_weight(input, size, last)
         swapped = dw.view(*[1] * (len(size) - 2), size[0], size[1])
