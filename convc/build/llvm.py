@@ -21,8 +21,8 @@ from pathlib import Path
 
 import tvm
 
-from ..version import __version__
 from ..spec import ConvSpec
+from ..version import __version__
 from . import cache
 from .artifact import Artifact, entry_key, metadata
 

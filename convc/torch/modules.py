@@ -32,8 +32,8 @@ from torch import nn
 from ..spec import resolve_padding
 from . import packs
 from .layout import is_channels_last, pack_weight
-from .ops import (conv, conv_eager, conv_impl, swaps_channels, conv_transpose, conv_transpose_eager,
-                  conv_transpose_impl)
+from .ops import (conv, conv_eager, conv_impl, conv_transpose, conv_transpose_eager,
+                  conv_transpose_impl, swaps_channels)
 
 DTYPES = (torch.float32, torch.float64, torch.float16)
 # Activations of the fused epilogue, by the torch module that computes them (convc's names).
