@@ -46,7 +46,7 @@ def run(num_task, body):
 
 
 @pytest.fixture
-def team_of(request):
+def team_of():
     before = torch.get_num_threads()
     yield torch.set_num_threads
     torch.set_num_threads(before)

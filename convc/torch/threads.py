@@ -123,19 +123,20 @@ def install() -> dict:
         if _installed:
             return state()
         _installed = True
-        why = _unsound()
+        why, runtime = _unsound(), None
         if why is None:
+            runtime = openmp_runtimes()[0]
             try:
-                _shim = _load_shim(openmp_runtimes()[0])
+                _shim = _load_shim(runtime)
             except Exception as err:  # noqa: BLE001 - a compiler or loader failure: stay on TVM's
                 why = f"the OpenMP shim did not build or load ({type(err).__name__}: {err})"
-        if why is None and len(openmp_runtimes()) != 1:
+        if why is None and openmp_runtimes() != [runtime]:
             why = f"loading the shim mapped a second OpenMP runtime ({openmp_runtimes()})"
         if why is not None:
             _shim = None
             _state.update(pool="tvm", why=why)
             return state()
-        _state.update(pool="torch", why=f"PyTorch's OpenMP team ({openmp_runtimes()[0]})")
+        _state.update(pool="torch", why=f"PyTorch's OpenMP team ({runtime})")
     from ..build import llvm
 
     llvm.on_load(adopt)
