@@ -21,12 +21,14 @@ from .target import info
 from .records import algorithm_verdict, find_record, warn_once
 
 
-def resolve_algorithm(spec, op: str, target, log_dir=None):
+def resolve_algorithm(spec, op: str, target, log_dir=None, packed: bool = False):
     """The spec to declare `op` of `spec` with on `target`: spec.algorithm "auto" becomes
     "winograd" (with its tile) where Winograd was measured faster, else stays (declared direct):
     the tuner's side-by-side verdict for this layer and target where one is recorded
     (recorded_algorithm: `convc tune` measures direct against each Winograd tile), else the
-    rule over past measurements (prefers_winograd). A forced "winograd" on a GPU target is a
+    rule over past measurements (prefers_winograd). `packed`: the choice for the kernel's
+    prepacked form (convc.build.packed_functions), where the filter transform is paid once
+    (prefers_winograd's `packed`). A forced "winograd" on a GPU target is a
     ValueError: the Winograd schedules are CPU-only."""
     if not isinstance(spec, ConvSpec):  # a PoolSpec: one algorithm
         return spec
@@ -39,7 +41,7 @@ def resolve_algorithm(spec, op: str, target, log_dir=None):
         return spec
     m = recorded_algorithm(spec, op, target, log_dir)
     if m is None:
-        m = prefers_winograd(spec, op, target)
+        m = prefers_winograd(spec, op, target, packed)
     return dataclasses.replace(spec, algorithm="winograd", winograd_m=m) if m else spec
 
 
@@ -80,7 +82,7 @@ def recorded_algorithm(spec, op: str, target, log_dir=None) -> int | None:
     return None
 
 
-def prefers_winograd(spec, op: str, target) -> int:
+def prefers_winograd(spec, op: str, target, packed: bool = False) -> int:
     """The Winograd tile measured faster than the direct schedules for layers like this on CPUs
     like `target`, or 0 (direct). A conservative rule over what was measured:
 
@@ -102,7 +104,12 @@ def prefers_winograd(spec, op: str, target) -> int:
     algorithm="winograd" forces it anywhere it is supported). A ring padding (reflect, replicate,
     circular) gets the verdict the zeros mode of the layer gets (decided on the same tiles), so
     the two are compared like with like; its grad_input computes the padded domain's tiles and
-    folds the ring back (convc.ops.winograd.grad_input)."""
+    folds the ring back (convc.ops.winograd.grad_input).
+
+    `packed` (a kernel's prepacked form: Kernel.prepack, exported `<op>_packed`, the PyTorch
+    modules' kernel packs): the filter transform is then paid once, not per call, so Winograd
+    pays from fewer tiles: layers below the tile floor with PACKED_MIN_TILES tiles of 2x2 and
+    PACKED_MIN_CHANNELS channels each side take packed_tile's m (see PACKED_MIN_TILES)."""
     cpu = info(target)
     lanes = cpu.lanes("float32")
     channels = min(spec.in_channels, spec.out_channels)
@@ -117,7 +124,40 @@ def prefers_winograd(spec, op: str, target) -> int:
             and not winograd_blocked(spec, op, target)):
         return 0
     least = winograd.MIN_TILES if spec.channels_last else MIN_TILES_CHANNELS_FIRST
-    return m if winograd.tiles(spec, op, m) >= least else 0
+    if winograd.tiles(spec, op, m) >= least:
+        return m
+    if (packed and channels >= PACKED_MIN_CHANNELS
+            and winograd.tiles(spec, op, 2) >= PACKED_MIN_TILES):
+        return packed_tile(spec, op)
+    return 0
+
+
+def packed_tile(spec, op: str) -> int:
+    """The Winograd tile of a packed layer below the unpacked rule's tile floor: F(4, 3) while its
+    transformed filter (36 C K values) stays within PACKED_F4_BYTES, else F(2, 3) (16 C K). On a
+    batch-1 7x7 plane (4 tiles of 4x4) the GEMM reads the whole filter once per call, so its size
+    is what the call costs: 512 channels' F(4, 3) filter (37.7 MB, beyond the 32 MiB L3) ran 2x
+    slower than F(2, 3)'s (16.8 MB)."""
+    f4 = 36 * spec.in_channels * spec.out_channels * 4   # float32 (prefers_winograd's floor)
+    return 4 if f4 <= PACKED_F4_BYTES and 4 in winograd_tiles(spec, op) else 2
+
+
+# Prepacked kernels (prefers_winograd's `packed`): channels-last layers with fewer tiles than
+# winograd.MIN_TILES but at least this many of 2x2 (a batch-1 7x7 or 8x8 plane) and
+# PACKED_MIN_CHANNELS channels each side take Winograd in their packed form. AMD EPYC Zen 5
+# (znver5, 2 cores), 2026-12-04, NHWC, batch 1, 3x3 pad 1, packed calls (Kernel.prepack) paired
+# by round, median of 9 x 10 calls, three runs, us, the direct pack (the rule's, a tuned record
+# where one is shipped) -> the Winograd pack packed_tile picks: 512->512 7x7 (c5) forward
+# 635-644 -> 541-594 (F(2, 3)), grad_input 577-660 -> 483-682 (two runs of three faster);
+# 256->256 7x7 144-161 -> 109-159 / 135-145 -> 100-113 (F(2, 3)); 128->128 7x7 34-71 -> 23-32 /
+# 33-71 -> 23-55 (F(4, 3)); 160->320 7x7 106-122 -> 62-100 / 121-171 -> 67-140 (F(4, 3)). Not
+# taken: 64->64 and 32->128 7x7 (direct as fast or faster, F(2, 3) 1.1-1.3x slower), 512->512
+# 4x4 (4 tiles: direct 218-240 against F(2, 3) 274-309). Channels-first layers already take
+# Winograd from 16 tiles (MIN_TILES_CHANNELS_FIRST).
+PACKED_MIN_TILES = 16
+PACKED_MIN_CHANNELS = 128
+# packed_tile: 160->320 (7.4 MB) ran faster with F(4, 3), 256->256 (9.4 MB) level with F(2, 3).
+PACKED_F4_BYTES = 8 << 20
 
 
 # Channels-last layers with fewer than 64 channels on a side (whole vectors, from 16) take F(4, 3)

@@ -221,6 +221,44 @@ def test_auto_takes_f4_for_few_channels_last_on_large_planes_only():
                 assert (chosen.algorithm, chosen.winograd_m) == ("winograd", 4), (layer.key, op)
 
 
+def test_packed_forms_take_winograd_from_fewer_tiles():
+    """A kernel's prepacked form pays the filter transform once, so channels-last layers below
+    the tile floor take Winograd there (dispatch.PACKED_MIN_TILES: a batch-1 7x7 plane with 128
+    or more channels a side), F(4, 3) while its filter stays small, F(2, 3) beyond: the packed
+    call agrees with the reference and with the unpacked (direct) call within Winograd's bound.
+    Smaller planes, fewer channels, a tuner verdict and a forced algorithm keep theirs."""
+    cpu = resolve(None)
+    few = ConvSpec.from_shapes((1, 7, 7, 64), (3, 3, 64, 64), padding=1, layout="NHWC")
+    tiny = ConvSpec.from_shapes((1, 4, 4, 256), (3, 3, 256, 256), padding=1, layout="NHWC")
+    forced = ConvSpec.from_shapes((1, 7, 7, 128), (3, 3, 128, 128), padding=1, layout="NHWC",
+                                  algorithm="direct")
+    for op in ("forward", "grad_input"):
+        for layer in (few, tiny, forced):
+            assert resolve_algorithm(layer, op, cpu, packed=True) is layer, (layer.key, op)
+    if convc.target.info(cpu).vector_bits < 512:  # the rule only covers what was measured
+        return
+    cases = [(ConvSpec.from_shapes((1, 7, 7, 128), (3, 3, 128, 128), padding=1, layout="NHWC",
+                                   bias=True), 4),
+             (ConvSpec.from_shapes((1, 8, 8, 512), (3, 3, 512, 256), padding=1, layout="NHWC"),
+              2)]
+    for spec, m in cases:
+        for op in ("forward", "grad_input"):
+            assert resolve_algorithm(spec, op, cpu) is spec     # unpacked: direct
+            chosen = resolve_algorithm(spec, op, cpu, packed=True)
+            assert (chosen.algorithm, chosen.winograd_m) == ("winograd", m), (spec.key, op)
+            data = operands(spec, 3)
+            kernel = convc.compile(spec, op)
+            assert not is_winograd_kernel(kernel)
+            args = kernel_inputs(spec, op, data)
+            packed = kernel.prepack(data["w"])
+            assert packed.kind == "winograd" and packed.array.shape[:2] == (m + 2, m + 2)
+            got = kernel(args[0], packed, *args[2:])
+            expected = reference(spec, op, **data)
+            assert_close(got, expected, "float32", f"packed {op} {spec.key}")
+            assert normwise(got, expected) <= ERROR_BOUND[m]
+            assert normwise(got, kernel(*args)) <= ERROR_BOUND[m]
+
+
 @pytest.mark.parametrize("kwargs, words", [
     (dict(input_shape=(1, 16, 9, 9), weight_shape=(16, 16, 3, 3), stride=2), "stride"),
     (dict(input_shape=(1, 16, 9, 9), weight_shape=(16, 16, 5, 5)), "kernel size"),

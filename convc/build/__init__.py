@@ -63,14 +63,17 @@ class PackedFunctions:
 def packed_functions(spec: ConvSpec, op: str, target, func=None, log_dir=None) -> PackedFunctions:
     """The prepacked form of forward or grad_input of `spec` on the CPU `target`. `func`: the
     kernel's scheduled PrimFunc when the caller has it (an exported Kernel keeps its schedule),
-    else it is scheduled here (tuning record > rule, as `schedule`). ValueError for other ops and
-    for GPU targets."""
+    else it is scheduled here (tuning record > rule, as `schedule`). The algorithm is
+    resolve_algorithm's with packed=True, so a layer whose unpacked kernel runs direct may pack
+    Winograd's transformed filter instead (convc.dispatch.prefers_winograd: with the transform
+    paid once, Winograd pays from fewer tiles); `func` then goes unused. ValueError for other
+    ops and for GPU targets."""
     if target.is_gpu:
         raise ValueError("prepacked weights are implemented for CPU (LLVM) targets only")
     if op not in ("forward", "grad_input"):
         raise ValueError(f"op={op!r} takes no weight: prepacked weights are for forward and "
                          "grad_input")
-    resolved = resolve_algorithm(spec, op, target, log_dir)
+    resolved = resolve_algorithm(spec, op, target, log_dir, packed=True)
     if resolved.algorithm == "winograd":
         made = []
         for declared in declare_packed(resolved, op):
