@@ -188,6 +188,71 @@ def test_train_table_and_targets():
             "convc channels_last 25.0 ms); target >= 1.2 reached") in text
 
 
+def test_train_in_processes_alternates_the_sides(monkeypatch):
+    """--train's default protocol: each side in processes of its own, started alternately
+    (PyTorch first, then convc first, ...), one JSON job each; a row is the median over the
+    processes, the table shows every process and the page faults a call."""
+    import json
+    import subprocess
+
+    from convc.bench import train
+
+    jobs = []
+
+    def fake_run(argv, **kwargs):
+        job = json.loads(argv[-1])
+        jobs.append(job)
+        assert argv[1:3] == ["-m", "convc.bench.train"] and job["steps"] == 3
+        seconds = {"torch": 0.050, "convc": 0.040}[job["side"]] + 0.001 * len(jobs)
+        out = json.dumps({"seconds": seconds, "faults": 100.0 if job["side"] == "torch" else 7.0})
+        return subprocess.CompletedProcess(argv, 0, stdout="noise\n" + out + "\n", stderr="")
+
+    monkeypatch.setattr(train.subprocess, "run", fake_run)
+    rows = train.run(["mobilenet_v2"], modes=("train",), formats=("channels_last",),
+                     processes=3, steps=3)
+    assert [j["side"] for j in jobs] == ["torch", "convc", "convc", "torch", "torch", "convc"]
+    assert {j["memory_format"] for j in jobs} == {"channels_last"}
+    (row,) = rows
+    assert row.runs["torch"] == pytest.approx([0.051, 0.054, 0.055])
+    assert row.torch_s == pytest.approx(0.054) and row.convc_s == pytest.approx(0.043)
+    line = train.table(rows).splitlines()[2]
+    assert "| 51.0 54.0 55.0 |" in line and "| 42.0 43.0 46.0 |" in line
+    assert line.endswith("| 100 / 7 |")
+
+    def failing(argv, **kwargs):
+        return subprocess.CompletedProcess(argv, 1, stdout="", stderr="Traceback: boom")
+
+    monkeypatch.setattr(train.subprocess, "run", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        train.measure_in_processes("resnet18", "train", "NCHW", 1, 3)
+
+
+def test_train_timing_process_times_one_side(monkeypatch):
+    """A timing process builds only its side's model, calls it WARMUP times untimed and `steps`
+    times timed, and reports the median seconds and page faults of a call."""
+    pytest.importorskip("torch")
+    from convc.bench import train
+
+    built, called = [], []
+    monkeypatch.setattr(train, "calls", lambda *a, sides: built.append((a, sides)) or
+                        {sides[0]: lambda: called.append(1)})
+    found = train.time_one_side({"model": "resnet18", "mode": "inference",
+                                 "memory_format": "NCHW", "side": "convc", "steps": 4})
+    assert built == [(("resnet18", "inference", "NCHW"), ("convc",))]
+    assert len(called) == train.WARMUP + 4
+    assert found["seconds"] >= 0 and found["faults"] >= 0
+
+
+def test_train_cli_rejects_bad_process_counts():
+    from convc.cli.bench import _train
+    from convc.target import resolve
+
+    with pytest.raises(ValueError, match="--processes=-1"):
+        _train(resolve(None), None, 5, 2, "median", processes=-1)
+    with pytest.raises(ValueError, match="--steps=0"):
+        _train(resolve(None), None, 5, 2, "median", processes=2, steps=0)
+
+
 def test_variant_tables_on_a_tiny_layer(monkeypatch):
     """convc bench --padding-modes / --fused: one row per layer (and op, layout), every ratio a
     positive number, tables that name the targets; a layer without padding has no ring rows."""

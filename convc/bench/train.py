@@ -9,9 +9,28 @@ For torchvision's ResNet-18 and MobileNetV2 (random weights, batch 8, 3x112x112)
                beside a copy after convc.torch.fuse (conv + BN (+ ReLU/ReLU6, + residual) in one
                convc kernel each)
 
-in NCHW and channels_last memory; side by side in one process, alternating rounds
-(convc.bench.time_side_by_side). The issue's targets: the training step no slower with convc's
+in NCHW and channels_last memory. The issue's targets: the training step no slower with convc's
 layers (ratio PyTorch / convc >= 1), fused inference >= 1.2x faster than eager.
+
+Two ways to time them (`convc bench --train --processes N`):
+
+* processes (N > 0, the default): each side in a process of its own, as a user runs one model
+  — N processes a side, started alternately (PyTorch, convc, convc, PyTorch, ...), each
+  building its one model, warming up and timing `steps` calls; a row is the median over the
+  processes of each process's median (or least) call. Why: a training step allocates and frees
+  a few hundred MB of activations and gradients, and glibc's malloc returns the top of the heap
+  to the system once a step (its trim threshold), so the next step faults its pages back in —
+  on the VMs measured here ~2-5 us a fault, up to a third of a MobileNetV2 step. In one shared
+  process both models' tensors and frees share that heap, and each step pays for the trims the
+  other model's step set off. Measured (AMD EPYC Zen 5, 2 cores, 2026-12-04, MobileNetV2
+  channels_last training step, median ms / page faults per step): alone, PyTorch 69-116 ms
+  with 12,400-22,500 faults, convc 56-83 ms with 6,700-8,700 (not traced to a source; convc's
+  kernels take their scratch space from TVM's workspace pool, which keeps it); in one process,
+  paired rounds, PyTorch 57-71 ms, convc 66-72, both 0-9,700 faults a step depending on what
+  the other side freed last.
+* rounds (N = 0): both models in this process, alternating rounds
+  (convc.bench.time_side_by_side), `repeat` rounds; what the kernels and their Python cost,
+  with the allocator's faults shared out between the sides as above.
 
 torchvision here: its registry wheel is a CUDA build whose C++ ops do not load beside a CPU
 torch, and `import torchvision` then dies registering fake kernels for them
@@ -24,15 +43,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import statistics
+import subprocess
 import sys
+import time
 import types
 
 from . import time_side_by_side
 
 MODELS = ("resnet18", "mobilenet_v2")
 FORMATS = ("NCHW", "channels_last")
+SIDES = ("torch", "convc")
 TARGETS = {"train": 1.0, "inference": 1.2}   # PyTorch time / convc time, at least
+PROCESSES = 4   # timing processes a side (the CLI's default)
+STEPS = 15      # timed calls a process
+WARMUP = 5      # untimed calls first (compiles, first-touch, the thread team)
 
 
 @dataclasses.dataclass
@@ -42,6 +68,7 @@ class Row:
     memory_format: str
     torch_s: float     # seconds per call, PyTorch's layers
     convc_s: float     # seconds per call, convc's (converted / fused)
+    runs: dict | None = None   # side -> seconds per call in each process (processes mode)
 
     @property
     def ratio(self) -> float:
@@ -89,8 +116,10 @@ def _inference(model, x):
     return infer
 
 
-def calls(name: str, mode: str, memory_format: str, batch: int = 8, size: int = 112) -> dict:
-    """{"torch": callable, "convc": callable} for one model, mode and memory format."""
+def calls(name: str, mode: str, memory_format: str, batch: int = 8, size: int = 112,
+          sides=SIDES) -> dict:
+    """{side: callable} for one model, mode and memory format, side "torch" (PyTorch's layers)
+    and/or "convc" (a copy converted, or fused for inference); the same seeded weights each."""
     import torch
 
     from .. import torch as convc_torch
@@ -100,47 +129,112 @@ def calls(name: str, mode: str, memory_format: str, batch: int = 8, size: int = 
     fmt = _memory_format(memory_format)
     model = model.to(memory_format=fmt)
     x = torch.randn(batch, 3, size, size).to(memory_format=fmt)
-    ours = copy.deepcopy(model)
+    models = {}
+    for side in sides:
+        m = model if side == "torch" else copy.deepcopy(model)
+        if side == "convc":
+            (convc_torch.convert if mode == "train" else convc_torch.fuse)(
+                m if mode == "train" else m.eval())
+        models[side] = m
     if mode == "train":
-        convc_torch.convert(ours)
         labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(0))
-        found = {}
-        for key, m in (("torch", model), ("convc", ours)):
-            m.train()
-            found[key] = _step(m, x, labels, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9))
-        return found
-    model.eval()
-    ours.eval()
-    convc_torch.fuse(ours)
-    return {"torch": _inference(model, x), "convc": _inference(ours, x)}
+        return {side: _step(m.train(), x, labels,
+                            torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9))
+                for side, m in models.items()}
+    return {side: _inference(m.eval(), x) for side, m in models.items()}
 
 
 def run(models=MODELS, modes=("train", "inference"), formats=FORMATS, repeat: int = 5,
-        threads: int | None = None, progress=None, stat: str = "median") -> list:
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
+        threads: int | None = None, progress=None, stat: str = "median", processes: int = 0,
+        steps: int = STEPS) -> list:
+    """Rows of (model, mode, format): `processes` > 0 times each side in processes of its own
+    (measure_in_processes), 0 in this process by paired rounds (the module docstring)."""
     statistic = {"median": statistics.median, "min": min}[stat]
     rows = []
     for name in models:
         for mode in modes:
             for fmt in formats:
-                times = time_side_by_side(calls(name, mode, fmt), repeat, min_batch=0.3)
-                rows.append(Row(name, mode, fmt, statistic(times["torch"]),
-                                statistic(times["convc"])))
+                if processes:
+                    runs = measure_in_processes(name, mode, fmt, processes, steps, threads, stat)
+                    rows.append(Row(name, mode, fmt, statistics.median(runs["torch"]),
+                                    statistics.median(runs["convc"]), runs))
+                else:
+                    import torch
+
+                    if threads:
+                        torch.set_num_threads(threads)
+                    times = time_side_by_side(calls(name, mode, fmt), repeat, min_batch=0.3)
+                    rows.append(Row(name, mode, fmt, statistic(times["torch"]),
+                                    statistic(times["convc"])))
                 if progress:
                     progress(rows[-1])
     return rows
 
 
+def measure_in_processes(name: str, mode: str, memory_format: str, processes: int, steps: int,
+                         threads: int | None = None, stat: str = "median") -> dict:
+    """{side: [per process: the median (or least) of `steps` timed calls]}: `processes` Python
+    processes a side, started one at a time, alternately (PyTorch first in even pairs, convc
+    first in odd ones), each building only its side's model (`python -m convc.bench.train`)."""
+    runs = {side: [] for side in SIDES}
+    for p in range(processes):
+        for side in SIDES if p % 2 == 0 else SIDES[::-1]:
+            job = {"model": name, "mode": mode, "memory_format": memory_format, "side": side,
+                   "steps": steps, "threads": threads, "stat": stat}
+            done = subprocess.run([sys.executable, "-m", __name__, json.dumps(job)],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"the timing process for {side} {name} {mode} "
+                                   f"{memory_format} failed ({done.returncode}):\n"
+                                   f"{done.stderr[-2000:]}")
+            found = json.loads(done.stdout.strip().splitlines()[-1])
+            runs[side].append(found["seconds"])
+            runs.setdefault(f"{side} faults", []).append(found["faults"])
+    return runs
+
+
+def time_one_side(job: dict) -> dict:
+    """A timing process's work: one side's model, WARMUP untimed calls, then job["steps"] timed
+    one by one: {"seconds": their median (or least, job["stat"]), "faults": the median of the
+    page faults (minor, this process) a call took}."""
+    import resource
+
+    import torch
+
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+    fn = calls(job["model"], job["mode"], job["memory_format"], sides=(job["side"],))[job["side"]]
+    for _ in range(WARMUP):
+        fn()
+    times, faults = [], []
+    for _ in range(job["steps"]):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return {"seconds": {"median": statistics.median, "min": min}[job.get("stat", "median")](times),
+            "faults": statistics.median(faults)}
+
+
 def table(rows) -> str:
-    lines = ["| model | step | memory | PyTorch ms | convc ms | PyTorch / convc |",
-             "|---|---|---|---|---|---|"]
+    per_process = any(r.runs for r in rows)
+    lines = ["| model | step | memory | PyTorch ms | convc ms | PyTorch / convc |"
+             + (" PyTorch ms per process | convc ms per process | page faults a call, PyTorch"
+                " / convc |" if per_process else ""),
+             "|---|---|---|---|---|---|" + ("---|---|---|" if per_process else "")]
     for r in rows:
         what = "train (fwd+bwd+SGD)" if r.mode == "train" else "inference (fused vs eager)"
-        lines.append(f"| {r.model} | {what} | {r.memory_format} | {r.torch_s * 1e3:.1f} | "
-                     f"{r.convc_s * 1e3:.1f} | {r.ratio:.2f} |")
+        line = (f"| {r.model} | {what} | {r.memory_format} | {r.torch_s * 1e3:.1f} | "
+                f"{r.convc_s * 1e3:.1f} | {r.ratio:.2f} |")
+        if per_process:
+            runs = r.runs or {}
+            line += "".join(f" {' '.join(f'{t * 1e3:.1f}' for t in runs.get(side, []))} |"
+                            for side in SIDES)
+            line += " " + " / ".join(f"{statistics.median(runs[f'{side} faults']):.0f}"
+                                     if runs.get(f"{side} faults") else "-"
+                                     for side in SIDES) + " |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -160,3 +254,8 @@ def summary(rows) -> str:
                          f"{ours.memory_format} {ours.convc_s * 1e3:.1f} ms); target >= {target} "
                          f"{verdict}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":   # a timing process of measure_in_processes: one JSON job argument
+    # (run as `python -m convc.bench.train`, so convc is imported before torch, as it must be)
+    print(json.dumps(time_one_side(json.loads(sys.argv[1]))), flush=True)

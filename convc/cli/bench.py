@@ -47,6 +47,12 @@ def add_parser(subparsers):
                         "(convc.torch.convert) vs PyTorch's, one inference of the fused model "
                         "(convc.torch.fuse) vs PyTorch eager; needs torch and torchvision "
                         "(--models picks models)")
+    p.add_argument("--processes", type=int, default=None,
+                   help="--train: timing processes a side, started alternately, each running one "
+                        "side's model alone as a user would (default: 4); 0 = both models in this "
+                        "process, --repeat paired rounds (convc/bench/train.py says why)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="--train with processes: timed calls a process (default: 15)")
     p.add_argument("--transpose", action="store_true",
                    help="instead: conv_transpose2d on decoder layers (U-Net 2x2/2, DCGAN 4x4/2, "
                         "64-512 channels, batch 1 and 8) beside F.conv_transpose2d; --ops may "
@@ -141,7 +147,8 @@ def run(args) -> int:
     if args.overhead:
         return _overhead(target, args.repeat, threads, args.stat)
     if args.train:
-        return _train(target, args.models, args.repeat, threads, args.stat)
+        return _train(target, args.models, args.repeat, threads, args.stat, args.processes,
+                      args.steps)
     if args.padding_modes or args.fused:
         return _variants(args, layers, ops, layouts, target)
     if args.prepacked:
@@ -172,21 +179,32 @@ def run(args) -> int:
     return 0
 
 
-def _train(target, models, repeat: int, threads: int, stat: str) -> int:
+def _train(target, models, repeat: int, threads: int, stat: str, processes=None,
+           steps=None) -> int:
     from convc.bench import train
     from convc.target import resolve
 
     if target.json != resolve(None).json:
         raise ValueError("--train runs convc.torch, which compiles for this machine's CPU: "
                          "leave --target unset")
+    processes = train.PROCESSES if processes is None else processes
+    steps = train.STEPS if steps is None else steps
+    if processes < 0:
+        raise ValueError(f"--processes={processes} must be 0 (one process) or more")
+    if steps < 1:
+        raise ValueError(f"--steps={steps} must be at least 1")
     models = _list(models, train.MODELS, "models") if models else list(train.MODELS)
     import torch
 
+    how = (f"{processes} processes a side, started alternately, {stat} of {steps} calls each "
+           f"after {train.WARMUP} untimed, median over the processes" if processes else
+           f"one process, {stat} of {repeat} rounds, side by side")
     print(f"convc bench --train  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"machine: {_cpu_name()}, LLVM mcpu {target.info.arch}, {target.info.num_cores} cores; "
-          f"PyTorch {torch.__version__}; {threads} thread(s) each; {stat} of {repeat} rounds, "
-          "side by side; batch 8, 3x112x112, 10 classes")
-    rows = train.run(models, repeat=repeat, threads=threads, stat=stat,
+          f"PyTorch {torch.__version__}; {threads} thread(s) each; {how}; batch 8, 3x112x112, "
+          "10 classes")
+    rows = train.run(models, repeat=repeat, threads=threads, stat=stat, processes=processes,
+                     steps=steps,
                      progress=lambda r: print(f"  {r.model} {r.mode} {r.memory_format} done",
                                               flush=True))
     print()
