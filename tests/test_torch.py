@@ -313,6 +313,25 @@ def test_repacked_weight_is_reused_until_the_weight_changes():
     _close(y, reference(x))
 
 
+def test_a_graph_recorded_before_an_in_place_weight_update_fails_as_torchs_does():
+    """Forward, an in-place weight update, a forward again (a new pack), then the first graph's
+    backward: autograd refuses it ("modified by an inplace operation") for convc's layer as for
+    PyTorch's, instead of a gradient from the new values; two forwards on an unchanged weight
+    keep both graphs valid."""
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        reference, ours = _pair(nn.Conv2d, 4, 4, 3, padding=1)
+        x = torch.randn(2, 4, 6, 6).to(memory_format=fmt).requires_grad_()
+        for m in (reference, ours):
+            first, second = m(x), m(x)
+            (first.sum() + second.sum()).backward()
+            y = m(x)
+            with torch.no_grad():
+                m.weight.add_(1.0)
+            m(x)
+            with pytest.raises(RuntimeError, match="inplace operation"):
+                y.sum().backward()
+
+
 def test_frozen_layer_computes_no_weight_gradient_and_first_layer_no_input_gradient():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
     ct.convert(model)

@@ -14,6 +14,11 @@ Kernels that transform their weight on every call do it in a stage the pack runs
   grad_input): the pack is an aligned copy and the packed call the kernel itself, so that
   `kernel.prepack(w)` works for every forward and grad_input kernel on CPUs.
 
+The packed form chooses its algorithm itself (convc.dispatch.resolve_algorithm with packed=True):
+with the filter transform paid once, a channels-last layer whose plain kernel runs direct may
+pack Winograd's filter (its packed results then agree with the plain call within Winograd's
+error bound, convc.ops.winograd.ERROR_BOUND).
+
 `kernel.prepack(w)` builds "<op>_prepack" and "<op>_packed" once per kernel, runs the first and
 returns a PackedWeight; `kernel(x, packed)` runs the second. A PackedWeight is a snapshot of the
 weight's values when it was packed: writing into the array it came from afterwards does not change
