@@ -148,10 +148,11 @@ def packed_tile(spec, op: str) -> int:
 # (znver5, 2 cores), 2026-12-04, NHWC, batch 1, 3x3 pad 1, packed calls (Kernel.prepack) paired
 # by round, median of 9 x 10 calls, three runs, us, the direct pack (the rule's, a tuned record
 # where one is shipped) -> the Winograd pack packed_tile picks: 512->512 7x7 (c5) forward
-# 635-644 -> 541-594 (F(2, 3)), grad_input 577-660 -> 483-682 (two runs of three faster);
-# 256->256 7x7 144-161 -> 109-159 / 135-145 -> 100-113 (F(2, 3)); 128->128 7x7 34-71 -> 23-32 /
+# 625-644 -> 541-594 (F(2, 3)), grad_input 577-660 -> 483-682 (two runs of three faster);
+# 256->256 7x7 144-161 -> 109-159 / 135-145 -> 100-113 (F(2, 3)); 128->128 7x7 34-71 -> 23-48 /
 # 33-71 -> 23-55 (F(4, 3)); 160->320 7x7 106-122 -> 62-100 / 121-171 -> 67-140 (F(4, 3)). Not
-# taken: 64->64 and 32->128 7x7 (direct as fast or faster, F(2, 3) 1.1-1.3x slower), 512->512
+# taken: 64->64 and 32->128 7x7 (one run: direct within 10 % of the best Winograd pack, F(2, 3)
+# 1.1-1.4x slower than direct), 512->512
 # 4x4 (4 tiles: direct 218-240 against F(2, 3) 274-309). Channels-first layers already take
 # Winograd from 16 tiles (MIN_TILES_CHANNELS_FIRST).
 PACKED_MIN_TILES = 16
