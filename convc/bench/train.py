@@ -56,7 +56,7 @@ MODELS = ("resnet18", "mobilenet_v2")
 FORMATS = ("NCHW", "channels_last")
 SIDES = ("torch", "convc")
 TARGETS = {"train": 1.0, "inference": 1.2}   # PyTorch time / convc time, at least
-PROCESSES = 4   # timing processes a side (the CLI's default)
+PROCESSES = 6   # timing processes a side (the CLI's default; ~16 minutes for both models)
 STEPS = 15      # timed calls a process
 WARMUP = 5      # untimed calls first (compiles, first-touch, the thread team)
 

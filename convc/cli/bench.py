@@ -49,7 +49,7 @@ def add_parser(subparsers):
                         "(--models picks models)")
     p.add_argument("--processes", type=int, default=None,
                    help="--train: timing processes a side, started alternately, each running one "
-                        "side's model alone as a user would (default: 4); 0 = both models in this "
+                        "side's model alone as a user would (default: 6); 0 = both models in this "
                         "process, --repeat paired rounds (convc/bench/train.py says why)")
     p.add_argument("--steps", type=int, default=None,
                    help="--train with processes: timed calls a process (default: 15)")
