@@ -14,6 +14,7 @@ import pytest
 
 import convc
 from convc.check import kernel_inputs, operands, reference, relative_error
+from convc import dispatch
 from convc.dispatch import resolve_algorithm
 from convc.ops.winograd import ERROR_BOUND, matrices
 from convc.spec import ConvSpec
@@ -221,7 +222,7 @@ def test_auto_takes_f4_for_few_channels_last_on_large_planes_only():
                 assert (chosen.algorithm, chosen.winograd_m) == ("winograd", 4), (layer.key, op)
 
 
-def test_packed_forms_take_winograd_from_fewer_tiles():
+def test_packed_forms_take_winograd_from_fewer_tiles(monkeypatch):
     """A kernel's prepacked form pays the filter transform once, so channels-last layers below
     the tile floor take Winograd there (dispatch.PACKED_MIN_TILES: a batch-1 7x7 plane with 128
     or more channels a side), F(4, 3) while its filter stays small, F(2, 3) beyond: the packed
@@ -235,6 +236,10 @@ def test_packed_forms_take_winograd_from_fewer_tiles():
     for op in ("forward", "grad_input"):
         for layer in (few, tiny, forced):
             assert resolve_algorithm(layer, op, cpu, packed=True) is layer, (layer.key, op)
+    with monkeypatch.context() as patch:              # a tuner's verdict "direct" is kept
+        patch.setattr(dispatch, "recorded_algorithm", lambda *a: 0)
+        auto = ConvSpec.from_shapes((1, 7, 7, 128), (3, 3, 128, 128), padding=1, layout="NHWC")
+        assert resolve_algorithm(auto, "forward", cpu, packed=True) is auto
     if convc.target.info(cpu).vector_bits < 512:  # the rule only covers what was measured
         return
     cases = [(ConvSpec.from_shapes((1, 7, 7, 128), (3, 3, 128, 128), padding=1, layout="NHWC",
