@@ -59,6 +59,7 @@ TARGETS = {"train": 1.0, "inference": 1.2}   # PyTorch time / convc time, at lea
 PROCESSES = 6   # timing processes a side (the CLI's default; ~16 minutes for both models)
 STEPS = 15      # timed calls a process
 WARMUP = 5      # untimed calls first (compiles, first-touch, the thread team)
+STATISTICS = {"median": statistics.median, "min": min}   # --stat, over calls or rounds
 
 
 @dataclasses.dataclass
@@ -68,7 +69,8 @@ class Row:
     memory_format: str
     torch_s: float     # seconds per call, PyTorch's layers
     convc_s: float     # seconds per call, convc's (converted / fused)
-    runs: dict | None = None   # side -> seconds per call in each process (processes mode)
+    # processes mode: side -> seconds per call in each process, "<side> faults" -> page faults
+    runs: dict | None = None
 
     @property
     def ratio(self) -> float:
@@ -132,9 +134,10 @@ def calls(name: str, mode: str, memory_format: str, batch: int = 8, size: int = 
     models = {}
     for side in sides:
         m = model if side == "torch" else copy.deepcopy(model)
-        if side == "convc":
-            (convc_torch.convert if mode == "train" else convc_torch.fuse)(
-                m if mode == "train" else m.eval())
+        if side == "convc" and mode == "train":
+            convc_torch.convert(m)
+        elif side == "convc":
+            convc_torch.fuse(m.eval())
         models[side] = m
     if mode == "train":
         labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(0))
@@ -149,7 +152,12 @@ def run(models=MODELS, modes=("train", "inference"), formats=FORMATS, repeat: in
         steps: int = STEPS) -> list:
     """Rows of (model, mode, format): `processes` > 0 times each side in processes of its own
     (measure_in_processes), 0 in this process by paired rounds (the module docstring)."""
-    statistic = {"median": statistics.median, "min": min}[stat]
+    statistic = STATISTICS[stat]
+    if not processes:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
     rows = []
     for name in models:
         for mode in modes:
@@ -159,10 +167,6 @@ def run(models=MODELS, modes=("train", "inference"), formats=FORMATS, repeat: in
                     rows.append(Row(name, mode, fmt, statistics.median(runs["torch"]),
                                     statistics.median(runs["convc"]), runs))
                 else:
-                    import torch
-
-                    if threads:
-                        torch.set_num_threads(threads)
                     times = time_side_by_side(calls(name, mode, fmt), repeat, min_batch=0.3)
                     rows.append(Row(name, mode, fmt, statistic(times["torch"]),
                                     statistic(times["convc"])))
@@ -213,7 +217,7 @@ def time_one_side(job: dict) -> dict:
         fn()
         times.append(time.perf_counter() - start)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    return {"seconds": {"median": statistics.median, "min": min}[job.get("stat", "median")](times),
+    return {"seconds": STATISTICS[job.get("stat", "median")](times),
             "faults": statistics.median(faults)}
 
 
